@@ -1,0 +1,56 @@
+"""The ``dvamn`` command: one subcommand per stage of the product.
+
+Each stage keeps its own arguments next to its code: a module listed in ``COMMAND_MODULES``
+has ``register(subparsers)``, which adds its subcommand(s) with ``func`` set to a handler
+``handler(args) -> int``. Those modules import Ray and torch inside the handlers so that
+``dvamn --help`` stays fast.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+COMMAND_MODULES = (
+    "dvamn.demo",
+    "dvamn.synth.cli",
+    "dvamn.pipeline.cli",
+    "dvamn.training.cli",
+    "dvamn.pipeline.catalog_cli",
+    "dvamn.serving.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dvamn",
+        description=(
+            "Recommend music for a silent dance video. Start with `dvamn demo`: it "
+            "synthesises dance videos, extracts features with Ray Data, trains DVAMN with "
+            "Ray Train, builds a music catalog and answers queries with Ray Serve, offline."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

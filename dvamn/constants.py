@@ -1,0 +1,36 @@
+"""Every fixed rate, size and length of the system, named once with its unit.
+
+Timing convention (shared by pose, audio, windows and the scorer):
+pose frame ``i`` shows the video at ``i / POSE_FPS`` seconds; audio frame ``k`` covers the
+interval ``[k * AUDIO_HOP_S, (k + 1) * AUDIO_HOP_S)`` and its 0.96 s VGGish example is
+centred on the middle of that interval (the released DVAMN code's 0.5 s shift), so audio
+frame ``k`` belongs with pose frames ``2k`` and ``2k + 1``.
+"""
+
+import math
+
+POSE_FPS = 10.0
+NUM_JOINTS = 17  # COCO-17 order
+POSE_FEATURES = 4 * NUM_JOINTS  # normalised (x, y) + motion (dx, dy) per joint = 68
+
+SAMPLE_RATE_HZ = 16_000
+AUDIO_HOP_S = 0.2  # one embedding every 0.2 s (5 Hz), as the paper
+AUDIO_FPS = 1.0 / AUDIO_HOP_S
+AUDIO_EXAMPLE_S = 0.96  # VGGish's example: 96 log-mel frames of 10 ms
+EMBEDDING_DIM = 128
+POSE_FRAMES_PER_AUDIO_FRAME = round(POSE_FPS * AUDIO_HOP_S)  # 2
+
+WINDOW_S = 12.0  # the paper's clip length
+WINDOW_POSE_FRAMES = round(WINDOW_S * POSE_FPS)  # 120
+WINDOW_AUDIO_FRAMES = round(WINDOW_S * AUDIO_FPS)  # 60
+MIN_DURATION_S = WINDOW_S  # shorter videos cannot give one training window
+
+
+def num_pose_frames(duration_s: float) -> int:
+    """Pose frames sampled from ``duration_s`` seconds of video at POSE_FPS."""
+    return max(0, math.floor(duration_s * POSE_FPS + 1e-6))
+
+
+def num_audio_frames(duration_s: float) -> int:
+    """Audio embedding frames for ``duration_s`` seconds of audio at AUDIO_HOP_S."""
+    return max(0, math.floor(duration_s / AUDIO_HOP_S + 1e-6))

@@ -1,0 +1,85 @@
+"""The Parquet tables that connect the stages, defined once.
+
+``OUT/videos/`` (one row per extracted video) is written by ``dvamn.pipeline`` and read by
+training, evaluation and the catalog; ``OUT/errors/`` holds one row per input that failed.
+Sequences are nested lists ([T][68], [T_a][128]) so that any Parquet reader (pyarrow,
+pandas, Spark, DuckDB) gets them without Ray-specific extension types.
+"""
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES
+
+VIDEO_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),  # unique within one extraction: path relative to INPUT
+        ("uri", pa.string()),
+        ("duration_s", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("pose_fps", pa.float32()),
+        ("num_pose_frames", pa.int32()),
+        ("pose", pa.list_(pa.list_(pa.float32(), POSE_FEATURES))),  # [T][68]
+        ("pose_confidence", pa.list_(pa.float32())),  # [T] mean keypoint score, 0 where missing
+        ("missing_fraction", pa.float32()),  # frames without the dancer before interpolation
+        ("num_audio_frames", pa.int32()),
+        ("audio_embedding", pa.list_(pa.list_(pa.float32(), EMBEDDING_DIM))),  # [T_a][128]
+        ("pose_model", pa.string()),  # e.g. "rtmo", "yolox+rtmpose", "keypoints"
+        ("pose_weights", pa.string()),  # where the weights came from + sha256 prefix
+        ("audio_embedding_kind", pa.string()),  # "vggish", "vggish-raw", "logmel"
+        ("audio_weights", pa.string()),
+        ("extracted_at", pa.string()),  # ISO-8601 UTC
+    ]
+)
+
+ERROR_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("stage", pa.string()),  # "input", "decode", "pose", "audio", "write"
+        ("message", pa.string()),
+        ("error_type", pa.string()),
+        ("failed_at", pa.string()),
+    ]
+)
+
+# The columns that say which models made the features; training and the catalog refuse
+# to mix rows that differ in these.
+PROVENANCE_COLUMNS = ("pose_model", "audio_embedding_kind", "audio_weights")
+
+
+def _column(name: str, values: list, field: pa.Field) -> pa.Array:
+    if pa.types.is_list(field.type) and pa.types.is_fixed_size_list(field.type.value_type):
+        width = field.type.value_type.list_size
+        flat = [np.asarray(v, dtype=np.float32).reshape(-1, width) for v in values]
+        offsets = np.zeros(len(flat) + 1, dtype=np.int32)
+        offsets[1:] = np.cumsum([len(f) for f in flat])
+        inner = pa.FixedSizeListArray.from_arrays(
+            pa.array(np.concatenate(flat).reshape(-1) if flat else np.zeros(0, np.float32)),
+            width,
+        )
+        return pa.ListArray.from_arrays(pa.array(offsets), inner)
+    if pa.types.is_list(field.type):
+        return pa.array([np.asarray(v, dtype=np.float32) for v in values], type=field.type)
+    return pa.array(values, type=field.type)
+
+
+def rows_to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Build a table of ``schema`` from dict rows (numpy arrays allowed for sequences)."""
+    rows = list(rows)
+    columns = [_column(f.name, [r[f.name] for r in rows], f) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def sequence_to_numpy(column_value: Any, width: int) -> np.ndarray:
+    """A nested-list cell ([T][width]) as a float32 array of shape (T, width)."""
+    if isinstance(column_value, np.ndarray) and column_value.dtype != object:
+        return column_value.astype(np.float32).reshape(-1, width)
+    if isinstance(column_value, pa.Scalar):
+        column_value = column_value.as_py()
+    if len(column_value) == 0:
+        return np.zeros((0, width), np.float32)
+    return np.stack([np.asarray(v, dtype=np.float32) for v in column_value]).reshape(-1, width)
