@@ -6,7 +6,7 @@ Sequences are nested lists ([T][68], [T_a][128]) so that any Parquet reader (pya
 pandas, Spark, DuckDB) gets them without Ray-specific extension types.
 """
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -63,7 +63,11 @@ def _column(name: str, values: list, field: pa.Field) -> pa.Array:
         )
         return pa.ListArray.from_arrays(pa.array(offsets), inner)
     if pa.types.is_list(field.type):
-        return pa.array([np.asarray(v, dtype=np.float32) for v in values], type=field.type)
+        flat = [np.asarray(v, dtype=np.float32).reshape(-1) for v in values]
+        offsets = np.zeros(len(flat) + 1, dtype=np.int32)
+        offsets[1:] = np.cumsum([len(f) for f in flat])
+        values_array = pa.array(np.concatenate(flat) if flat else np.zeros(0, np.float32))
+        return pa.ListArray.from_arrays(pa.array(offsets), values_array)
     return pa.array(values, type=field.type)
 
 
@@ -83,3 +87,24 @@ def sequence_to_numpy(column_value: Any, width: int) -> np.ndarray:
     if len(column_value) == 0:
         return np.zeros((0, width), np.float32)
     return np.stack([np.asarray(v, dtype=np.float32) for v in column_value]).reshape(-1, width)
+
+
+def column_sequences(table: pa.Table, name: str, width: Optional[int] = None) -> list[np.ndarray]:
+    """Every cell of a list column as a float32 array: [T] or, with ``width``, [T, width].
+
+    Works on the flat Arrow buffers (no per-element Python conversion).
+    """
+    column = table.column(name).combine_chunks()
+    if isinstance(column, pa.ChunkedArray):  # an empty table
+        column = pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type)
+    offsets = column.offsets.to_numpy()
+    values = column.values
+    if pa.types.is_fixed_size_list(values.type):
+        values = values.flatten()
+    flat = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    step = width or 1
+    out = []
+    for start, stop in zip(offsets[:-1], offsets[1:]):
+        cell = flat[start * step : stop * step]
+        out.append(cell.reshape(-1, width) if width else cell)
+    return out

@@ -1,0 +1,207 @@
+"""`dvamn extract`: the feature-extraction job."""
+
+import argparse
+import sys
+
+from dvamn.pipeline.config import (
+    AUDIO_KINDS,
+    DEFAULT_MAX_FRAME_PIXELS,
+    DEFAULT_MAX_GAP_FRAMES,
+    POSE_SOURCES,
+    ExtractConfig,
+    StageResources,
+)
+
+EPILOG = """\
+examples:
+  dvamn extract data/videos --out features --pose keypoints --audio logmel
+  dvamn extract 's3://bucket/dance/*.mp4' --out s3://bucket/features --pose rtmo
+  dvamn extract list.txt --out features --pose rtmo --pose-model models/rtmo-m.onnx \\
+      --vggish-weights weights/vggish.pth --vggish-pca weights/vggish_pca.pth
+
+Outputs: OUT/videos/ (Parquet, a row per video), OUT/errors/ (Parquet, a row per input
+that failed, with the stage and a message), OUT/manifest.json (counts, options,
+versions). Running again on the same OUT skips finished videos and retries failed ones.
+"""
+
+
+def add_audio_arguments(parser: argparse.ArgumentParser) -> None:
+    """Audio-embedding flags, shared by every command that embeds audio."""
+    group = parser.add_argument_group("audio embedding")
+    group.add_argument(
+        "--audio",
+        choices=AUDIO_KINDS,
+        default="vggish",
+        help="vggish: VGGish + PCA + 8-bit quantisation, as the paper (default); "
+        "vggish-raw: the 128-d embedding before PCA; logmel: weight-free log-mel statistics "
+        "in the same 5 Hz x 128 layout, for offline use",
+    )
+    group.add_argument(
+        "--vggish-weights",
+        metavar="PATH|URI",
+        help="VGGish state dict (local path or s3://); default: torchvggish's release URL, "
+        "cached in the torch hub folder",
+    )
+    group.add_argument(
+        "--vggish-pca",
+        metavar="PATH|URI",
+        help="VGGish PCA parameters (local path or s3://); default: torchvggish's release URL",
+    )
+
+
+def add_pose_arguments(parser: argparse.ArgumentParser) -> None:
+    """Pose flags, shared by extraction and serving."""
+    group = parser.add_argument_group("pose")
+    group.add_argument(
+        "--pose",
+        choices=POSE_SOURCES,
+        default="rtmo",
+        help="rtmo: one-stage RTMO (default); rtmpose: YOLOX detector + RTMPose; "
+        "keypoints: read <stem>.npz keypoint files (or AIST++ .pkl) instead of detecting",
+    )
+    group.add_argument(
+        "--pose-model",
+        metavar="PATH|URI",
+        help="ONNX pose model (RTMO or RTMPose), local or s3://; default: rtmlib's URL",
+    )
+    group.add_argument(
+        "--pose-detector",
+        metavar="PATH|URI",
+        help="ONNX YOLOX person detector for --pose rtmpose; default: rtmlib's URL",
+    )
+    group.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where models run (default: CUDA when present)",
+    )
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "extract",
+        help="extract pose and audio features from dance videos (Ray Data)",
+        description="Extract normalised pose sequences (10 fps, 68 values a frame) and audio "
+        "embeddings (5 Hz, 128 values) from dance videos with Ray Data, into Parquet.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "input", metavar="INPUT", help="directory, glob, list file (.txt) or s3:// prefix of videos"
+    )
+    parser.add_argument("--out", required=True, metavar="OUT", help="output directory or s3:// URI")
+    add_pose_arguments(parser)
+    parser.add_argument(
+        "--keypoints-dir",
+        metavar="DIR",
+        help="with --pose keypoints: where the keypoint files are (default: beside each video). "
+        "AIST++ keypoints2d/*.pkl are found from the video's name",
+    )
+    parser.add_argument(
+        "--aist-view",
+        type=int,
+        metavar="N",
+        help="AIST++ camera view 0-8 (default: from the video name)",
+    )
+    add_audio_arguments(parser)
+    tuning = parser.add_argument_group("limits and tuning")
+    tuning.add_argument(
+        "--frame-batch", type=int, default=16, help="frames per pose-model call (default 16)"
+    )
+    tuning.add_argument(
+        "--max-gap",
+        type=int,
+        default=DEFAULT_MAX_GAP_FRAMES,
+        help=f"longest run of frames without the dancer that is interpolated (default {DEFAULT_MAX_GAP_FRAMES})",
+    )
+    tuning.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_FRAME_PIXELS,
+        help=f"refuse videos whose frames have more pixels (default {DEFAULT_MAX_FRAME_PIXELS})",
+    )
+    tuning.add_argument("--limit", type=int, help="only the first N inputs (smoke runs)")
+    for stage, defaults in (
+        ("pose", StageResources()),
+        ("audio", ExtractConfig("", "").audio_stage),
+    ):
+        tuning.add_argument(
+            f"--{stage}-actors",
+            type=int,
+            default=defaults.max_actors,
+            help=f"max actors in the {stage} stage's pool (default {defaults.max_actors})",
+        )
+        tuning.add_argument(
+            f"--{stage}-cpus",
+            type=float,
+            default=defaults.num_cpus,
+            help=f"CPUs per {stage} actor (default {defaults.num_cpus})",
+        )
+        tuning.add_argument(
+            f"--{stage}-gpus",
+            type=float,
+            default=defaults.num_gpus,
+            help=f"GPUs per {stage} actor, e.g. 0.5 (default {defaults.num_gpus})",
+        )
+        tuning.add_argument(
+            f"--{stage}-batch",
+            type=int,
+            default=defaults.videos_per_batch,
+            help=f"videos per call of a {stage} actor (default {defaults.videos_per_batch})",
+        )
+    parser.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> ExtractConfig:
+    def stage(name: str) -> StageResources:
+        return StageResources(
+            min_actors=1,
+            max_actors=getattr(args, f"{name}_actors"),
+            num_cpus=getattr(args, f"{name}_cpus"),
+            num_gpus=getattr(args, f"{name}_gpus"),
+            videos_per_batch=getattr(args, f"{name}_batch"),
+        )
+
+    return ExtractConfig(
+        input=args.input,
+        out=args.out,
+        pose=args.pose,
+        pose_model=args.pose_model,
+        pose_detector=args.pose_detector,
+        keypoints_dir=args.keypoints_dir,
+        aist_view=args.aist_view,
+        audio=args.audio,
+        vggish_weights=args.vggish_weights,
+        vggish_pca=args.vggish_pca,
+        device=args.device,
+        frame_batch_size=args.frame_batch,
+        max_gap_frames=args.max_gap,
+        max_frame_pixels=args.max_pixels,
+        limit=args.limit,
+        pose_stage=stage("pose"),
+        audio_stage=stage("audio"),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from dvamn.pipeline.extract import run_extract
+    from dvamn.ray_setup import ensure_ray
+
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        print(f"dvamn extract: {error}", file=sys.stderr)
+        return 2
+    ensure_ray(args.address)
+    try:
+        summary = run_extract(config)
+    except (FileNotFoundError, RuntimeError, ValueError) as error:
+        print(f"dvamn extract: {error}", file=sys.stderr)
+        return 1
+    print("\nextraction summary")
+    for line in summary.lines():
+        print("  " + line)
+    return 0 if summary.done + summary.already_done > 0 or summary.inputs == 0 else 1

@@ -1,0 +1,58 @@
+"""Settings of the extraction job, defined once, built from the CLI, saved in the manifest."""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+POSE_SOURCES = ("rtmo", "rtmpose", "keypoints")
+AUDIO_KINDS = ("vggish", "vggish-raw", "logmel")
+DEFAULT_MAX_GAP_FRAMES = 5  # 0.5 s at 10 fps: longer gaps are not invented
+DEFAULT_MAX_FRAME_PIXELS = 3840 * 2160  # 4K UHD; larger frames are refused, not decoded
+
+
+@dataclass
+class StageResources:
+    """Actor pool and resource share of one Ray Data stage."""
+
+    min_actors: int = 1
+    max_actors: int = 2
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    videos_per_batch: int = 1
+
+
+@dataclass
+class ExtractConfig:
+    """Everything `dvamn extract` needs; the defaults are the paper's settings."""
+
+    input: str
+    out: str
+    pose: str = "rtmo"  # one of POSE_SOURCES
+    pose_model: Optional[str] = None  # ONNX path / s3:// URI; None = rtmlib's default URL
+    pose_detector: Optional[str] = None  # YOLOX for the two-stage "rtmpose" source
+    keypoints_dir: Optional[str] = None  # where keypoint files live, if not beside the videos
+    aist_view: Optional[int] = None  # AIST++ camera view (0-8); None = from the video name
+    audio: str = "vggish"  # one of AUDIO_KINDS
+    vggish_weights: Optional[str] = None
+    vggish_pca: Optional[str] = None
+    device: str = "auto"  # auto | cpu | cuda
+    frame_batch_size: int = 16  # frames per pose-model call
+    max_gap_frames: int = DEFAULT_MAX_GAP_FRAMES
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+    min_duration_s: float = 12.0
+    limit: Optional[int] = None  # only the first N inputs (smoke runs)
+    pose_stage: StageResources = dataclasses.field(default_factory=StageResources)
+    audio_stage: StageResources = dataclasses.field(
+        default_factory=lambda: StageResources(max_actors=1, num_cpus=0.5, videos_per_batch=4)
+    )
+
+    def __post_init__(self) -> None:
+        if self.pose not in POSE_SOURCES:
+            raise ValueError(f"--pose must be one of {', '.join(POSE_SOURCES)}, not {self.pose!r}")
+        if self.audio not in AUDIO_KINDS:
+            raise ValueError(f"--audio must be one of {', '.join(AUDIO_KINDS)}, not {self.audio!r}")
+        if self.frame_batch_size < 1:
+            raise ValueError("--frame-batch must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

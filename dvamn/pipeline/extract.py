@@ -1,0 +1,434 @@
+"""The extraction job on Ray Data: videos -> pose + audio features -> Parquet.
+
+    uris -> [PoseStage actors]  decode 10 fps frames + 16 kHz audio, pose, features
+         -> [AudioStage actors] audio embeddings, batched
+         -> [write_parts tasks] OUT/videos/*.parquet and OUT/errors/*.parquet
+         -> materialised Dataset of the rows (``extract_dataset``)
+
+Each stage catches failures per video and turns them into error rows (Ray Data would
+otherwise abort the whole run, or drop a whole block): every input ends in exactly one of
+``OUT/videos`` and ``OUT/errors``. Parts are written as batches finish, so an interrupted
+run keeps what it did; a rerun skips videos already in ``OUT/videos`` and retries the
+rest, and once it completes, the errors of earlier runs are replaced by its own.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import platform
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dvamn import storage
+from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES
+from dvamn.pipeline.config import ExtractConfig, StageResources
+from dvamn.pipeline.video import VideoPoseExtractor, error_row, finish_rows, utc_now
+from dvamn.schema import ERROR_SCHEMA, VIDEO_SCHEMA, column_sequences, rows_to_table
+
+log = logging.getLogger(__name__)
+
+VIDEOS_DIR = "videos"
+ERRORS_DIR = "errors"
+MANIFEST = "manifest.json"
+
+# The table that flows between stages: a video row (or its pose part), the soundtrack
+# until it is embedded, and the error of a video that failed.
+STAGE_SCHEMA = pa.schema(
+    list(VIDEO_SCHEMA)
+    + [
+        ("waveform", pa.list_(pa.float32())),
+        ("status", pa.string()),  # "ok" or "error"
+        ("error_stage", pa.string()),
+        ("error_message", pa.string()),
+        ("error_type", pa.string()),
+    ]
+)
+_SEQUENCE_WIDTHS = {"pose": POSE_FEATURES, "audio_embedding": EMBEDDING_DIM}
+
+
+def _blank_row(uri: str, video_id: str) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for field in STAGE_SCHEMA:
+        if field.name in _SEQUENCE_WIDTHS:
+            row[field.name] = np.zeros((0, _SEQUENCE_WIDTHS[field.name]), np.float32)
+        elif pa.types.is_list(field.type):
+            row[field.name] = np.zeros(0, np.float32)
+        elif pa.types.is_string(field.type):
+            row[field.name] = ""
+        else:
+            row[field.name] = 0
+    row.update(uri=uri, video_id=video_id, status="ok")
+    return row
+
+
+def _failed(uri: str, video_id: str, error: BaseException, stage: str) -> dict[str, Any]:
+    row = _blank_row(uri, video_id)
+    err = error_row(uri, video_id, error, stage)
+    row.update(
+        status="error",
+        error_stage=err["stage"],
+        error_message=err["message"],
+        error_type=err["error_type"],
+    )
+    return row
+
+
+def _table_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """STAGE_SCHEMA table -> dict rows with numpy sequences (inverse of rows_to_table)."""
+    columns = {}
+    for field in STAGE_SCHEMA:
+        if field.name in _SEQUENCE_WIDTHS:
+            columns[field.name] = column_sequences(table, field.name, _SEQUENCE_WIDTHS[field.name])
+        elif pa.types.is_list(field.type):
+            columns[field.name] = column_sequences(table, field.name)
+        else:
+            columns[field.name] = table.column(field.name).to_pylist()
+    return [{k: v[i] for k, v in columns.items()} for i in range(table.num_rows)]
+
+
+class PoseStage:
+    """Ray Data actor: loads the pose model once, then turns uris into pose parts."""
+
+    def __init__(self, config: ExtractConfig):
+        _limit_threads(config.pose_stage)
+        self.extract = VideoPoseExtractor(config)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = []
+        for uri, video_id in zip(batch.column("uri").to_pylist(), batch.column("video_id").to_pylist()):
+            started = time.perf_counter()
+            try:
+                part = self.extract(uri, video_id)
+                row = _blank_row(uri, video_id)
+                row.update(part)
+            except Exception as error:  # noqa: BLE001 - a bad video must not stop the job
+                row = _failed(uri, video_id, error, "pose")
+            log.debug("%s: pose stage %.2f s", uri, time.perf_counter() - started)
+            rows.append(row)
+        return rows_to_table(rows, STAGE_SCHEMA)
+
+
+class AudioStage:
+    """Ray Data actor: loads the audio embedding once, embeds a batch of soundtracks."""
+
+    def __init__(self, config: ExtractConfig):
+        from dvamn.audio import make_audio_embedder
+
+        _limit_threads(config.audio_stage)
+        self.embedder = make_audio_embedder(
+            config.audio, weights=config.vggish_weights, pca=config.vggish_pca, device=config.device
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = _table_rows(batch)
+        pending = [r for r in rows if r["status"] == "ok"]
+        finished = {}
+        if pending:
+            try:
+                done = finish_rows(pending, self.embedder)
+            except Exception:  # noqa: BLE001 - retry one by one to find the culprit
+                done = []
+                for row in pending:
+                    try:
+                        done.extend(finish_rows([row], self.embedder))
+                    except Exception as error:  # noqa: BLE001
+                        finished[row["uri"]] = _failed(row["uri"], row["video_id"], error, "audio")
+            for row in done:
+                full = _blank_row(row["uri"], row["video_id"])
+                full.update(row)
+                finished[row["uri"]] = full
+        out = [finished.get(r["uri"], r) if r["status"] == "ok" else r for r in rows]
+        for row in out:
+            row["waveform"] = np.zeros(0, np.float32)  # the soundtrack is not stored
+        return rows_to_table(out, STAGE_SCHEMA)
+
+
+def write_parts(batch: pa.Table, out: str, run_id: str) -> pa.Table:
+    """Write a batch's video rows and error rows as Parquet parts; pass the batch on.
+
+    The part name is derived from the batch's contents, so a task that Ray retries
+    overwrites its own part instead of duplicating rows.
+    """
+    digest = hashlib.sha256("\n".join(batch.column("uri").to_pylist()).encode()).hexdigest()[:16]
+    ok = batch.filter(pc.equal(batch.column("status"), "ok"))
+    failed = batch.filter(pc.equal(batch.column("status"), "error"))
+    if ok.num_rows:
+        _write_table(ok.select(VIDEO_SCHEMA.names), storage.join(out, VIDEOS_DIR, f"part-{run_id}-{digest}.parquet"))
+    if failed.num_rows:
+        errors = pa.table(
+            {
+                "video_id": failed.column("video_id"),
+                "uri": failed.column("uri"),
+                "stage": failed.column("error_stage"),
+                "message": failed.column("error_message"),
+                "error_type": failed.column("error_type"),
+                "failed_at": pa.array([utc_now()] * failed.num_rows, pa.string()),
+            },
+            schema=ERROR_SCHEMA,
+        )
+        _write_table(errors, storage.join(out, ERRORS_DIR, f"part-{run_id}-{digest}.parquet"))
+    return batch
+
+
+def _write_table(table: pa.Table, uri: str) -> None:
+    fs, path = storage.filesystem(uri)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def _limit_threads(resources: StageResources) -> None:
+    """Keep each actor's math libraries within its CPU share (no oversubscription)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(round(resources.num_cpus))))
+
+
+def read_table(out: str, subdir: str, columns: Optional[list[str]] = None) -> Optional[pa.Table]:
+    """All parts of ``OUT/<subdir>`` as one table, or None when there are none."""
+    fs, path = storage.filesystem(storage.join(out, subdir))
+    if not fs.exists(path):
+        return None
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+    if not files:
+        return None
+    tables = []
+    for file in files:
+        with fs.open(file, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(tables)
+
+
+def _part_files(out: str, subdir: str) -> list[str]:
+    fs, path = storage.filesystem(storage.join(out, subdir))
+    if not fs.exists(path):
+        return []
+    return sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+
+
+@dataclass
+class ExtractPlan:
+    inputs: list[tuple[str, str]]  # (uri, video_id) of every input
+    todo: list[tuple[str, str]]  # not yet in OUT/videos
+    already_done: int
+    stale_error_files: list[str]  # error parts of earlier runs, replaced by this run's
+
+
+def plan(config: ExtractConfig) -> ExtractPlan:
+    uris = storage.list_inputs(config.input)
+    if config.limit is not None:
+        uris = uris[: config.limit]
+    inputs = [(uri, storage.relative_id(uri, config.input)) for uri in uris]
+    ids = [video_id for _, video_id in inputs]
+    if len(set(ids)) != len(ids):  # same stem in two folders: fall back to full uris
+        inputs = [(uri, uri) for uri in uris]
+    done_table = read_table(config.out, VIDEOS_DIR, columns=["uri"])
+    done = set(done_table.column("uri").to_pylist()) if done_table is not None else set()
+    todo = [(uri, vid) for uri, vid in inputs if uri not in done]
+    return ExtractPlan(inputs, todo, len(inputs) - len(todo), _part_files(config.out, ERRORS_DIR))
+
+
+def check_weights(config: ExtractConfig) -> None:
+    """Fail before any work when the pose or audio weights cannot be had."""
+    from dvamn.audio import check_audio_weights
+
+    check_audio_weights(config.audio, config.vggish_weights, config.vggish_pca)
+    if config.pose != "keypoints":
+        VideoPoseExtractor(config)  # resolves and loads the ONNX files once
+
+
+def _pool(resources: StageResources):
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=max(resources.min_actors, resources.max_actors))
+
+
+def build_dataset(config: ExtractConfig, todo: list[tuple[str, str]], run_id: str):
+    """The lazy Ray Dataset of the job: one STAGE_SCHEMA row per input in ``todo``."""
+    import ray.data
+
+    items = [{"uri": uri, "video_id": video_id} for uri, video_id in todo]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(
+        PoseStage,
+        fn_constructor_kwargs={"config": config},
+        batch_size=config.pose_stage.videos_per_batch,
+        batch_format="pyarrow",
+        compute=_pool(config.pose_stage),
+        num_cpus=config.pose_stage.num_cpus,
+        num_gpus=config.pose_stage.num_gpus or None,
+    )
+    ds = ds.map_batches(
+        AudioStage,
+        fn_constructor_kwargs={"config": config},
+        batch_size=config.audio_stage.videos_per_batch,
+        batch_format="pyarrow",
+        compute=_pool(config.audio_stage),
+        num_cpus=config.audio_stage.num_cpus,
+        num_gpus=config.audio_stage.num_gpus or None,
+    )
+    return ds.map_batches(
+        write_parts,
+        fn_kwargs={"out": config.out, "run_id": run_id},
+        batch_size=config.audio_stage.videos_per_batch,
+        batch_format="pyarrow",
+        num_cpus=0.1,
+    )
+
+
+@dataclass
+class ExtractSummary:
+    inputs: int
+    already_done: int
+    done: int
+    failed: int
+    media_hours: float
+    pose_frames: int
+    wall_s: float
+    videos_total: int
+    errors_total: int
+    out: str
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.pose_frames / self.wall_s if self.wall_s else 0.0
+
+    def lines(self) -> list[str]:
+        return [
+            f"inputs           {self.inputs} ({self.already_done} already done, skipped)",
+            f"this run         {self.done} done, {self.failed} failed in {self.wall_s:.1f} s",
+            f"media            {self.media_hours:.3f} h ({self.media_hours * 3600 / max(self.wall_s, 1e-9):.1f}x real time)",
+            f"pose frames      {self.pose_frames} ({self.frames_per_s:.1f} frames/s)",
+            f"output           {self.videos_total} videos in {storage.join(self.out, VIDEOS_DIR)}",
+            f"                 {self.errors_total} errors in {storage.join(self.out, ERRORS_DIR)}",
+        ]
+
+
+def extract_dataset(config: ExtractConfig, write_manifest: bool = True):
+    """Run the job; returns ``(dataset, summary)``.
+
+    ``dataset`` holds the VIDEO_SCHEMA rows extracted by this run, materialised in Ray's
+    object store, so training can consume them without reading OUT back.
+    """
+    from dvamn.ray_setup import ensure_ray
+
+    ensure_ray()
+    check_weights(config)
+    job = plan(config)
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    log.info(
+        "%d inputs, %d already in %s, %d to extract",
+        len(job.inputs), job.already_done, config.out, len(job.todo),
+    )
+    started = time.perf_counter()
+    if job.todo:
+        results = build_dataset(config, job.todo, run_id).materialize()
+        status = results.select_columns(["status", "duration_s", "num_pose_frames"]).to_arrow_refs()
+        import ray
+
+        status = pa.concat_tables(ray.get(status))
+    else:
+        results = None
+        status = pa.table({"status": pa.array([], pa.string()), "duration_s": pa.array([], pa.float64()), "num_pose_frames": pa.array([], pa.int32())})
+    wall_s = time.perf_counter() - started
+    ok = pc.equal(status.column("status"), "ok")
+    done = int(pc.sum(ok).as_py() or 0)
+    if len(job.todo) == status.num_rows:
+        # Every retried input is in this run's output: earlier errors are superseded.
+        fs, _ = storage.filesystem(config.out)
+        for stale in job.stale_error_files:
+            fs.rm(stale)
+    videos_total = _count_rows(config.out, VIDEOS_DIR)
+    errors_total = _count_rows(config.out, ERRORS_DIR)
+    summary = ExtractSummary(
+        inputs=len(job.inputs),
+        already_done=job.already_done,
+        done=done,
+        failed=status.num_rows - done,
+        media_hours=float(pc.sum(status.filter(ok).column("duration_s")).as_py() or 0.0) / 3600,
+        pose_frames=int(pc.sum(status.filter(ok).column("num_pose_frames")).as_py() or 0),
+        wall_s=wall_s,
+        videos_total=videos_total,
+        errors_total=errors_total,
+        out=config.out,
+    )
+    if write_manifest:
+        _write_manifest(config, summary)
+    dataset = None
+    if results is not None:
+        dataset = (
+            results.map_batches(
+                lambda t: t.filter(pc.equal(t.column("status"), "ok")).select(VIDEO_SCHEMA.names),
+                batch_format="pyarrow",
+            ).materialize()
+        )
+    return dataset, summary
+
+
+def run_extract(config: ExtractConfig) -> ExtractSummary:
+    """Run the job for its outputs in OUT (the CLI's entry point)."""
+    _, summary = extract_dataset(config)
+    return summary
+
+
+def _count_rows(out: str, subdir: str) -> int:
+    fs, _ = storage.filesystem(out)
+    total = 0
+    for file in _part_files(out, subdir):
+        with fs.open(file, "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for package in ("dvamn", "ray", "torch", "onnxruntime", "onnxruntime-gpu", "rtmlib", "torchvggish", "av", "pyarrow", "numpy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _write_manifest(config: ExtractConfig, summary: ExtractSummary) -> None:
+    manifest = {
+        "updated_at": utc_now(),
+        "input": config.input,
+        "counts": {
+            "inputs": summary.inputs,
+            "videos": summary.videos_total,
+            "errors": summary.errors_total,
+            "this_run_done": summary.done,
+            "this_run_failed": summary.failed,
+            "this_run_skipped": summary.already_done,
+        },
+        "media_hours_this_run": summary.media_hours,
+        "pose_frames_per_s": summary.frames_per_s,
+        "wall_s": summary.wall_s,
+        "options": config.to_dict(),
+        "versions": versions(),
+    }
+    fs, path = storage.filesystem(storage.join(config.out, MANIFEST))
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "w") as f:
+        json.dump(manifest, f, indent=2)
+
+
+def config_from_dict(values: dict[str, Any]) -> ExtractConfig:
+    """Rebuild a config saved in a manifest."""
+    values = dict(values)
+    for key in ("pose_stage", "audio_stage"):
+        if isinstance(values.get(key), dict):
+            values[key] = StageResources(**values[key])
+    fields = {f.name for f in dataclasses.fields(ExtractConfig)}
+    return ExtractConfig(**{k: v for k, v in values.items() if k in fields})

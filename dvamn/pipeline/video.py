@@ -1,0 +1,220 @@
+"""What extraction does to one video, as plain Python (no Ray).
+
+The Ray Data stages in ``extract.py`` and the single-process loop of
+``benchmarks/extract.py`` call the same two steps:
+
+1. ``VideoPoseExtractor(uri, video_id)``: one pass over the file decodes 10 fps frames and
+   16 kHz mono audio; frames go through the pose model in batches (or a keypoint file is
+   read instead); the main dancer is tracked, short gaps are filled, and the 68-value pose
+   features are computed. Returns the pose part of the row and the waveform.
+2. ``finish_rows(pose_parts, embedder)``: the audio embeddings of several videos in one
+   batch, joined to their pose parts into rows of ``dvamn.schema.VIDEO_SCHEMA``.
+
+Every failure becomes a ``VideoError`` naming the stage, so the job can record it as an
+error row instead of stopping.
+"""
+
+import datetime
+import logging
+from typing import Any, Optional
+
+import numpy as np
+
+from dvamn.constants import EMBEDDING_DIM, POSE_FPS, num_audio_frames, num_pose_frames
+from dvamn.pipeline.config import ExtractConfig
+
+log = logging.getLogger(__name__)
+
+
+class VideoError(Exception):
+    """A video that cannot be extracted; ``stage`` says where it failed."""
+
+    def __init__(self, stage: str, message: str, error_type: str = "VideoError"):
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+        self.error_type = error_type
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def error_row(uri: str, video_id: str, error: BaseException, stage: str = "unknown") -> dict:
+    """A row of ``dvamn.schema.ERROR_SCHEMA`` for ``error``."""
+    if isinstance(error, VideoError):
+        stage, message, error_type = error.stage, error.message, error.error_type
+    else:
+        message, error_type = f"{type(error).__name__}: {error}", type(error).__name__
+    return {
+        "video_id": video_id,
+        "uri": uri,
+        "stage": stage,
+        "message": message,
+        "error_type": error_type,
+        "failed_at": utc_now(),
+    }
+
+
+class VideoPoseExtractor:
+    """Pose features and soundtrack of one video; loads its pose model once."""
+
+    def __init__(self, config: ExtractConfig):
+        from dvamn.pose import load_pose_estimator
+
+        self.config = config
+        if config.pose == "keypoints":
+            self.estimator = None
+            self.pose_model, self.pose_weights = "keypoints", "keypoint files"
+        else:
+            self.estimator = load_pose_estimator(
+                kind=config.pose,
+                model=config.pose_model,
+                detector=config.pose_detector,
+                device=config.device,
+            )
+            self.pose_model, self.pose_weights = self.estimator.name, self.estimator.weights
+
+    def __call__(self, uri: str, video_id: str) -> dict[str, Any]:
+        """Returns the pose part of the row plus ``waveform`` (float32 [N] at 16 kHz)."""
+        from dvamn.media import MediaError, MediaReader
+        from dvamn.pose import NoPersonError
+
+        config = self.config
+        try:
+            with MediaReader(uri, max_frame_pixels=config.max_frame_pixels) as reader:
+                info = reader.info
+                if info.duration_s < config.min_duration_s:
+                    raise VideoError(
+                        "input",
+                        f"video is {info.duration_s:.1f} s long; at least "
+                        f"{config.min_duration_s:.0f} s is needed for one training window",
+                        "TooShort",
+                    )
+                num_frames = num_pose_frames(info.duration_s)
+                if self.estimator is None:
+                    waveform = reader.audio()
+                    keypoints, scores, present, width, height = self._keypoints_from_file(
+                        uri, num_frames, info
+                    )
+                else:
+                    keypoints, scores, present = self._keypoints_from_frames(reader)
+                    waveform = reader.audio()
+                    width, height = info.width, info.height
+        except MediaError as error:
+            raise VideoError("decode", str(error), "MediaError") from error
+        except NoPersonError as error:
+            raise VideoError("pose", str(error), "NoPerson") from error
+        return self._pose_part(uri, video_id, info, keypoints, scores, present, width, height, waveform)
+
+    def _keypoints_from_frames(self, reader):
+        from dvamn.pose import track_main_dancer
+
+        per_frame = []
+        for frames, _times_s in reader.frame_batches(self.config.frame_batch_size):
+            per_frame.extend(self.estimator(frames))
+        info = reader.info
+        return track_main_dancer(per_frame, info.width, info.height)
+
+    def _keypoints_from_file(self, uri: str, num_frames: int, info):
+        from dvamn.pose import (
+            find_keypoint_file,
+            load_aist_keypoints,
+            load_keypoint_file,
+            resample_track,
+        )
+
+        try:
+            path = find_keypoint_file(uri, self.config.keypoints_dir)
+        except FileNotFoundError as error:
+            raise VideoError("pose", str(error), "NoKeypointFile") from error
+        try:
+            if path.endswith(".pkl"):
+                track = load_aist_keypoints(path, view=self._aist_view(uri))
+            else:
+                track = load_keypoint_file(path)
+        except (ValueError, KeyError, OSError) as error:
+            raise VideoError("pose", f"keypoint file {path}: {error}", "BadKeypointFile") from error
+        keypoints, scores = resample_track(track, POSE_FPS, num_frames)
+        present = scores.max(axis=1) > 0
+        width = track.width or info.width
+        height = track.height or info.height
+        return keypoints, scores, present, width, height
+
+    def _aist_view(self, uri: str) -> int:
+        if self.config.aist_view is not None:
+            return self.config.aist_view
+        from dvamn.pose.keypoint_files import aist_view_from_name
+
+        return aist_view_from_name(uri)
+
+    def _pose_part(self, uri, video_id, info, keypoints, scores, present, width, height, waveform):
+        from dvamn.pose import fill_gaps, keypoint_confidence, pose_features
+        from dvamn.pose.tracking import NoPersonError
+
+        if not np.any(present):
+            raise VideoError("pose", "nobody was found in any frame of the video", "NoPerson")
+        try:
+            keypoints, scores, missing_fraction = fill_gaps(
+                keypoints, scores, present, max_gap_frames=self.config.max_gap_frames
+            )
+        except NoPersonError as error:
+            raise VideoError("pose", str(error), "NoPerson") from error
+        features = pose_features(keypoints, width, height)
+        return {
+            "video_id": video_id,
+            "uri": uri,
+            "duration_s": float(info.duration_s),
+            "width": int(width),
+            "height": int(height),
+            "pose_fps": float(POSE_FPS),
+            "num_pose_frames": int(len(features)),
+            "pose": features.astype(np.float32),
+            "pose_confidence": keypoint_confidence(scores).astype(np.float32),
+            "missing_fraction": float(missing_fraction),
+            "pose_model": self.pose_model,
+            "pose_weights": self.pose_weights,
+            "waveform": np.asarray(waveform, dtype=np.float32),
+        }
+
+
+def finish_rows(pose_parts: list[dict], embedder) -> list[dict]:
+    """Audio embeddings of several videos at once, joined into VIDEO_SCHEMA rows.
+
+    Raises only when the whole batch fails; the caller then records every video of the
+    batch as failed in stage "audio".
+    """
+    embeddings = embedder.embed([part["waveform"] for part in pose_parts])
+    rows = []
+    for part, embedding in zip(pose_parts, embeddings):
+        row = {k: v for k, v in part.items() if k != "waveform"}
+        expected = num_audio_frames(part["duration_s"])
+        embedding = np.asarray(embedding, dtype=np.float32).reshape(-1, EMBEDDING_DIM)
+        # The container's duration and the decoded audio can differ by a few ms; keep
+        # exactly the frame count the timing convention promises, padding by repetition.
+        if len(embedding) == 0:
+            raise VideoError("audio", "the soundtrack is empty", "EmptyAudio")
+        if len(embedding) < expected:
+            pad = np.repeat(embedding[-1:], expected - len(embedding), axis=0)
+            embedding = np.concatenate([embedding, pad])
+        row["audio_embedding"] = embedding[:expected]
+        row["num_audio_frames"] = int(expected)
+        row["audio_embedding_kind"] = embedder.kind
+        row["audio_weights"] = embedder.weights
+        row["extracted_at"] = utc_now()
+        rows.append(row)
+    return rows
+
+
+def process_video(
+    uri: str, video_id: str, pose_extractor: VideoPoseExtractor, embedder
+) -> tuple[Optional[dict], Optional[dict]]:
+    """Both steps for one video: ``(row, None)`` on success, ``(None, error_row)`` else."""
+    try:
+        part = pose_extractor(uri, video_id)
+    except Exception as error:  # noqa: BLE001 - every failure must become an error row
+        return None, error_row(uri, video_id, error, stage="pose")
+    try:
+        return finish_rows([part], embedder)[0], None
+    except Exception as error:  # noqa: BLE001
+        return None, error_row(uri, video_id, error, stage="audio")
