@@ -4,10 +4,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from dvamn.media import DEFAULT_MAX_FRAME_PIXELS
+
 POSE_SOURCES = ("rtmo", "rtmpose", "keypoints")
 AUDIO_KINDS = ("vggish", "vggish-raw", "logmel")
 DEFAULT_MAX_GAP_FRAMES = 5  # 0.5 s at 10 fps: longer gaps are not invented
-DEFAULT_MAX_FRAME_PIXELS = 3840 * 2160  # 4K UHD; larger frames are refused, not decoded
 
 
 @dataclass

@@ -49,6 +49,10 @@ STAGE_SCHEMA = pa.schema(
         ("error_stage", pa.string()),
         ("error_message", pa.string()),
         ("error_type", pa.string()),
+        # Peak resident memory of the actor that handled the row (the summary's
+        # "peak memory per worker").
+        ("pose_worker_rss_mb", pa.float32()),
+        ("audio_worker_rss_mb", pa.float32()),
     ]
 )
 _SEQUENCE_WIDTHS = {"pose": POSE_FEATURES, "audio_embedding": EMBEDDING_DIM}
@@ -103,7 +107,9 @@ class PoseStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
-        for uri, video_id in zip(batch.column("uri").to_pylist(), batch.column("video_id").to_pylist()):
+        for uri, video_id in zip(
+            batch.column("uri").to_pylist(), batch.column("video_id").to_pylist()
+        ):
             started = time.perf_counter()
             try:
                 part = self.extract(uri, video_id)
@@ -112,6 +118,7 @@ class PoseStage:
             except Exception as error:  # noqa: BLE001 - a bad video must not stop the job
                 row = _failed(uri, video_id, error, "pose")
             log.debug("%s: pose stage %.2f s", uri, time.perf_counter() - started)
+            row["pose_worker_rss_mb"] = peak_rss_mb()
             rows.append(row)
         return rows_to_table(rows, STAGE_SCHEMA)
 
@@ -146,8 +153,10 @@ class AudioStage:
                 full.update(row)
                 finished[row["uri"]] = full
         out = [finished.get(r["uri"], r) if r["status"] == "ok" else r for r in rows]
+        rss_mb = peak_rss_mb()
         for row in out:
             row["waveform"] = np.zeros(0, np.float32)  # the soundtrack is not stored
+            row["audio_worker_rss_mb"] = rss_mb
         return rows_to_table(out, STAGE_SCHEMA)
 
 
@@ -161,7 +170,10 @@ def write_parts(batch: pa.Table, out: str, run_id: str) -> pa.Table:
     ok = batch.filter(pc.equal(batch.column("status"), "ok"))
     failed = batch.filter(pc.equal(batch.column("status"), "error"))
     if ok.num_rows:
-        _write_table(ok.select(VIDEO_SCHEMA.names), storage.join(out, VIDEOS_DIR, f"part-{run_id}-{digest}.parquet"))
+        _write_table(
+            ok.select(VIDEO_SCHEMA.names),
+            storage.join(out, VIDEOS_DIR, f"part-{run_id}-{digest}.parquet"),
+        )
     if failed.num_rows:
         errors = pa.table(
             {
@@ -176,6 +188,15 @@ def write_parts(batch: pa.Table, out: str, run_id: str) -> pa.Table:
         )
         _write_table(errors, storage.join(out, ERRORS_DIR, f"part-{run_id}-{digest}.parquet"))
     return batch
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
 
 
 def _write_table(table: pa.Table, uri: str) -> None:
@@ -248,7 +269,9 @@ def check_weights(config: ExtractConfig) -> None:
 def _pool(resources: StageResources):
     import ray.data
 
-    return ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=max(resources.min_actors, resources.max_actors))
+    return ray.data.ActorPoolStrategy(
+        min_size=resources.min_actors, max_size=max(resources.min_actors, resources.max_actors)
+    )
 
 
 def build_dataset(config: ExtractConfig, todo: list[tuple[str, str]], run_id: str):
@@ -296,6 +319,8 @@ class ExtractSummary:
     videos_total: int
     errors_total: int
     out: str
+    pose_worker_peak_rss_mb: float = 0.0
+    audio_worker_peak_rss_mb: float = 0.0
 
     @property
     def frames_per_s(self) -> float:
@@ -307,6 +332,8 @@ class ExtractSummary:
             f"this run         {self.done} done, {self.failed} failed in {self.wall_s:.1f} s",
             f"media            {self.media_hours:.3f} h ({self.media_hours * 3600 / max(self.wall_s, 1e-9):.1f}x real time)",
             f"pose frames      {self.pose_frames} ({self.frames_per_s:.1f} frames/s)",
+            f"worker memory    pose {self.pose_worker_peak_rss_mb:.0f} MiB, "
+            f"audio {self.audio_worker_peak_rss_mb:.0f} MiB (peak per actor)",
             f"output           {self.videos_total} videos in {storage.join(self.out, VIDEOS_DIR)}",
             f"                 {self.errors_total} errors in {storage.join(self.out, ERRORS_DIR)}",
         ]
@@ -320,24 +347,40 @@ def extract_dataset(config: ExtractConfig, write_manifest: bool = True):
     """
     from dvamn.ray_setup import ensure_ray
 
-    ensure_ray()
     check_weights(config)
     job = plan(config)
+    ensure_ray()
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     log.info(
         "%d inputs, %d already in %s, %d to extract",
-        len(job.inputs), job.already_done, config.out, len(job.todo),
+        len(job.inputs),
+        job.already_done,
+        config.out,
+        len(job.todo),
     )
     started = time.perf_counter()
     if job.todo:
         results = build_dataset(config, job.todo, run_id).materialize()
-        status = results.select_columns(["status", "duration_s", "num_pose_frames"]).to_arrow_refs()
+        status = results.select_columns(
+            ["status", "duration_s", "num_pose_frames", "pose_worker_rss_mb", "audio_worker_rss_mb"]
+        ).to_arrow_refs()
         import ray
 
         status = pa.concat_tables(ray.get(status))
     else:
         results = None
-        status = pa.table({"status": pa.array([], pa.string()), "duration_s": pa.array([], pa.float64()), "num_pose_frames": pa.array([], pa.int32())})
+        status = pa.table(
+            {
+                name: pa.array([], STAGE_SCHEMA.field(name).type)
+                for name in (
+                    "status",
+                    "duration_s",
+                    "num_pose_frames",
+                    "pose_worker_rss_mb",
+                    "audio_worker_rss_mb",
+                )
+            }
+        )
     wall_s = time.perf_counter() - started
     ok = pc.equal(status.column("status"), "ok")
     done = int(pc.sum(ok).as_py() or 0)
@@ -359,17 +402,17 @@ def extract_dataset(config: ExtractConfig, write_manifest: bool = True):
         videos_total=videos_total,
         errors_total=errors_total,
         out=config.out,
+        pose_worker_peak_rss_mb=float(pc.max(status.column("pose_worker_rss_mb")).as_py() or 0.0),
+        audio_worker_peak_rss_mb=float(pc.max(status.column("audio_worker_rss_mb")).as_py() or 0.0),
     )
     if write_manifest:
         _write_manifest(config, summary)
     dataset = None
     if results is not None:
-        dataset = (
-            results.map_batches(
-                lambda t: t.filter(pc.equal(t.column("status"), "ok")).select(VIDEO_SCHEMA.names),
-                batch_format="pyarrow",
-            ).materialize()
-        )
+        dataset = results.map_batches(
+            lambda t: t.filter(pc.equal(t.column("status"), "ok")).select(VIDEO_SCHEMA.names),
+            batch_format="pyarrow",
+        ).materialize()
     return dataset, summary
 
 
@@ -392,7 +435,18 @@ def versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for package in ("dvamn", "ray", "torch", "onnxruntime", "onnxruntime-gpu", "rtmlib", "torchvggish", "av", "pyarrow", "numpy"):
+    for package in (
+        "dvamn",
+        "ray",
+        "torch",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "rtmlib",
+        "torchvggish",
+        "av",
+        "pyarrow",
+        "numpy",
+    ):
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

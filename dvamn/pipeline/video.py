@@ -104,7 +104,7 @@ class VideoPoseExtractor:
         except MediaError as error:
             raise VideoError("decode", str(error), "MediaError") from error
         except NoPersonError as error:
-            raise VideoError("pose", str(error), "NoPerson") from error
+            raise VideoError("pose", f"nobody in any frame: {error}", "NoPerson") from error
         return self._pose_part(uri, video_id, info, keypoints, scores, present, width, height, waveform)
 
     def _keypoints_from_frames(self, reader):
@@ -118,49 +118,32 @@ class VideoPoseExtractor:
 
     def _keypoints_from_file(self, uri: str, num_frames: int, info):
         from dvamn.pose import (
-            find_keypoint_file,
-            load_aist_keypoints,
-            load_keypoint_file,
+            KeypointFileError,
+            load_keypoints_for_video,
+            present_from_scores,
             resample_track,
         )
 
         try:
-            path = find_keypoint_file(uri, self.config.keypoints_dir)
+            track = load_keypoints_for_video(uri, self.config.keypoints_dir, self.config.aist_view)
         except FileNotFoundError as error:
             raise VideoError("pose", str(error), "NoKeypointFile") from error
-        try:
-            if path.endswith(".pkl"):
-                track = load_aist_keypoints(path, view=self._aist_view(uri))
-            else:
-                track = load_keypoint_file(path)
-        except (ValueError, KeyError, OSError) as error:
-            raise VideoError("pose", f"keypoint file {path}: {error}", "BadKeypointFile") from error
+        except (KeypointFileError, ValueError, KeyError, OSError) as error:
+            raise VideoError("pose", str(error), "BadKeypointFile") from error
         keypoints, scores = resample_track(track, POSE_FPS, num_frames)
-        present = scores.max(axis=1) > 0
         width = track.width or info.width
         height = track.height or info.height
-        return keypoints, scores, present, width, height
-
-    def _aist_view(self, uri: str) -> int:
-        if self.config.aist_view is not None:
-            return self.config.aist_view
-        from dvamn.pose.keypoint_files import aist_view_from_name
-
-        return aist_view_from_name(uri)
+        return keypoints, scores, present_from_scores(scores), width, height
 
     def _pose_part(self, uri, video_id, info, keypoints, scores, present, width, height, waveform):
-        from dvamn.pose import fill_gaps, keypoint_confidence, pose_features
-        from dvamn.pose.tracking import NoPersonError
+        from dvamn.pose import NoPersonError, pose_sequence
 
-        if not np.any(present):
-            raise VideoError("pose", "nobody was found in any frame of the video", "NoPerson")
         try:
-            keypoints, scores, missing_fraction = fill_gaps(
-                keypoints, scores, present, max_gap_frames=self.config.max_gap_frames
+            pose = pose_sequence(
+                keypoints, scores, present, width, height, max_gap_frames=self.config.max_gap_frames
             )
         except NoPersonError as error:
-            raise VideoError("pose", str(error), "NoPerson") from error
-        features = pose_features(keypoints, width, height)
+            raise VideoError("pose", f"nobody in any frame: {error}", "NoPerson") from error
         return {
             "video_id": video_id,
             "uri": uri,
@@ -168,10 +151,10 @@ class VideoPoseExtractor:
             "width": int(width),
             "height": int(height),
             "pose_fps": float(POSE_FPS),
-            "num_pose_frames": int(len(features)),
-            "pose": features.astype(np.float32),
-            "pose_confidence": keypoint_confidence(scores).astype(np.float32),
-            "missing_fraction": float(missing_fraction),
+            "num_pose_frames": int(len(pose.features)),
+            "pose": pose.features.astype(np.float32),
+            "pose_confidence": pose.confidence.astype(np.float32),
+            "missing_fraction": float(pose.missing_fraction),
             "pose_model": self.pose_model,
             "pose_weights": self.pose_weights,
             "waveform": np.asarray(waveform, dtype=np.float32),

@@ -1,0 +1,497 @@
+"""The music catalog: one row per track with its audio-embedding sequence, built with Ray Data.
+
+Sources (``music`` argument of :func:`build_catalog`):
+
+- audio files (anything PyAV decodes: wav, mp3, flac, ogg, m4a ...) in a directory, glob,
+  list file or ``s3://`` prefix: each file is decoded to 16 kHz mono and embedded with the
+  chosen audio embedding (``vggish``, ``vggish-raw`` or ``logmel``) by a pool of Ray Data
+  actors that load the embedder once;
+- an extraction output (a directory holding ``videos/`` Parquet from ``dvamn extract``):
+  every video's soundtrack becomes a track and its ``audio_embedding`` column is reused.
+
+Layout of ``CATALOG``::
+
+    CATALOG/tracks/*.parquet   CATALOG_SCHEMA, one row per track
+    CATALOG/errors/*.parquet   CATALOG_ERROR_SCHEMA, one row per input that failed
+    CATALOG/manifest.json      sizes, embedding provenance, content version
+
+Every input ends up either in ``tracks/`` or in ``errors/``. A rebuild redoes everything
+(embedding a track is cheap next to extracting a video) and replaces the previous catalog.
+"""
+
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dvamn import storage
+from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, SAMPLE_RATE_HZ
+from dvamn.pipeline.config import AUDIO_KINDS
+from dvamn.schema import rows_to_table, sequence_to_numpy
+
+log = logging.getLogger(__name__)
+
+CATALOG_FORMAT = "dvamn-catalog/1"
+TRACKS_DIR = "tracks"
+ERRORS_DIR = "errors"
+MANIFEST_FILE = "manifest.json"
+
+CATALOG_SCHEMA = pa.schema(
+    [
+        ("track_id", pa.string()),  # path below MUSIC without extension, or the video_id
+        ("title", pa.string()),  # the file's title tag, else its file name
+        ("uri", pa.string()),
+        ("duration_s", pa.float64()),
+        ("num_audio_frames", pa.int32()),
+        ("embedding", pa.list_(pa.list_(pa.float32(), EMBEDDING_DIM))),  # [T_a][128]
+        ("embedding_sha256", pa.string()),  # of the float32 bytes: the catalog version's input
+        ("audio_embedding_kind", pa.string()),
+        ("audio_weights", pa.string()),
+        ("source", pa.string()),  # "audio-file" or "extraction"
+        ("cataloged_at", pa.string()),
+    ]
+)
+
+CATALOG_ERROR_SCHEMA = pa.schema(
+    [
+        ("track_id", pa.string()),
+        ("uri", pa.string()),
+        ("stage", pa.string()),  # "read", "decode", "embed", "input"
+        ("message", pa.string()),
+        ("error_type", pa.string()),
+        ("failed_at", pa.string()),
+    ]
+)
+
+# Rows leave the Ray Data stage in one table: a track's columns plus the error columns
+# (null on success), so that one failing file never aborts the run (see DESIGN.md).
+_STAGE_SCHEMA = pa.schema(
+    list(CATALOG_SCHEMA)
+    + [
+        ("error_stage", pa.string()),
+        ("error_message", pa.string()),
+        ("error_type", pa.string()),
+        ("failed_at", pa.string()),
+    ]
+)
+
+
+@dataclass
+class CatalogConfig:
+    """Everything ``dvamn catalog`` needs."""
+
+    music: str  # audio files (dir, glob, list file, s3:// prefix) or an extraction output
+    out: str
+    audio: str = "vggish"  # one of AUDIO_KINDS; ignored for an extraction output
+    vggish_weights: Optional[str] = None
+    vggish_pca: Optional[str] = None
+    device: str = "auto"  # auto | cpu | cuda
+    max_actors: int = 2
+    num_cpus_per_actor: float = 1.0
+    tracks_per_batch: int = 2
+    limit: Optional[int] = None  # only the first N inputs (smoke runs)
+
+    def __post_init__(self) -> None:
+        if self.audio not in AUDIO_KINDS:
+            raise ValueError(f"--audio must be one of {', '.join(AUDIO_KINDS)}, not {self.audio!r}")
+
+
+@dataclass
+class CatalogSummary:
+    """What a build produced (also written to ``manifest.json``)."""
+
+    out: str
+    num_inputs: int
+    num_tracks: int
+    num_errors: int
+    audio_embedding_kind: str
+    audio_weights: str
+    version: str
+    total_duration_s: float
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def embedding_sha256(embedding: np.ndarray) -> str:
+    """SHA-256 (first 16 hex digits) of a [T, 128] embedding as contiguous float32."""
+    data = np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def is_extraction_output(music: str) -> bool:
+    """True when ``music`` is a directory/prefix holding ``videos/`` Parquet files."""
+    videos = storage.join(music, "videos")
+    try:
+        fs, path = storage.filesystem(videos)
+        return fs.isdir(path) and any(p.endswith(".parquet") for p in fs.find(path))
+    except (OSError, ValueError):
+        return False
+
+
+def read_title_tag(container: Any) -> Optional[str]:
+    """The ``title`` tag of an open PyAV container (container or first audio stream)."""
+    sources = [container.metadata]
+    sources += [s.metadata for s in container.streams.audio[:1]]
+    for metadata in sources:
+        for key, value in (metadata or {}).items():
+            if key.lower() == "title" and value and value.strip():
+                return value.strip()
+    return None
+
+
+def _error_row(track_id: str, uri: str, stage: str, exc: BaseException) -> Dict[str, Any]:
+    row: Dict[str, Any] = {f.name: None for f in _STAGE_SCHEMA}
+    row.update(
+        track_id=track_id,
+        uri=uri,
+        embedding=np.zeros((0, EMBEDDING_DIM), np.float32),
+        error_stage=stage,
+        error_message=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+        error_type=type(exc).__name__,
+        failed_at=_now(),
+    )
+    return row
+
+
+def _track_row(
+    track_id: str,
+    uri: str,
+    title: str,
+    duration_s: float,
+    embedding: np.ndarray,
+    kind: str,
+    weights: str,
+    source: str,
+) -> Dict[str, Any]:
+    embedding = np.asarray(embedding, np.float32).reshape(-1, EMBEDDING_DIM)
+    row: Dict[str, Any] = {f.name: None for f in _STAGE_SCHEMA}
+    row.update(
+        track_id=track_id,
+        title=title,
+        uri=uri,
+        duration_s=float(duration_s),
+        num_audio_frames=int(len(embedding)),
+        embedding=embedding,
+        embedding_sha256=embedding_sha256(embedding),
+        audio_embedding_kind=kind,
+        audio_weights=weights,
+        source=source,
+        cataloged_at=_now(),
+    )
+    return row
+
+
+class TrackEmbedder:
+    """Ray Data callable class: decodes audio files and embeds them, one embedder per actor.
+
+    ``__call__`` takes a batch ``{"uri": [B], "track_id": [B]}`` and returns a pyarrow table
+    of ``_STAGE_SCHEMA`` with one row per input, failed inputs included as error rows.
+    """
+
+    def __init__(
+        self,
+        audio: str,
+        vggish_weights: Optional[str],
+        vggish_pca: Optional[str],
+        device: str,
+    ) -> None:
+        from dvamn.audio import make_audio_embedder
+
+        self.embedder = make_audio_embedder(audio, vggish_weights, vggish_pca, device)
+
+    def _decode(self, uri: str) -> tuple:
+        """(waveform float32 [N] at 16 kHz, duration_s, title or None) of one file."""
+        import av
+
+        from dvamn.media import read_audio
+
+        with storage.open_uri(uri) as f:
+            data = f.read()  # read once: remote files are not fetched twice
+        waveform, _info = read_audio(io.BytesIO(data), name=uri)
+        with av.open(io.BytesIO(data)) as container:
+            title = read_title_tag(container)
+        # The decoded length, not the header's: it is what the embedding covers.
+        return waveform, len(waveform) / SAMPLE_RATE_HZ, title
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> pa.Table:
+        rows: List[Dict[str, Any]] = []
+        decoded = []
+        for uri, track_id in zip(batch["uri"], batch["track_id"], strict=True):
+            uri, track_id = str(uri), str(track_id)
+            try:
+                waveform, duration_s, title = self._decode(uri)
+                if waveform.size == 0:
+                    raise ValueError(f"{uri} has no audio samples (no audio stream?)")
+                decoded.append((uri, track_id, waveform, duration_s, title))
+            except Exception as exc:  # every input is accounted for: record, go on
+                log.warning("catalog: cannot decode %s: %s", uri, exc)
+                rows.append(_error_row(track_id, uri, "decode", exc))
+        if decoded:
+            try:
+                embeddings = self.embedder.embed([d[2] for d in decoded])
+            except Exception:
+                # One bad waveform must not fail its neighbours: retry one by one.
+                embeddings = []
+                for d in decoded:
+                    try:
+                        embeddings.append(self.embedder.embed([d[2]])[0])
+                    except Exception as exc:
+                        embeddings.append(exc)
+            for (uri, track_id, _, duration_s, title), emb in zip(decoded, embeddings, strict=True):
+                if isinstance(emb, Exception):
+                    rows.append(_error_row(track_id, uri, "embed", emb))
+                    continue
+                name = os.path.splitext(os.path.basename(uri.rstrip("/")))[0]
+                rows.append(
+                    _track_row(
+                        track_id,
+                        uri,
+                        title or name,
+                        duration_s,
+                        emb,
+                        self.embedder.kind,
+                        self.embedder.weights,
+                        "audio-file",
+                    )
+                )
+        return rows_to_table(rows, _STAGE_SCHEMA)
+
+
+def extraction_to_tracks(batch: pa.Table) -> pa.Table:
+    """Ray Data function: rows of an extraction's VIDEO_SCHEMA -> ``_STAGE_SCHEMA`` rows.
+
+    A video without audio embedding frames becomes an error row (stage "audio").
+    """
+    rows = []
+    for rec in batch.select(
+        [
+            "video_id",
+            "uri",
+            "duration_s",
+            "audio_embedding",
+            "audio_embedding_kind",
+            "audio_weights",
+        ]
+    ).to_pylist():
+        emb = sequence_to_numpy(rec["audio_embedding"] or [], EMBEDDING_DIM)
+        if len(emb) == 0:
+            exc = ValueError("the extraction holds no audio embedding for this video")
+            rows.append(_error_row(rec["video_id"], rec["uri"], "audio", exc))
+            continue
+        rows.append(
+            _track_row(
+                rec["video_id"],
+                rec["uri"],
+                rec["video_id"],
+                rec["duration_s"] or len(emb) * AUDIO_HOP_S,
+                emb,
+                rec["audio_embedding_kind"],
+                rec["audio_weights"],
+                "extraction",
+            )
+        )
+    return rows_to_table(rows, _STAGE_SCHEMA)
+
+
+def _only_tracks(batch: pa.Table) -> pa.Table:
+    ok = batch.filter(pc.is_null(batch["error_stage"]))
+    return ok.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA)
+
+
+def _only_errors(batch: pa.Table) -> pa.Table:
+    bad = batch.filter(pc.is_valid(batch["error_stage"]))
+    columns = {
+        "track_id": bad["track_id"],
+        "uri": bad["uri"],
+        "stage": bad["error_stage"],
+        "message": bad["error_message"],
+        "error_type": bad["error_type"],
+        "failed_at": bad["failed_at"],
+    }
+    return pa.table(columns).cast(CATALOG_ERROR_SCHEMA)
+
+
+def _remove(uri: str) -> None:
+    fs, path = storage.filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _write_table(table: pa.Table, uri: str) -> None:
+    fs, path = storage.filesystem(uri)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # also makes OUT for the manifest
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def catalog_version(track_ids: List[str], shas: List[str], kind: str, weights: str) -> str:
+    """Content version: changes when any track, its embedding or the provenance changes."""
+    digest = hashlib.sha256(f"{CATALOG_FORMAT}\n{kind}\n{weights}\n".encode())
+    for track_id, sha in sorted(zip(track_ids, shas, strict=True)):
+        digest.update(f"{track_id}\t{sha}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def _stage_dataset(config: CatalogConfig) -> tuple:
+    """(dataset of _STAGE_SCHEMA rows, number of inputs, the source kind)."""
+    import ray
+
+    if is_extraction_output(config.music):
+        videos = storage.join(config.music, "videos")
+        ds = ray.data.read_parquet(videos)
+        num_inputs = ds.count()
+        if config.limit is not None:
+            ds, num_inputs = ds.limit(config.limit), min(num_inputs, config.limit)
+        ds = ds.map_batches(extraction_to_tracks, batch_format="pyarrow", batch_size=16)
+        return ds, num_inputs, "extraction"
+
+    uris = storage.list_inputs(config.music, storage.AUDIO_EXTENSIONS)
+    if config.limit is not None:
+        uris = uris[: config.limit]
+    items = [{"uri": u, "track_id": storage.relative_id(u, config.music)} for u in uris]
+    duplicates = [k for k, n in Counter(i["track_id"] for i in items).items() if n > 1]
+    if duplicates:
+        raise ValueError(
+            f"{config.music}: several files share the track id(s) {sorted(duplicates)[:5]} "
+            "(same path without extension); rename them or catalog them separately"
+        )
+    ds = ray.data.from_items(
+        items, override_num_blocks=max(1, len(items) // config.tracks_per_batch)
+    )
+    ds = ds.map_batches(
+        TrackEmbedder,
+        fn_constructor_kwargs=dict(
+            audio=config.audio,
+            vggish_weights=config.vggish_weights,
+            vggish_pca=config.vggish_pca,
+            device=config.device,
+        ),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, config.max_actors)),
+        batch_size=config.tracks_per_batch,
+        batch_format="numpy",
+        num_cpus=config.num_cpus_per_actor,
+        num_gpus=1 if _wants_gpu(config.device) else 0,
+    )
+    return ds, len(items), "audio-file"
+
+
+def _wants_gpu(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch
+
+    return device == "cuda" or torch.cuda.is_available()
+
+
+def build_catalog(config: CatalogConfig) -> CatalogSummary:
+    """Build the catalog described by ``config`` (Ray is initialised if it is not yet).
+
+    Raises ``FileNotFoundError`` when ``config.music`` names nothing, and ``ValueError``
+    when the tracks were embedded with more than one audio embedding (an extraction output
+    that mixes runs). Returns the summary also written to ``OUT/manifest.json``.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    ds, num_inputs, source = _stage_dataset(config)
+    ds = ds.materialize()  # both outputs below read it: embed each track only once
+
+    tracks_uri = storage.join(config.out, TRACKS_DIR)
+    errors_uri = storage.join(config.out, ERRORS_DIR)
+    for uri in (tracks_uri, errors_uri, storage.join(config.out, MANIFEST_FILE)):
+        _remove(uri)
+
+    errors = [
+        t
+        for t in ds.map_batches(_only_errors, batch_format="pyarrow").iter_batches(
+            batch_format="pyarrow"
+        )
+    ]
+    error_table = pa.concat_tables(errors) if errors else CATALOG_ERROR_SCHEMA.empty_table()
+    _write_table(error_table, storage.join(errors_uri, "errors.parquet"))
+
+    meta_columns = [
+        "track_id",
+        "embedding_sha256",
+        "audio_embedding_kind",
+        "audio_weights",
+        "duration_s",
+    ]
+    tracks = ds.map_batches(_only_tracks, batch_format="pyarrow")
+    meta = [b for b in tracks.select_columns(meta_columns).iter_batches(batch_format="pyarrow")]
+    meta_table = (
+        pa.concat_tables(meta)
+        if meta
+        else pa.schema([CATALOG_SCHEMA.field(c) for c in meta_columns]).empty_table()
+    )
+    kinds = sorted(set(meta_table["audio_embedding_kind"].to_pylist()))
+    weights = sorted(set(meta_table["audio_weights"].to_pylist()))
+    if len(kinds) > 1 or len(weights) > 1:
+        raise ValueError(
+            f"{config.music} mixes audio embeddings ({kinds}, weights {weights}); a catalog "
+            "must use one: extract again with one --audio setting"
+        )
+    if meta_table.num_rows:
+        tracks.write_parquet(tracks_uri)
+    else:
+        _write_table(CATALOG_SCHEMA.empty_table(), storage.join(tracks_uri, "empty.parquet"))
+
+    # With no track at all, the manifest still says what was asked for.
+    kind = kinds[0] if kinds else (config.audio if source == "audio-file" else "unknown")
+    weight = weights[0] if weights else ""
+    summary = CatalogSummary(
+        out=config.out,
+        num_inputs=num_inputs,
+        num_tracks=meta_table.num_rows,
+        num_errors=error_table.num_rows,
+        audio_embedding_kind=kind,
+        audio_weights=weight,
+        version=catalog_version(
+            meta_table["track_id"].to_pylist(),
+            meta_table["embedding_sha256"].to_pylist(),
+            kind,
+            weight,
+        ),
+        total_duration_s=float(sum(meta_table["duration_s"].to_pylist())),
+    )
+    if summary.num_tracks + summary.num_errors != num_inputs:
+        log.error(
+            "catalog: %d inputs but %d tracks + %d errors",
+            num_inputs,
+            summary.num_tracks,
+            summary.num_errors,
+        )
+    manifest = {
+        "format": CATALOG_FORMAT,
+        **dataclasses.asdict(summary),
+        "source": source,
+        "music": config.music,
+        "config": dataclasses.asdict(config),
+        "created_at": _now(),
+    }
+    fs, path = storage.filesystem(storage.join(config.out, MANIFEST_FILE))
+    with fs.open(path, "w") as f:
+        json.dump(manifest, f, indent=2)
+    log.info(
+        "catalog %s: %d tracks, %d errors, embedding %s, version %s",
+        config.out,
+        summary.num_tracks,
+        summary.num_errors,
+        kind,
+        summary.version,
+    )
+    return summary

@@ -1,0 +1,181 @@
+"""The extraction job end to end on synthetic videos: every input accounted for, reruns,
+stand-in rtmlib and VGGish models through the user's flags, and S3 in and out."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES, num_audio_frames, num_pose_frames
+from dvamn.pipeline.config import ExtractConfig, StageResources
+from dvamn.pipeline.extract import ERRORS_DIR, VIDEOS_DIR, extract_dataset, read_table
+
+SECONDS = 13.0
+
+# What a user must be able to read in the error message of each kind of bad input.
+EXPECTED_ERRORS = {
+    "zero_byte": ("decode", "empty"),
+    "not_media": ("decode", "not a"),
+    "truncated": ("decode", "truncated"),
+    "corrupt": ("decode", ""),
+    "no_audio": ("decode", "audio"),
+    "short": ("input", "12 s"),
+    "nobody": ("pose", "nobody"),
+    "huge": ("decode", "pixels"),
+}
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    from dvamn.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    result = synthesize(str(out), videos=3, seconds=SECONDS, seed=3, broken=8)
+    return out, result
+
+
+def small_config(input_dir, out, **overrides) -> ExtractConfig:
+    values = dict(
+        input=str(input_dir),
+        out=str(out),
+        pose="keypoints",
+        audio="logmel",
+        device="cpu",
+        pose_stage=StageResources(min_actors=1, max_actors=2, num_cpus=0.5),
+        audio_stage=StageResources(min_actors=1, max_actors=1, num_cpus=0.5, videos_per_batch=4),
+    )
+    values.update(overrides)
+    return ExtractConfig(**values)
+
+
+def test_every_input_is_a_video_row_or_an_error_row_and_reruns_finish_the_rest(
+    ray_local, synth_dir, tmp_path
+):
+    data, result = synth_dir
+    out = tmp_path / "features"
+    total = len(result.videos) + len(result.broken)
+
+    # A first run that stops early (only 4 inputs) stands in for an interrupted job.
+    _, first = extract_dataset(small_config(data, out, limit=4))
+    assert first.done + first.failed == 4
+
+    dataset, summary = extract_dataset(small_config(data, out))
+    assert summary.already_done == first.done
+    assert summary.inputs == total
+
+    videos = read_table(str(out), VIDEOS_DIR)
+    errors = read_table(str(out), ERRORS_DIR)
+    assert videos.num_rows == len(result.videos)
+    assert errors.num_rows == len(result.broken)
+    assert set(videos.column("uri").to_pylist()).isdisjoint(errors.column("uri").to_pylist())
+    assert (
+        len(set(videos.column("uri").to_pylist()) | set(errors.column("uri").to_pylist())) == total
+    )
+
+    by_uri = {r["uri"]: r for r in errors.to_pylist()}
+    for uri, kind in result.broken:
+        stage, words = EXPECTED_ERRORS[kind]
+        row = by_uri[uri]
+        assert row["stage"] == stage, (kind, row)
+        assert words in row["message"].lower(), (kind, row["message"])
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["videos"] == len(result.videos)
+    assert manifest["counts"]["errors"] == len(result.broken)
+    assert manifest["options"]["pose"] == "keypoints"
+
+    # The returned Dataset holds this run's rows, in the Parquet schema.
+    rows = dataset.take_all()
+    assert len(rows) == len(result.videos) - first.done
+    for row in videos.to_pylist():
+        pose = np.asarray(row["pose"], np.float32)
+        audio = np.asarray(row["audio_embedding"], np.float32)
+        assert pose.shape == (num_pose_frames(SECONDS), POSE_FEATURES)
+        assert audio.shape == (num_audio_frames(SECONDS), EMBEDDING_DIM)
+        assert row["pose_model"] == "keypoints" and row["audio_embedding_kind"] == "logmel"
+        assert 0.0 <= row["missing_fraction"] < 0.5
+
+    # A rerun with nothing new retries only the failures, which replace the old errors.
+    _, again = extract_dataset(small_config(data, out))
+    assert again.already_done == len(result.videos)
+    assert again.failed == len(result.broken)
+    assert read_table(str(out), ERRORS_DIR).num_rows == len(result.broken)
+    assert read_table(str(out), VIDEOS_DIR).num_rows == len(result.videos)
+
+
+def test_standin_rtmo_and_vggish_load_through_the_user_flags(ray_local, synth_dir, tmp_path):
+    from tests.support.standin_pose import export_rtmo_standin
+    from tests.support.standin_vggish import save_vggish_standin
+
+    data, result = synth_dir
+    model = tmp_path / "rtmo-standin.onnx"
+    export_rtmo_standin(model)
+    weights, pca = save_vggish_standin(tmp_path / "vggish")
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(result.videos[0] + "\n")
+
+    from dvamn.cli import main
+
+    code = main(
+        [
+            "extract",
+            str(listing),
+            "--out",
+            str(tmp_path / "out"),
+            "--pose",
+            "rtmo",
+            "--pose-model",
+            str(model),
+            "--audio",
+            "vggish",
+            "--vggish-weights",
+            str(weights),
+            "--vggish-pca",
+            str(pca),
+            "--device",
+            "cpu",
+            "--pose-cpus",
+            "0.5",
+            "--audio-cpus",
+            "0.5",
+        ]
+    )
+    assert code == 0
+    videos = read_table(str(tmp_path / "out"), VIDEOS_DIR)
+    assert videos.num_rows == 1
+    row = videos.to_pylist()[0]
+    assert row["pose_model"].startswith("rtmo") and str(model) in row["pose_weights"]
+    assert row["audio_embedding_kind"] == "vggish" and str(weights) in row["audio_weights"]
+    audio = np.asarray(row["audio_embedding"])
+    assert audio.min() >= 0 and audio.max() <= 255 and np.all(audio == np.round(audio))
+
+
+def test_missing_vggish_weights_stop_the_job_before_any_work(tmp_path, synth_dir):
+    from dvamn.audio import WeightsUnavailableError
+
+    data, _ = synth_dir
+    config = small_config(
+        data, tmp_path / "out", audio="vggish", vggish_weights=str(tmp_path / "none.pth")
+    )
+    with pytest.raises(WeightsUnavailableError, match="--vggish-weights"):
+        extract_dataset(config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_extract_reads_and_writes_s3(ray_local, s3_bucket, tmp_path):
+    import s3fs
+
+    from dvamn.synth import synthesize
+
+    synthesize(f"{s3_bucket}/videos", videos=2, seconds=SECONDS, seed=5)
+    out = f"{s3_bucket}/features"
+    _, summary = extract_dataset(small_config(f"{s3_bucket}/videos", out))
+    assert (summary.done, summary.failed) == (2, 0)
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    parts = fs.glob(f"{out}/{VIDEOS_DIR}/*.parquet")
+    assert parts
+    total = sum(pq.ParquetFile(fs.open(p, "rb")).metadata.num_rows for p in parts)
+    assert total == 2
+    assert fs.exists(f"{out}/manifest.json")
