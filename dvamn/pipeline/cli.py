@@ -3,9 +3,9 @@
 import argparse
 import sys
 
+from dvamn.audio import add_audio_arguments
+from dvamn.media import DEFAULT_MAX_FRAME_PIXELS
 from dvamn.pipeline.config import (
-    AUDIO_KINDS,
-    DEFAULT_MAX_FRAME_PIXELS,
     DEFAULT_MAX_GAP_FRAMES,
     POSE_SOURCES,
     ExtractConfig,
@@ -23,30 +23,6 @@ Outputs: OUT/videos/ (Parquet, a row per video), OUT/errors/ (Parquet, a row per
 that failed, with the stage and a message), OUT/manifest.json (counts, options,
 versions). Running again on the same OUT skips finished videos and retries failed ones.
 """
-
-
-def add_audio_arguments(parser: argparse.ArgumentParser) -> None:
-    """Audio-embedding flags, shared by every command that embeds audio."""
-    group = parser.add_argument_group("audio embedding")
-    group.add_argument(
-        "--audio",
-        choices=AUDIO_KINDS,
-        default="vggish",
-        help="vggish: VGGish + PCA + 8-bit quantisation, as the paper (default); "
-        "vggish-raw: the 128-d embedding before PCA; logmel: weight-free log-mel statistics "
-        "in the same 5 Hz x 128 layout, for offline use",
-    )
-    group.add_argument(
-        "--vggish-weights",
-        metavar="PATH|URI",
-        help="VGGish state dict (local path or s3://); default: torchvggish's release URL, "
-        "cached in the torch hub folder",
-    )
-    group.add_argument(
-        "--vggish-pca",
-        metavar="PATH|URI",
-        help="VGGish PCA parameters (local path or s3://); default: torchvggish's release URL",
-    )
 
 
 def add_pose_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,6 +153,7 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         vggish_weights=args.vggish_weights,
         vggish_pca=args.vggish_pca,
         device=args.device,
+        audio_device=args.audio_device,
         frame_batch_size=args.frame_batch,
         max_gap_frames=args.max_gap,
         max_frame_pixels=args.max_pixels,

@@ -4,10 +4,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from dvamn.audio import AUDIO_KINDS
 from dvamn.media import DEFAULT_MAX_FRAME_PIXELS
 
 POSE_SOURCES = ("rtmo", "rtmpose", "keypoints")
-AUDIO_KINDS = ("vggish", "vggish-raw", "logmel")
 DEFAULT_MAX_GAP_FRAMES = 5  # 0.5 s at 10 fps: longer gaps are not invented
 
 
@@ -36,7 +36,8 @@ class ExtractConfig:
     audio: str = "vggish"  # one of AUDIO_KINDS
     vggish_weights: Optional[str] = None
     vggish_pca: Optional[str] = None
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # pose model: auto | cpu | cuda
+    audio_device: str = "auto"  # VGGish: auto | cpu | cuda
     frame_batch_size: int = 16  # frames per pose-model call
     max_gap_frames: int = DEFAULT_MAX_GAP_FRAMES
     max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS

@@ -102,8 +102,8 @@ class PoseStage:
     """Ray Data actor: loads the pose model once, then turns uris into pose parts."""
 
     def __init__(self, config: ExtractConfig):
-        _limit_threads(config.pose_stage)
-        self.extract = VideoPoseExtractor(config)
+        threads = _limit_threads(config.pose_stage)
+        self.extract = VideoPoseExtractor(config, num_threads=threads)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
@@ -131,7 +131,10 @@ class AudioStage:
 
         _limit_threads(config.audio_stage)
         self.embedder = make_audio_embedder(
-            config.audio, weights=config.vggish_weights, pca=config.vggish_pca, device=config.device
+            config.audio,
+            weights=config.vggish_weights,
+            pca=config.vggish_pca,
+            device=config.audio_device,
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -206,11 +209,14 @@ def _write_table(table: pa.Table, uri: str) -> None:
         pq.write_table(table, f)
 
 
-def _limit_threads(resources: StageResources) -> None:
-    """Keep each actor's math libraries within its CPU share (no oversubscription)."""
+def _limit_threads(resources: StageResources) -> int:
+    """Keep each actor's math libraries within its CPU share (no oversubscription);
+    returns the thread count."""
     import torch
 
-    torch.set_num_threads(max(1, int(round(resources.num_cpus))))
+    threads = max(1, int(round(resources.num_cpus)))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def read_table(out: str, subdir: str, columns: Optional[list[str]] = None) -> Optional[pa.Table]:

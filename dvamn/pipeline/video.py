@@ -59,7 +59,9 @@ def error_row(uri: str, video_id: str, error: BaseException, stage: str = "unkno
 class VideoPoseExtractor:
     """Pose features and soundtrack of one video; loads its pose model once."""
 
-    def __init__(self, config: ExtractConfig):
+    def __init__(self, config: ExtractConfig, num_threads: Optional[int] = None):
+        """``num_threads``: ONNX Runtime threads (None: its default, all cores); a Ray
+        actor passes its CPU share so that several actors do not oversubscribe a node."""
         from dvamn.pose import load_pose_estimator
 
         self.config = config
@@ -72,6 +74,7 @@ class VideoPoseExtractor:
                 model=config.pose_model,
                 detector=config.pose_detector,
                 device=config.device,
+                num_threads=num_threads,
             )
             self.pose_model, self.pose_weights = self.estimator.name, self.estimator.weights
 
@@ -105,7 +108,9 @@ class VideoPoseExtractor:
             raise VideoError("decode", str(error), "MediaError") from error
         except NoPersonError as error:
             raise VideoError("pose", f"nobody in any frame: {error}", "NoPerson") from error
-        return self._pose_part(uri, video_id, info, keypoints, scores, present, width, height, waveform)
+        return self._pose_part(
+            uri, video_id, info, keypoints, scores, present, width, height, waveform
+        )
 
     def _keypoints_from_frames(self, reader):
         from dvamn.pose import track_main_dancer
