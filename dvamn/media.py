@@ -1,0 +1,532 @@
+"""Decode videos and music with PyAV: pose-rate frames and 16 kHz mono audio in one pass.
+
+Shared by the extraction pipeline, the music catalog and the service. A ``MediaReader``
+opens a URI (local path, ``s3://`` or any fsspec URL), a binary file object or bytes,
+checks the file on open (empty, not media, no video, no audio, resolution) and then reads
+the container ONCE: video frames are sampled at ``pose_fps`` by presentation timestamps
+while the audio is resampled and accumulated in the same demux loop.
+
+Sampling rule (the timing convention of ``dvamn.constants``): sample ``i`` is taken at
+``t_i = i / pose_fps`` seconds and shows the last decoded frame whose presentation time is
+``<= t_i``, so variable-frame-rate video is handled like any other; there are
+``num_pose_frames(duration_s)`` samples. Only one decoded frame is held back as look-ahead
+and only emitted frames are converted to arrays, so memory stays bounded by one batch.
+
+Example::
+
+    with MediaReader("s3://bucket/dance.mp4") as reader:
+        for frames, times_s in reader.frame_batches(32):   # [B,H,W,3] uint8 BGR, [B] s
+            ...
+        waveform = reader.audio()                          # [N] float32 at 16 kHz
+"""
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, List, Optional, Tuple, Union
+
+import av
+import av.error
+import numpy as np
+
+from dvamn import storage
+from dvamn.constants import POSE_FPS, SAMPLE_RATE_HZ, num_pose_frames
+
+log = logging.getLogger(__name__)
+
+# 4096 x 4096 admits 4K UHD and DCI 4K; larger frames cost seconds each to decode and
+# gigabytes per batch, and no dance video needs them for a 17-joint pose.
+DEFAULT_MAX_FRAME_PIXELS = 4096 * 4096
+# A file whose decodable media ends before this fraction of its header duration is
+# reported as truncated (FFmpeg often decodes happily up to the damage and stops).
+MIN_DECODED_FRACTION = 0.9
+# Frames within this much of a sample time count as shown at it (float pts rounding).
+_PTS_EPSILON_S = 1e-6
+
+MediaSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+# First bytes of container formats FFmpeg reads; a file that starts like one of these but
+# does not open is damaged rather than "not media".
+_MEDIA_SIGNATURES = (
+    (4, b"ftyp"),
+    (4, b"moov"),
+    (4, b"mdat"),
+    (4, b"free"),
+    (4, b"wide"),
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
+    (0, b"RIFF"),  # AVI / WAV
+    (0, b"OggS"),
+    (0, b"fLaC"),
+    (0, b"ID3"),  # MP3 with tags
+    (0, b"FLV"),
+    (0, b"\x00\x00\x01\xba"),  # MPEG program stream
+)
+
+
+class MediaError(ValueError):
+    """A media file that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What the container header says about a file.
+
+    Attributes:
+        duration_s: header duration in seconds (the longest stream).
+        width, height: video frame size in pixels (0 when there is no video).
+        has_video, has_audio: whether a video / audio stream exists.
+        video_codec, audio_codec: FFmpeg codec names ("" when the stream is absent).
+        nominal_fps: the video stream's average frame rate, None when unknown or no video.
+    """
+
+    duration_s: float
+    width: int
+    height: int
+    has_video: bool
+    has_audio: bool
+    video_codec: str
+    audio_codec: str
+    nominal_fps: Optional[float]
+
+
+def describe_source(source: MediaSource) -> str:
+    """A name for ``source`` to put in messages: the URI/path, a file object's name, or a
+    placeholder for in-memory bytes."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes in memory>"
+    name = getattr(source, "name", None) or getattr(source, "path", None)
+    return str(name) if name else "<file object>"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # A multi-byte character may be cut at the end of the sniffed bytes.
+        try:
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in text)
+    return printable >= 0.95 * len(text)
+
+
+def _looks_like_media(head: bytes) -> bool:
+    if any(head[offset : offset + len(sig)] == sig for offset, sig in _MEDIA_SIGNATURES):
+        return True
+    # MPEG audio frame sync (11 set bits) or MPEG transport stream sync byte.
+    return (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0) or (
+        len(head) >= 189 and head[0] == 0x47 and head[188] == 0x47
+    )
+
+
+def _stream_duration_s(stream: av.stream.Stream) -> Optional[float]:
+    if stream.duration is None or stream.time_base is None:
+        return None
+    return float(stream.duration * stream.time_base)
+
+
+class MediaReader:
+    """One media file: header info on open, then one decoding pass for frames and audio.
+
+    Args:
+        source: a URI (local path, ``s3://``, any fsspec URL), a seekable binary file
+            object, or the file's bytes.
+        name: how to call the file in messages (default: derived from ``source``).
+        pose_fps: frame sampling rate of ``frame_batches`` (frames per second).
+        sample_rate_hz: rate of the mono float32 waveform returned by ``audio``.
+        max_frame_pixels: larger frames (width x height) are refused on open.
+        require_audio: refuse files without an audio track (training needs the music).
+        require_video: refuse files without a video stream.
+        min_duration_s: refuse files shorter than this (0 accepts any length).
+        decode_threads: video decoder threads (0: FFmpeg picks one per core); set it to
+            a worker's CPU share when many readers run side by side.
+
+    Raises:
+        MediaError: on open for a missing, empty, non-media or unusable file, and while
+            decoding for a truncated or corrupt one.
+    """
+
+    def __init__(
+        self,
+        source: MediaSource,
+        *,
+        name: Optional[str] = None,
+        pose_fps: float = POSE_FPS,
+        sample_rate_hz: int = SAMPLE_RATE_HZ,
+        max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
+        require_audio: bool = True,
+        require_video: bool = True,
+        min_duration_s: float = 0.0,
+        decode_threads: int = 0,
+    ) -> None:
+        if pose_fps <= 0 or sample_rate_hz <= 0:
+            raise ValueError(
+                f"pose_fps ({pose_fps}) and sample_rate_hz ({sample_rate_hz}) must be > 0"
+            )
+        self.name = name or describe_source(source)
+        self.pose_fps = float(pose_fps)
+        self.sample_rate_hz = int(sample_rate_hz)
+        self.decode_threads = int(decode_threads)
+        self._owned_file: Optional[BinaryIO] = None
+        self._container: Optional[av.container.InputContainer] = None
+        self._audio_chunks: List[np.ndarray] = []
+        self._audio_samples = 0
+        self._audio_start_s: Optional[float] = None
+        self._audio_trim = 0  # samples still to drop where the audio starts before t=0
+        self._resampler: Optional[av.AudioResampler] = None
+        self._pass: Optional[Iterator[Tuple[av.VideoFrame, float]]] = None
+        self._pass_done = False
+        self._decode_video = True
+        self._frames_started = False
+        self._last_video_end_s = 0.0
+        try:
+            self._open(source)
+            self.info = self._probe()
+            self._validate(max_frame_pixels, require_audio, require_video, min_duration_s)
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------- open & check
+
+    def _open(self, source: MediaSource) -> None:
+        """Open the container, turning FFmpeg's terse failures into messages."""
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            fileobj: Union[str, BinaryIO] = io.BytesIO(bytes(source))
+            self._owned_file = fileobj
+        elif isinstance(source, (str, os.PathLike)):
+            uri = os.fspath(source)
+            if storage.is_remote(uri):
+                try:
+                    fileobj = storage.open_uri(uri)
+                except FileNotFoundError as e:
+                    raise MediaError(f"{self.name} does not exist") from e
+                self._owned_file = fileobj
+            else:
+                path = uri[len("file://") :] if uri.startswith("file://") else uri
+                if not os.path.isfile(path):
+                    raise MediaError(f"{self.name} does not exist or is not a file")
+                # FFmpeg reads local paths itself, faster than through a Python file.
+                fileobj = path
+        else:
+            fileobj = source
+        head = self._peek(fileobj, 512)
+        if not head:
+            raise MediaError(f"{self.name} is empty (0 bytes): re-copy or re-download it")
+        try:
+            self._container = av.open(fileobj, mode="r", metadata_errors="ignore")
+        except (av.error.FFmpegError, OSError) as e:
+            raise self._open_error(head, e) from e
+
+    @staticmethod
+    def _peek(fileobj: Union[str, BinaryIO], size: int) -> bytes:
+        if isinstance(fileobj, str):
+            with open(fileobj, "rb") as f:
+                return f.read(size)
+        start = fileobj.tell()
+        head = fileobj.read(size)
+        fileobj.seek(start)
+        return head
+
+    def _open_error(self, head: bytes, error: Exception) -> MediaError:
+        if _looks_like_text(head):
+            snippet = head[:40].decode("utf-8", "replace").splitlines()[0]
+            return MediaError(
+                f"{self.name} is not a media file: it is text (starts with {snippet!r})"
+            )
+        if _looks_like_media(head):
+            return MediaError(
+                f"{self.name} is truncated or corrupt: it starts like a media file but "
+                f"FFmpeg cannot read its header ({error}); re-copy or re-encode it"
+            )
+        return MediaError(f"{self.name} is not a media file FFmpeg can read ({error})")
+
+    def _probe(self) -> MediaInfo:
+        container = self._container
+        video = container.streams.video[0] if container.streams.video else None
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if video is None and audio is None:
+            raise MediaError(f"{self.name} is not a media file: it has no video or audio stream")
+        durations = [_stream_duration_s(s) for s in (video, audio) if s is not None]
+        if container.duration is not None:
+            durations.append(container.duration / av.time_base)
+        durations = [d for d in durations if d is not None and d > 0]
+        if not durations:
+            raise MediaError(
+                f"{self.name} has no duration in its header (a raw stream?): remux it into "
+                "an mp4 or mkv container, e.g. `ffmpeg -i IN -c copy OUT.mp4`"
+            )
+        rate = None
+        if video is not None:
+            rate = video.average_rate or video.guessed_rate
+        return MediaInfo(
+            duration_s=max(durations),
+            width=int(video.codec_context.width) if video is not None else 0,
+            height=int(video.codec_context.height) if video is not None else 0,
+            has_video=video is not None,
+            has_audio=audio is not None,
+            video_codec=video.codec_context.name if video is not None else "",
+            audio_codec=audio.codec_context.name if audio is not None else "",
+            nominal_fps=float(rate) if rate else None,
+        )
+
+    def _validate(
+        self,
+        max_frame_pixels: int,
+        require_audio: bool,
+        require_video: bool,
+        min_duration_s: float,
+    ) -> None:
+        info = self.info
+        if require_video and not info.has_video:
+            raise MediaError(f"{self.name} has no video stream (audio only?)")
+        if info.has_video and info.width * info.height > max_frame_pixels:
+            raise MediaError(
+                f"{self.name} has a {info.width}x{info.height} frame, over the limit of "
+                f"{max_frame_pixels:,} pixels: downscale it (e.g. `ffmpeg -i IN -vf "
+                "scale=-2:720 OUT.mp4`) or raise the limit"
+            )
+        if info.has_video and min(info.width, info.height) <= 0:
+            raise MediaError(f"{self.name} has a video stream without a frame size")
+        if require_audio and not info.has_audio:
+            raise MediaError(
+                f"{self.name} has no audio track: DVAMN learns the music from a video's own "
+                "soundtrack; use videos with sound"
+            )
+        if info.duration_s < min_duration_s:
+            raise MediaError(
+                f"{self.name} is {info.duration_s:.1f} s long, shorter than the "
+                f"{min_duration_s:.0f} s needed"
+            )
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        if self._owned_file is not None:
+            self._owned_file.close()
+            self._owned_file = None
+
+    def __enter__(self) -> "MediaReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def num_frames(self) -> int:
+        """Frames ``frame_batches`` yields: ``num_pose_frames(info.duration_s)``."""
+        return num_pose_frames(self.info.duration_s)
+
+    # ----------------------------------------------------------------- decoding
+
+    def _decode_pass(self, decode_video: bool) -> Iterator[Tuple[av.VideoFrame, float]]:
+        """The single demux loop: yields (video frame, time in s) and accumulates audio.
+
+        Video packets are skipped undecoded once ``self._decode_video`` is False, so that
+        ``audio()`` can finish a pass whose frames nobody wants any more.
+        """
+        container = self._container
+        if container is None:
+            raise RuntimeError(f"{self.name} is closed")
+        video = container.streams.video[0] if self.info.has_video and decode_video else None
+        audio = container.streams.audio[0] if self.info.has_audio else None
+        streams = [s for s in (video, audio) if s is not None]
+        if video is not None:
+            video.thread_type = "AUTO"  # frame + slice threads; decoding dominates
+            video.thread_count = self.decode_threads
+        origin_s = (container.start_time or 0) / av.time_base
+        frame_period_s = 1.0 / self.info.nominal_fps if self.info.nominal_fps else 0.0
+        frames_seen = 0
+        position_s = 0.0
+        try:
+            for packet in container.demux(streams):
+                if packet.stream.type == "video" and not self._decode_video:
+                    continue
+                for frame in packet.decode():
+                    time_s = frame.time
+                    if isinstance(frame, av.AudioFrame):
+                        self._add_audio(frame, None if time_s is None else time_s - origin_s)
+                        position_s = self._audio_samples / self.sample_rate_hz
+                        continue
+                    if time_s is None:  # no pts (rare containers): count frames instead
+                        time_s = frames_seen * frame_period_s
+                    else:
+                        time_s -= origin_s
+                    frames_seen += 1
+                    position_s = time_s
+                    self._last_video_end_s = time_s + frame_period_s
+                    yield frame, time_s
+            self._flush_audio()
+        except av.error.FFmpegError as e:
+            raise MediaError(
+                f"{self.name} is truncated or corrupt: decoding failed near {position_s:.1f} s "
+                f"of {self.info.duration_s:.1f} s ({e})"
+            ) from e
+        self._pass_done = True
+        self._check_coverage(video is not None and self._decode_video, frames_seen)
+
+    def _add_audio(self, frame: av.AudioFrame, time_s: Optional[float]) -> None:
+        if self._audio_start_s is None:
+            self._audio_start_s = time_s or 0.0
+            # Audio that starts after the container origin is padded so that sample k
+            # stays at k / sample_rate_hz seconds of video time; an early start is cut.
+            offset = round(self._audio_start_s * self.sample_rate_hz)
+            if offset > 0:
+                self._append_audio(np.zeros(offset, np.float32))
+            elif offset < 0:
+                self._audio_trim = -offset
+        if self._resampler is None:
+            # Keep the channels and average them ourselves: FFmpeg's own downmix to mono
+            # adds the channels at -3 dB, which makes stereo music 1.4x louder than mono.
+            self._resampler = av.AudioResampler(
+                format="fltp", layout=frame.layout, rate=self.sample_rate_hz
+            )
+        for out in self._resampler.resample(frame):
+            self._append_audio(out.to_ndarray().mean(axis=0))
+
+    def _append_audio(self, samples: np.ndarray) -> None:
+        if self._audio_trim:
+            cut = min(self._audio_trim, len(samples))
+            samples = samples[cut:]
+            self._audio_trim -= cut
+        if len(samples):
+            self._audio_chunks.append(samples.astype(np.float32, copy=False))
+            self._audio_samples += len(samples)
+
+    def _flush_audio(self) -> None:
+        if self._resampler is not None:
+            for out in self._resampler.resample(None):
+                self._append_audio(out.to_ndarray().mean(axis=0))
+
+    def _check_coverage(self, checked_video: bool, frames_seen: int) -> None:
+        """Raise MediaError when the decoded media stops well before the header says."""
+        container = self._container
+        parts = []
+        if checked_video:
+            expected = _stream_duration_s(container.streams.video[0]) or self.info.duration_s
+            parts.append(("video", self._last_video_end_s if frames_seen else 0.0, expected))
+        if self.info.has_audio:
+            expected = _stream_duration_s(container.streams.audio[0]) or self.info.duration_s
+            parts.append(("audio", self._audio_samples / self.sample_rate_hz, expected))
+        for kind, decoded_s, expected_s in parts:
+            if decoded_s < MIN_DECODED_FRACTION * expected_s:
+                raise MediaError(
+                    f"{self.name} is truncated or corrupt: decoded {decoded_s:.1f} s of "
+                    f"{expected_s:.1f} s of {kind}"
+                )
+
+    def frame_batches(self, batch_size: int = 32) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Video frames sampled at ``pose_fps``, in batches, audio accumulated alongside.
+
+        Yields:
+            frames: uint8 [B, H, W, 3] in BGR order (what rtmlib and OpenCV expect),
+                B <= batch_size; only the last batch may be shorter.
+            times_s: float64 [B] sample times ``i / pose_fps`` in seconds.
+
+        In total ``self.num_frames`` frames. Can be iterated once per reader.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not self.info.has_video:
+            raise MediaError(f"{self.name} has no video stream to take frames from")
+        if self._pass is not None:
+            raise RuntimeError(f"frames of {self.name} were already read; open a new reader")
+        self._frames_started = True
+        self._pass = self._decode_pass(decode_video=True)
+        total = self.num_frames
+        batch: List[np.ndarray] = []
+        times: List[float] = []
+        held: Optional[av.VideoFrame] = None
+        held_array: Optional[np.ndarray] = None
+        index = 0
+
+        def emit(frame_array: np.ndarray) -> None:
+            nonlocal index
+            batch.append(frame_array)
+            times.append(index / self.pose_fps)
+            index += 1
+
+        for frame, time_s in self._pass:
+            # Every sample time before this frame's pts shows the held frame (or, before
+            # the first frame, this one: nothing earlier exists to show).
+            while index < total and index / self.pose_fps < time_s - _PTS_EPSILON_S:
+                if held is None:
+                    held, held_array = frame, None
+                if held_array is None:
+                    held_array = held.to_ndarray(format="bgr24")
+                emit(held_array)
+                if len(batch) == batch_size:
+                    yield np.stack(batch), np.asarray(times, np.float64)
+                    batch, times = [], []
+            held, held_array = frame, None
+            if index >= total:
+                # All samples taken: finish the pass for the audio without decoding video.
+                self._decode_video = False
+        if held is None:
+            raise MediaError(f"{self.name} is truncated or corrupt: no video frame decodes")
+        while index < total:
+            if held_array is None:
+                held_array = held.to_ndarray(format="bgr24")
+            emit(held_array)
+            if len(batch) == batch_size:
+                yield np.stack(batch), np.asarray(times, np.float64)
+                batch, times = [], []
+        if batch:
+            yield np.stack(batch), np.asarray(times, np.float64)
+
+    def audio(self) -> np.ndarray:
+        """The soundtrack as float32 [N] mono at ``sample_rate_hz``, N ~ duration * rate.
+
+        After ``frame_batches`` ran, returns what that pass accumulated (finishing the pass
+        without decoding video if it stopped early); otherwise decodes the audio alone.
+        """
+        if not self.info.has_audio:
+            raise MediaError(f"{self.name} has no audio track")
+        if not self._pass_done:
+            self._decode_video = False
+            if self._pass is None:
+                self._pass = self._decode_pass(decode_video=False)
+            for _ in self._pass:
+                pass
+        if not self._audio_chunks:
+            raise MediaError(f"{self.name} is truncated or corrupt: no audio decodes")
+        if len(self._audio_chunks) > 1:
+            self._audio_chunks = [np.concatenate(self._audio_chunks)]
+        return self._audio_chunks[0]
+
+
+def read_info(source: MediaSource, *, name: Optional[str] = None) -> MediaInfo:
+    """Header information of a media file without decoding anything."""
+    with MediaReader(source, name=name, require_audio=False, require_video=False) as reader:
+        return reader.info
+
+
+def read_audio(
+    source: MediaSource,
+    sample_rate_hz: int = SAMPLE_RATE_HZ,
+    *,
+    name: Optional[str] = None,
+) -> Tuple[np.ndarray, MediaInfo]:
+    """Decode the audio of a music file (wav, mp3, flac, ogg, m4a, ...) or of a video.
+
+    Returns:
+        waveform: float32 [N] mono at ``sample_rate_hz``.
+        info: the file's MediaInfo.
+    """
+    with MediaReader(
+        source,
+        name=name,
+        sample_rate_hz=sample_rate_hz,
+        require_audio=True,
+        require_video=False,
+    ) as reader:
+        return reader.audio(), reader.info
