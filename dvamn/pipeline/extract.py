@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import platform
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -129,13 +130,13 @@ class AudioStage:
     def __init__(self, config: ExtractConfig):
         from dvamn.audio import make_audio_embedder
 
-        _limit_threads(config.audio_stage)
         self.embedder = make_audio_embedder(
             config.audio,
             weights=config.vggish_weights,
             pca=config.vggish_pca,
             device=config.audio_device,
         )
+        _limit_threads(config.audio_stage)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = _table_rows(batch)
@@ -211,11 +212,11 @@ def _write_table(table: pa.Table, uri: str) -> None:
 
 def _limit_threads(resources: StageResources) -> int:
     """Keep each actor's math libraries within its CPU share (no oversubscription);
-    returns the thread count."""
-    import torch
-
+    returns the thread count for the libraries the stage configures itself."""
     threads = max(1, int(round(resources.num_cpus)))
-    torch.set_num_threads(threads)
+    torch = sys.modules.get("torch")  # only where torch is used anyway: importing it costs seconds
+    if torch is not None:
+        torch.set_num_threads(threads)
     return threads
 
 

@@ -65,6 +65,7 @@ class VideoPoseExtractor:
         from dvamn.pose import load_pose_estimator
 
         self.config = config
+        self.decode_threads = num_threads or 0  # 0: FFmpeg's default
         if config.pose == "keypoints":
             self.estimator = None
             self.pose_model, self.pose_weights = "keypoints", "keypoint files"
@@ -85,7 +86,9 @@ class VideoPoseExtractor:
 
         config = self.config
         try:
-            with MediaReader(uri, max_frame_pixels=config.max_frame_pixels) as reader:
+            with MediaReader(
+                uri, max_frame_pixels=config.max_frame_pixels, decode_threads=self.decode_threads
+            ) as reader:
                 info = reader.info
                 if info.duration_s < config.min_duration_s:
                     raise VideoError(
