@@ -26,3 +26,23 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[float] = None) 
     cpus = num_cpus or max(4, os.cpu_count() or 1)
     ray.init(num_cpus=cpus, include_dashboard=False)
     log.info("started a local Ray instance with %s logical CPUs", cpus)
+
+
+def check_shared_output(uri: str, what: str) -> None:
+    """Warn when ``uri`` is a local path but the cluster has several nodes: each node would
+    write its part to its own disk. On a cluster, outputs belong on S3 (or NFS)."""
+    import ray
+
+    from dvamn.storage import is_remote
+
+    if is_remote(uri) or not ray.is_initialized():
+        return
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) > 1:
+        log.warning(
+            "%s %s is a local path but the Ray cluster has %d nodes: each node writes to its "
+            "own disk. Use an s3:// URI (or a folder every node mounts, such as NFS).",
+            what,
+            uri,
+            len(alive),
+        )

@@ -207,9 +207,14 @@ class TrackEmbedder:
         vggish_weights: Optional[str],
         vggish_pca: Optional[str],
         device: str,
+        num_cpus: float = 1.0,
     ) -> None:
+        import torch
+
         from dvamn.audio import make_audio_embedder
 
+        # Keep each actor within its CPU share: oversubscribed threads are many times slower.
+        torch.set_num_threads(max(1, int(round(num_cpus))))
         self.embedder = make_audio_embedder(audio, vggish_weights, vggish_pca, device)
 
     def _decode(self, uri: str) -> tuple:
@@ -337,6 +342,18 @@ def _write_table(table: pa.Table, uri: str) -> None:
         pq.write_table(table, f)
 
 
+def _write_dataset(ds: Any, uri: str) -> None:
+    """``ds.write_parquet`` through our fsspec filesystem, so that remote outputs use the
+    same credentials and endpoint settings as every other read and write."""
+    if not storage.is_remote(uri):
+        ds.write_parquet(uri)
+        return
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = storage.filesystem(uri)
+    ds.write_parquet(path, filesystem=PyFileSystem(FSSpecHandler(fs)))
+
+
 def catalog_version(track_ids: List[str], shas: List[str], kind: str, weights: str) -> str:
     """Content version: changes when any track, its embedding or the provenance changes."""
     digest = hashlib.sha256(f"{CATALOG_FORMAT}\n{kind}\n{weights}\n".encode())
@@ -352,7 +369,7 @@ def _stage_dataset(config: CatalogConfig) -> tuple:
     if is_extraction_output(config.music):
         videos = storage.join(config.music, "videos")
         ds = ray.data.read_parquet(videos)
-        num_inputs = ds.count()
+        num_inputs = _parquet_rows(videos)
         if config.limit is not None:
             ds, num_inputs = ds.limit(config.limit), min(num_inputs, config.limit)
         ds = ds.map_batches(extraction_to_tracks, batch_format="pyarrow", batch_size=16)
@@ -378,6 +395,7 @@ def _stage_dataset(config: CatalogConfig) -> tuple:
             vggish_weights=config.vggish_weights,
             vggish_pca=config.vggish_pca,
             device=config.device,
+            num_cpus=config.num_cpus_per_actor,
         ),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, config.max_actors)),
         batch_size=config.tracks_per_batch,
@@ -386,6 +404,16 @@ def _stage_dataset(config: CatalogConfig) -> tuple:
         num_gpus=1 if _wants_gpu(config.device) else 0,
     )
     return ds, len(items), "audio-file"
+
+
+def _parquet_rows(uri: str) -> int:
+    """Rows in the Parquet files below ``uri``, from their footers (no data read)."""
+    fs, path = storage.filesystem(uri)
+    total = 0
+    for file in sorted(p for p in fs.find(path) if p.endswith(".parquet")):
+        with fs.open(file, "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
 
 
 def _wants_gpu(device: str) -> bool:
@@ -403,10 +431,9 @@ def build_catalog(config: CatalogConfig) -> CatalogSummary:
     when the tracks were embedded with more than one audio embedding (an extraction output
     that mixes runs). Returns the summary also written to ``OUT/manifest.json``.
     """
-    import ray
+    from dvamn.ray_setup import ensure_ray
 
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray()
     ds, num_inputs, source = _stage_dataset(config)
     ds = ds.materialize()  # both outputs below read it: embed each track only once
 
@@ -446,7 +473,7 @@ def build_catalog(config: CatalogConfig) -> CatalogSummary:
             "must use one: extract again with one --audio setting"
         )
     if meta_table.num_rows:
-        tracks.write_parquet(tracks_uri)
+        _write_dataset(tracks, tracks_uri)
     else:
         _write_table(CATALOG_SCHEMA.empty_table(), storage.join(tracks_uri, "empty.parquet"))
 

@@ -42,9 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_catalog(args: argparse.Namespace) -> int:
-    import ray
-
     from dvamn.pipeline.catalog import CatalogConfig, build_catalog
+    from dvamn.ray_setup import ensure_ray
 
     try:
         config = CatalogConfig(
@@ -58,8 +57,7 @@ def run_catalog(args: argparse.Namespace) -> int:
             num_cpus_per_actor=args.cpus_per_actor,
             limit=args.limit,
         )
-        if not ray.is_initialized():
-            ray.init(address=args.ray_address)
+        ensure_ray(args.ray_address)
         summary = build_catalog(config)
     except (FileNotFoundError, ValueError) as exc:
         print(f"dvamn catalog: {exc}", file=sys.stderr)

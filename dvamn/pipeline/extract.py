@@ -352,11 +352,12 @@ def extract_dataset(config: ExtractConfig, write_manifest: bool = True):
     ``dataset`` holds the VIDEO_SCHEMA rows extracted by this run, materialised in Ray's
     object store, so training can consume them without reading OUT back.
     """
-    from dvamn.ray_setup import ensure_ray
+    from dvamn.ray_setup import check_shared_output, ensure_ray
 
     check_weights(config)
     job = plan(config)
     ensure_ray()
+    check_shared_output(config.out, "--out")
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     log.info(
         "%d inputs, %d already in %s, %d to extract",

@@ -1,0 +1,452 @@
+"""The Ray Serve application: a FastAPI ingress, a pose deployment and a matching deployment.
+
+    client --HTTP--> MatchAPI (FastAPI ingress: limits, validation, JSON)
+                        |-- PoseEstimation  (video bytes -> pose features; GPU when present)
+                        '-- MatchModel      (@serve.batch: DVAMN + scorer over the catalog)
+
+Routes: ``POST /match`` (multipart video upload, ``top_k``), ``POST /match/keypoints``
+(JSON keypoints), ``GET /healthz``, ``GET /catalog``, OpenAPI at ``/docs``.
+
+Build it with ``build_app({"checkpoint": ..., "catalog": ...})``: the import path
+``dvamn.serving.app:build_app`` is what ``serve_config.yaml`` names for ``serve run`` /
+``serve deploy``, and what ``dvamn serve`` runs. The deployments wrap plain objects
+(``Matcher``, ``VideoPose``, ``keypoint_features``) that are tested without Ray. Replicas
+load everything from local files or ``s3://`` in their constructor; nothing is fetched
+from URLs named in requests.
+"""
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from ray import serve
+
+from dvamn.constants import MIN_DURATION_S, NUM_JOINTS
+from dvamn.serving.matcher import DEFAULT_TOP_K, MAX_TOP_K, QueryError
+from dvamn.serving.queries import QueryLimits
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_MB = 200.0
+
+
+@dataclass
+class ServeSettings:
+    """Everything the application needs; ``build_app`` takes these as its args (strings
+    from ``serve_config.yaml`` are converted)."""
+
+    checkpoint: str  # a checkpoint dir or a training run (its best checkpoint), local/s3
+    catalog: str  # a `dvamn catalog` output, local/s3
+    pose: str = "rtmo"  # "rtmo" or "rtmpose"
+    pose_model: Optional[str] = None  # ONNX path/URI; None = rtmlib's default URL
+    pose_detector: Optional[str] = None
+    device: str = "auto"  # for the pose model and DVAMN
+    distance: str = "l2"  # dvamn.scoring distance
+    min_query_s: float = MIN_DURATION_S
+    max_query_s: float = 600.0
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+    default_top_k: int = DEFAULT_TOP_K
+    replicas: Optional[int] = None  # matching replicas; None: Serve's default or the
+    pose_replicas: Optional[int] = None  # autoscaling_config of serve_config.yaml
+    num_cpus: float = 1.0  # per replica of the pose and matching deployments
+    pose_num_gpus: Optional[float] = None  # None: 1 when the cluster (or torch) has a GPU
+    match_num_gpus: float = 0.0
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.01
+
+    @classmethod
+    def from_args(cls, args: Dict[str, Any]) -> "ServeSettings":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(args) - set(fields)
+        if unknown:
+            raise ValueError(
+                f"unknown application args {sorted(unknown)}; known: {', '.join(fields)}"
+            )
+        values = {}
+        for name, value in args.items():
+            kind = str(fields[name].type)
+            if value is None or value == "" and "Optional" in kind:
+                values[name] = None
+            elif "float" in kind:
+                values[name] = float(value)
+            elif "int" in kind:
+                values[name] = int(value)
+            else:
+                values[name] = str(value)
+        missing = [n for n in ("checkpoint", "catalog") if n not in values]
+        if missing:
+            raise ValueError(f"application args need {' and '.join(missing)} (URIs)")
+        return cls(**values)
+
+    @property
+    def limits(self) -> QueryLimits:
+        return QueryLimits(min_query_s=self.min_query_s, max_query_s=self.max_query_s)
+
+    @property
+    def threads(self) -> int:
+        """Math-library threads of a replica: its CPU share (at least 1), so that replicas
+        on one machine do not oversubscribe its cores (which slows them many times)."""
+        return max(1, int(round(self.num_cpus)))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
+def _error(exc: QueryError) -> Dict[str, Any]:
+    """Errors cross deployment boundaries as values: the ingress maps them to HTTP."""
+    return {"error": {"status": exc.status, "detail": exc.detail}}
+
+
+def _raise_if_error(result: Dict[str, Any]) -> Dict[str, Any]:
+    if "error" in result:
+        raise HTTPException(result["error"]["status"], result["error"]["detail"])
+    return result
+
+
+@serve.deployment(name="PoseEstimation", max_ongoing_requests=4)
+class PoseEstimation:
+    """Video bytes -> pose features of the main dancer (``dvamn.serving.queries.VideoPose``)."""
+
+    def __init__(self, settings: ServeSettings):
+        from dvamn.pose import PoseWeightsError
+        from dvamn.serving.queries import VideoPose
+
+        self.video_pose: Optional[VideoPose] = None
+        self.unavailable = ""
+        try:
+            self.video_pose = VideoPose(
+                pose=settings.pose,
+                pose_model=settings.pose_model,
+                pose_detector=settings.pose_detector,
+                device=settings.device,
+                limits=settings.limits,
+                num_threads=settings.threads,
+            )
+        except PoseWeightsError as exc:
+            # Keypoint queries need no pose model: keep serving them, and say why video
+            # queries cannot be answered.
+            self.unavailable = (
+                f"video queries are unavailable: {exc}; restart the service with "
+                "--pose-model PATH (or pose_model in serve_config.yaml)"
+            )
+            log.error(self.unavailable)
+
+    def features(self, data: bytes, name: str) -> Dict[str, Any]:
+        if self.video_pose is None:
+            return _error(QueryError(503, self.unavailable))
+        try:
+            features, description = self.video_pose(data, name)
+        except QueryError as exc:
+            return _error(exc)
+        return {"features": features, "pose": description, "source": self.video_pose.source}
+
+
+@serve.deployment(name="MatchModel", max_ongoing_requests=32)
+class MatchModel:
+    """DVAMN + scorer over the catalog (``dvamn.serving.matcher.Matcher``), batched."""
+
+    def __init__(self, settings: ServeSettings):
+        import torch
+
+        from dvamn.serving.matcher import Matcher
+
+        torch.set_num_threads(settings.threads)
+        self.matcher = Matcher.from_uris(
+            settings.checkpoint,
+            settings.catalog,
+            device=settings.device,
+            distance=settings.distance,
+        )
+        self.match.set_max_batch_size(settings.max_batch_size)
+        self.match.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def match(self, poses: List[np.ndarray], top_ks: List[int]) -> List[Dict[str, Any]]:
+        """Queries gathered by Serve: model calls share one forward pass per length."""
+        return self.matcher.match_many(poses, top_ks)
+
+    def info(self) -> Dict[str, Any]:
+        return {"model": self.matcher.model_info, "catalog": self.matcher.catalog_info}
+
+
+class KeypointQuery(BaseModel):
+    """``POST /match/keypoints`` body. Coordinates are pixels of the frame; a joint with
+    score 0 is missing. Without width/height, the frame size is derived from the keypoints'
+    extent (``min + max`` of x and of y: a dancer centred on average). Unknown fields
+    (a ``url`` to fetch, say) are refused: the service only reads what is sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keypoints: List[List[List[float]]] = Field(
+        ..., description=f"[T][{NUM_JOINTS}][2] x, y pixel coordinates, COCO-17 joint order"
+    )
+    fps: float = Field(..., gt=0, le=1000, description="frames per second of the keypoints")
+    scores: Optional[List[List[float]]] = Field(
+        None, description=f"[T][{NUM_JOINTS}] confidence per joint (0 = missing); default all 1"
+    )
+    width: Optional[float] = Field(None, gt=0, description="frame width in pixels")
+    height: Optional[float] = Field(None, gt=0, description="frame height in pixels")
+    top_k: Optional[int] = Field(None, ge=1, le=MAX_TOP_K, description="tracks to return")
+
+    @field_validator("keypoints")
+    @classmethod
+    def _keypoints_shape(cls, value: List[List[List[float]]]) -> List[List[List[float]]]:
+        if not value:
+            raise ValueError(f"keypoints is empty; expected [T][{NUM_JOINTS}][2]")
+        for t, frame in enumerate(value):
+            if len(frame) != NUM_JOINTS or any(len(point) != 2 for point in frame):
+                raise ValueError(
+                    f"keypoints[{t}] must hold {NUM_JOINTS} [x, y] pairs (COCO-17), got "
+                    f"{len(frame)} entries of lengths {sorted({len(p) for p in frame})}"
+                )
+        if not np.all(np.isfinite(np.asarray(value, np.float64))):
+            raise ValueError(
+                "keypoints holds NaN or infinite values; mark missing joints with score 0"
+            )
+        return value
+
+    @field_validator("scores")
+    @classmethod
+    def _scores_shape(cls, value: Optional[List[List[float]]]) -> Optional[List[List[float]]]:
+        if value is not None and any(len(frame) != NUM_JOINTS for frame in value):
+            raise ValueError(f"each scores frame must hold {NUM_JOINTS} values")
+        return value
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "KeypointQuery":
+        if self.scores is not None and len(self.scores) != len(self.keypoints):
+            raise ValueError(
+                f"scores has {len(self.scores)} frames but keypoints has {len(self.keypoints)}"
+            )
+        return self
+
+
+app = FastAPI(
+    title="DVAMN music matching",
+    description=(
+        "Send a silent dance video (or its 2D keypoints) and get the catalog tracks that "
+        "fit it best, each with the offset in the track where the dance fits."
+    ),
+    version="1.0",
+)
+
+_UPLOAD_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["video"],
+                    "properties": {
+                        "video": {"type": "string", "format": "binary"},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+_KEYPOINTS_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": KeypointQuery.model_json_schema()}},
+    }
+}
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) past ``limit`` bytes without buffering more."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body is {int(declared)} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _replay(request: Request, body: bytes) -> Request:
+    """A request whose body is ``body`` (already read), so that Starlette can parse it."""
+    sent = False
+
+    async def receive() -> Dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
+@serve.deployment(name="MatchAPI", max_ongoing_requests=64)
+@serve.ingress(app)
+class MatchAPI:
+    """HTTP ingress: checks and parses requests, calls the pose and matching deployments."""
+
+    def __init__(self, pose_handle: Any, match_handle: Any, settings: ServeSettings):
+        self.pose = pose_handle
+        self.matcher = match_handle
+        self.settings = settings
+        self._info: Optional[Dict[str, Any]] = None
+
+    async def _service_info(self) -> Dict[str, Any]:
+        if self._info is None:
+            self._info = await self.matcher.info.remote()
+        return self._info
+
+    async def _answer(
+        self, features: np.ndarray, top_k: int, source: str, timings: Dict[str, float], **extra
+    ) -> Dict[str, Any]:
+        started = time.perf_counter()
+        result = await self.matcher.match.remote(features, top_k)
+        timings["match_call"] = round(1000 * (time.perf_counter() - started), 2)
+        info = await self._service_info()
+        return {
+            "matches": result["matches"],
+            "model": info["model"],
+            "catalog": {k: info["catalog"][k] for k in ("uri", "version", "num_tracks")},
+            "timings_ms": {**timings, **result["timings_ms"]},
+            "batch_size": result["batch_size"],
+            "pose_source": source,
+            **extra,
+        }
+
+    @app.get("/healthz")
+    async def healthz(self) -> Dict[str, Any]:
+        info = await self._service_info()
+        return {
+            "status": "ok",
+            "model_version": info["model"]["version"],
+            "catalog_version": info["catalog"]["version"],
+            "num_tracks": info["catalog"]["num_tracks"],
+        }
+
+    @app.get("/catalog")
+    async def catalog(self) -> Dict[str, Any]:
+        """Catalog size, embedding kind and version."""
+        return (await self._service_info())["catalog"]
+
+    @app.post("/match", openapi_extra=_UPLOAD_OPENAPI)
+    async def match_video(
+        self,
+        request: Request,
+        top_k: Optional[int] = Query(None, ge=1, le=MAX_TOP_K),
+    ) -> Dict[str, Any]:
+        """Multipart upload ``video`` (any format PyAV decodes; its audio is ignored)."""
+        started = time.perf_counter()
+        body = await _read_limited(request, self.settings.max_upload_bytes)
+        try:
+            form = await (await _replay(request, body)).form()
+        except Exception as exc:  # Starlette raises several types for broken multipart
+            raise HTTPException(
+                422, f"the body is not multipart/form-data with a 'video' file: {exc}"
+            ) from exc
+        upload = form.get("video")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(422, "multipart field 'video' (a file) is missing")
+        if top_k is None and form.get("top_k") is not None:
+            try:
+                top_k = int(str(form.get("top_k")))
+            except ValueError as exc:
+                raise HTTPException(422, "top_k must be an integer") from exc
+        top_k = top_k or self.settings.default_top_k
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise HTTPException(422, f"top_k must be between 1 and {MAX_TOP_K}")
+        data = await upload.read()
+        name = upload.filename or "upload"
+        timings = {"receive": round(1000 * (time.perf_counter() - started), 2)}
+        started = time.perf_counter()
+        pose = _raise_if_error(await self.pose.features.remote(data, name))
+        timings["pose_call"] = round(1000 * (time.perf_counter() - started), 2)
+        timings["decode_pose"] = pose["pose"].pop("decode_pose_ms")
+        return await self._answer(
+            pose["features"], top_k, pose["source"], timings, query=pose["pose"]
+        )
+
+    @app.post("/match/keypoints", openapi_extra=_KEYPOINTS_OPENAPI)
+    async def match_keypoints(self, request: Request) -> Dict[str, Any]:
+        """2D keypoints [T][17][2] in pixels at ``fps`` (COCO-17), JSON (``KeypointQuery``)."""
+        from dvamn.serving.queries import keypoint_features
+
+        started = time.perf_counter()
+        # Parsed here rather than by FastAPI, so that the size limit applies before parsing.
+        body = await _read_limited(request, self.settings.max_upload_bytes)
+        try:
+            query = KeypointQuery.model_validate_json(body)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                exc.errors(include_url=False, include_context=False, include_input=False)
+            ) from exc
+        try:
+            features, description = keypoint_features(
+                np.asarray(query.keypoints, np.float32),
+                query.fps,
+                None if query.scores is None else np.asarray(query.scores, np.float32),
+                query.width,
+                query.height,
+                self.settings.limits,
+            )
+        except QueryError as exc:
+            raise HTTPException(exc.status, exc.detail) from exc
+        timings = {"features": round(1000 * (time.perf_counter() - started), 2)}
+        top_k = query.top_k or self.settings.default_top_k
+        return await self._answer(features, top_k, "keypoints", timings, query=description)
+
+
+def _gpu_available() -> bool:
+    """Whether the cluster (when connected) or this machine has a GPU."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) > 0
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def build_app(args: Dict[str, Any]):
+    """The application for ``serve run`` / ``serve deploy`` / ``dvamn serve``.
+
+    ``args``: ServeSettings fields (``checkpoint`` and ``catalog`` required). Deployment
+    options in ``serve_config.yaml`` (replicas, autoscaling, resources) override the ones
+    set here.
+    """
+    settings = ServeSettings.from_args(dict(args))
+    pose_gpus = settings.pose_num_gpus
+    if pose_gpus is None:
+        pose_gpus = 1.0 if settings.device != "cpu" and _gpu_available() else 0.0
+    pose_options: Dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": pose_gpus}
+    }
+    match_options: Dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.match_num_gpus}
+    }
+    # Only a fixed count given here; otherwise an autoscaling_config may apply.
+    if settings.pose_replicas is not None:
+        pose_options["num_replicas"] = settings.pose_replicas
+    if settings.replicas is not None:
+        match_options["num_replicas"] = settings.replicas
+    pose = PoseEstimation.options(**pose_options).bind(settings)
+    matcher = MatchModel.options(**match_options).bind(settings)
+    return MatchAPI.options(ray_actor_options={"num_cpus": 0}).bind(pose, matcher, settings)

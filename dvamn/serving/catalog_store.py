@@ -1,0 +1,234 @@
+"""A built catalog loaded into memory for matching: track metadata and packed embeddings.
+
+Embeddings of every track are concatenated into one float32 array ``(sum T_a, 128)`` with
+``offsets`` (``N + 1``) marking where each track starts, so that 10,000 tracks are one
+allocation, not 10,000 Python objects; ``track_embedding(i)`` is a view.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dvamn import storage
+from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM
+from dvamn.pipeline.catalog import (
+    CATALOG_FORMAT,
+    CATALOG_SCHEMA,
+    MANIFEST_FILE,
+    TRACKS_DIR,
+    catalog_version,
+)
+
+log = logging.getLogger(__name__)
+
+
+class CatalogMismatchError(ValueError):
+    """The catalog's audio embedding is not the one the model was trained to predict."""
+
+
+@dataclass
+class Catalog:
+    """Tracks in catalog order. ``embeddings`` (sum T_a, 128) float32; ``offsets`` (N + 1,)
+    int64, track ``i`` is ``embeddings[offsets[i]:offsets[i + 1]]``."""
+
+    uri: str
+    track_ids: List[str]
+    titles: List[str]
+    uris: List[str]
+    durations_s: np.ndarray  # (N,) float64
+    embeddings: np.ndarray
+    offsets: np.ndarray
+    audio_embedding_kind: str
+    audio_weights: str
+    version: str
+    created_at: Optional[str] = None
+
+    def __len__(self) -> int:
+        return len(self.track_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) audio frames per track."""
+        return np.diff(self.offsets)
+
+    def track_embedding(self, i: int) -> np.ndarray:
+        """(T_a, 128) view of track ``i``'s embedding sequence."""
+        return self.embeddings[self.offsets[i] : self.offsets[i + 1]]
+
+    def track_embeddings(self) -> List[np.ndarray]:
+        return [self.track_embedding(i) for i in range(len(self))]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the embeddings and offsets (the bulk of a catalog)."""
+        return int(self.embeddings.nbytes + self.offsets.nbytes)
+
+    def summary(self) -> Dict[str, Any]:
+        """What ``GET /catalog`` answers."""
+        return {
+            "uri": self.uri,
+            "version": self.version,
+            "num_tracks": len(self),
+            "total_duration_s": round(float(self.durations_s.sum()), 3),
+            "audio_embedding_kind": self.audio_embedding_kind,
+            "audio_weights": self.audio_weights,
+            "embedding_dim": EMBEDDING_DIM,
+            "audio_hop_s": AUDIO_HOP_S,
+            "memory_mb": round(self.nbytes / 2**20, 2),
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_sequences(
+        cls,
+        embeddings: List[np.ndarray],
+        track_ids: Optional[List[str]] = None,
+        titles: Optional[List[str]] = None,
+        audio_embedding_kind: str = "logmel",
+        audio_weights: str = "",
+        uri: str = "<memory>",
+    ) -> "Catalog":
+        """An in-memory catalog (tests, benchmarks) from per-track (T_a, 128) arrays."""
+        n = len(embeddings)
+        track_ids = track_ids or [f"track-{i:05d}" for i in range(n)]
+        lengths = np.array([len(e) for e in embeddings], dtype=np.int64)
+        offsets = np.zeros(n + 1, np.int64)
+        offsets[1:] = np.cumsum(lengths)
+        packed = (
+            np.concatenate(
+                [np.asarray(e, np.float32).reshape(-1, EMBEDDING_DIM) for e in embeddings]
+            )
+            if n
+            else np.zeros((0, EMBEDDING_DIM), np.float32)
+        )
+        from dvamn.pipeline.catalog import embedding_sha256
+
+        shas = [embedding_sha256(e) for e in embeddings]
+        return cls(
+            uri=uri,
+            track_ids=list(track_ids),
+            titles=list(titles or track_ids),
+            uris=[""] * n,
+            durations_s=lengths * AUDIO_HOP_S,
+            embeddings=packed,
+            offsets=offsets,
+            audio_embedding_kind=audio_embedding_kind,
+            audio_weights=audio_weights,
+            version=catalog_version(list(track_ids), shas, audio_embedding_kind, audio_weights),
+        )
+
+
+def _read_tracks(uri: str) -> pa.Table:
+    tracks_uri = storage.join(uri, TRACKS_DIR)
+    fs, path = storage.filesystem(tracks_uri)
+    if not fs.isdir(path):
+        raise FileNotFoundError(
+            f"{uri} is not a catalog: {tracks_uri} does not exist; build one with "
+            "`dvamn catalog MUSIC --out CATALOG`"
+        )
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+    tables = []
+    for file in files:
+        with fs.open(file, "rb") as f:
+            tables.append(pq.read_table(f))
+    if not tables:
+        return CATALOG_SCHEMA.empty_table()
+    return pa.concat_tables([t.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA) for t in tables])
+
+
+def _packed_embeddings(column: pa.ChunkedArray) -> tuple:
+    """(embeddings (sum T_a, 128) float32, offsets (N + 1,)) without per-row Python lists."""
+    column = column.combine_chunks()  # ListArray of FixedSizeList<float32, 128>
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    values = column.values.flatten().to_numpy(zero_copy_only=False)
+    values = values.astype(np.float32, copy=False).reshape(-1, EMBEDDING_DIM)
+    start = offsets[0]
+    return np.ascontiguousarray(values[start : offsets[-1]]), offsets - start
+
+
+def load_catalog(uri: str) -> Catalog:
+    """Read ``CATALOG/tracks/*.parquet`` and ``manifest.json`` (local or any fsspec URI).
+
+    Tracks are sorted by track id, so that ranks and ties do not depend on file order.
+    Raises ``FileNotFoundError`` for a path that holds no catalog and ``ValueError`` for an
+    empty one or one that mixes embeddings.
+    """
+    table = _read_tracks(uri)
+    if table.num_rows == 0:
+        raise ValueError(f"catalog {uri} has no tracks; look at {uri}/errors/ for why")
+    table = table.sort_by("track_id")
+    kinds = sorted(set(table["audio_embedding_kind"].to_pylist()))
+    weights = sorted(set(table["audio_weights"].to_pylist()))
+    if len(kinds) != 1 or len(weights) != 1:
+        raise ValueError(
+            f"catalog {uri} mixes audio embeddings {kinds} / weights {weights}; rebuild it"
+        )
+    manifest: Dict[str, Any] = {}
+    manifest_uri = storage.join(uri, MANIFEST_FILE)
+    if storage.exists(manifest_uri):
+        with storage.open_uri(manifest_uri, "rb") as f:
+            manifest = json.loads(f.read().decode())
+        if manifest.get("format", CATALOG_FORMAT) != CATALOG_FORMAT:
+            log.warning(
+                "catalog %s has format %s, expected %s", uri, manifest.get("format"), CATALOG_FORMAT
+            )
+    embeddings, offsets = _packed_embeddings(table["embedding"])
+    track_ids = table["track_id"].to_pylist()
+    version = catalog_version(
+        track_ids, table["embedding_sha256"].to_pylist(), kinds[0], weights[0]
+    )
+    catalog = Catalog(
+        uri=uri,
+        track_ids=track_ids,
+        titles=table["title"].to_pylist(),
+        uris=table["uri"].to_pylist(),
+        durations_s=table["duration_s"].to_numpy().astype(np.float64),
+        embeddings=embeddings,
+        offsets=offsets,
+        audio_embedding_kind=kinds[0],
+        audio_weights=weights[0] or "",
+        version=version,
+        created_at=manifest.get("created_at"),
+    )
+    log.info(
+        "loaded catalog %s: %d tracks, %s, version %s, %.1f MB",
+        uri,
+        len(catalog),
+        catalog.audio_embedding_kind,
+        version,
+        catalog.nbytes / 2**20,
+    )
+    return catalog
+
+
+def check_compatible(catalog: Catalog, model_metadata: Dict[str, Any]) -> None:
+    """Refuse a catalog whose audio embedding differs from the model's training targets.
+
+    The kind must match exactly ("vggish" vs "logmel" are different spaces); weights are
+    compared when both sides record them (different VGGish weights or PCA give different
+    spaces too). Raises ``CatalogMismatchError`` naming both sides and the fix.
+    """
+    model_kind = model_metadata.get("audio_embedding_kind")
+    checkpoint = model_metadata.get("checkpoint_uri", "the checkpoint")
+    if not model_kind:
+        log.warning("%s records no audio_embedding_kind; cannot check the catalog", checkpoint)
+        return
+    if model_kind != catalog.audio_embedding_kind:
+        raise CatalogMismatchError(
+            f"catalog {catalog.uri} holds '{catalog.audio_embedding_kind}' embeddings but model "
+            f"{checkpoint} predicts '{model_kind}' ones; rebuild the catalog with "
+            f"`dvamn catalog MUSIC --out CATALOG --audio {model_kind}` (or serve a model "
+            f"trained on '{catalog.audio_embedding_kind}' features)"
+        )
+    model_weights = model_metadata.get("audio_weights") or ""
+    if model_weights and catalog.audio_weights and model_weights != catalog.audio_weights:
+        raise CatalogMismatchError(
+            f"catalog {catalog.uri} was embedded with {model_kind} weights "
+            f"'{catalog.audio_weights}' but model {checkpoint} was trained on "
+            f"'{model_weights}'; rebuild the catalog with the same --vggish-weights/--vggish-pca"
+        )

@@ -1,0 +1,201 @@
+"""``dvamn serve`` (run the matching service) and ``dvamn match`` (a client for it)."""
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+KEYPOINT_SUFFIXES = (".npz", ".json")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve_parser = subparsers.add_parser(
+        "serve",
+        help="serve music matching over HTTP with Ray Serve",
+        description=(
+            "Start the matching service: POST /match (video upload), POST /match/keypoints "
+            "(JSON), GET /healthz, GET /catalog, OpenAPI at /docs. For a cluster deployment "
+            "use `serve deploy serve_config.yaml` instead (same application)."
+        ),
+    )
+    serve_parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint dir or training run (best), local/s3"
+    )
+    serve_parser.add_argument("--catalog", required=True, help="`dvamn catalog` output, local/s3")
+    serve_parser.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default %(default)s)"
+    )
+    serve_parser.add_argument(
+        "--port", type=int, default=8000, help="HTTP port (default %(default)s)"
+    )
+    serve_parser.add_argument(
+        "--replicas", type=int, default=1, help="matching replicas (default %(default)s)"
+    )
+    serve_parser.add_argument("--pose-replicas", type=int, default=1)
+    serve_parser.add_argument("--pose", choices=("rtmo", "rtmpose"), default="rtmo")
+    serve_parser.add_argument("--pose-model", metavar="URI", help="pose ONNX (path/URL/s3)")
+    serve_parser.add_argument("--pose-detector", metavar="URI", help="YOLOX ONNX for rtmpose")
+    serve_parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    serve_parser.add_argument(
+        "--min-query-s",
+        type=float,
+        help="shortest accepted query in seconds (default: 12, one training window)",
+    )
+    serve_parser.add_argument("--max-query-s", type=float, default=600.0)
+    serve_parser.add_argument(
+        "--max-upload-mb", type=float, default=200.0, help="larger uploads get 413"
+    )
+    serve_parser.add_argument(
+        "--cpus-per-replica", type=float, default=1.0, help="Ray CPUs per replica (may be < 1)"
+    )
+    serve_parser.add_argument("--ray-address", help="Ray cluster address (default: local Ray)")
+    serve_parser.set_defaults(func=run_serve)
+
+    match_parser = subparsers.add_parser(
+        "match",
+        help="ask a running service for the music that fits a video or keypoint file",
+        description=(
+            "Send a video (any format; its audio is ignored) or a keypoint file (.npz in the "
+            "keypoint-file format, or .json with the /match/keypoints body) and print the "
+            "best-matching tracks."
+        ),
+    )
+    match_parser.add_argument("query", metavar="VIDEO_OR_KEYPOINTS")
+    match_parser.add_argument("--url", default=DEFAULT_URL, help="service URL (%(default)s)")
+    match_parser.add_argument("--top-k", type=int, default=10)
+    match_parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    match_parser.add_argument("--timeout-s", type=float, default=300.0)
+    match_parser.set_defaults(func=run_match)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import time
+
+    import ray
+    from ray import serve
+
+    from dvamn.ray_setup import ensure_ray
+    from dvamn.serving.app import build_app
+
+    app_args: Dict[str, Any] = {
+        "checkpoint": args.checkpoint,
+        "catalog": args.catalog,
+        "pose": args.pose,
+        "pose_model": args.pose_model,
+        "pose_detector": args.pose_detector,
+        "device": args.device,
+        "max_query_s": args.max_query_s,
+        "max_upload_mb": args.max_upload_mb,
+        "replicas": args.replicas,
+        "pose_replicas": args.pose_replicas,
+        "num_cpus": args.cpus_per_replica,
+    }
+    if args.min_query_s is not None:
+        app_args["min_query_s"] = args.min_query_s
+    ensure_ray(args.ray_address)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    try:
+        serve.run(build_app(app_args), name="dvamn", route_prefix="/")
+    except Exception as exc:  # a replica that fails to start names its cause here
+        print(f"dvamn serve: the application did not start: {exc}", file=sys.stderr)
+        serve.shutdown()
+        return 1
+    print(f"serving on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def keypoint_request(path: str, top_k: int) -> Dict[str, Any]:
+    """The /match/keypoints body for a keypoint file (.npz format or a .json body)."""
+    if path.endswith(".json"):
+        with open(path) as f:
+            body = json.load(f)
+    else:
+        from dvamn.pose import load_keypoint_file
+
+        track = load_keypoint_file(path)
+        body = {
+            "keypoints": track.keypoints.tolist(),
+            "scores": track.scores.tolist(),
+            "fps": track.fps,
+        }
+        if track.width and track.height:
+            body.update(width=track.width, height=track.height)
+    body["top_k"] = top_k
+    return body
+
+
+def format_matches(answer: Dict[str, Any]) -> str:
+    """A readable table of a /match answer."""
+    lines = [f"{'rank':>4}  {'score':>10}  {'offset':>8}  track"]
+    for rank, m in enumerate(answer["matches"], 1):
+        minutes, seconds = divmod(m["offset_s"], 60)
+        title = m["title"] if m["title"] == m["track_id"] else f"{m['title']} ({m['track_id']})"
+        lines.append(f"{rank:>4}  {m['score']:>10.4f}  {int(minutes):>3}:{seconds:04.1f}  {title}")
+    timings = ", ".join(f"{k} {v:.0f} ms" for k, v in answer.get("timings_ms", {}).items())
+    catalog = answer.get("catalog", {})
+    lines.append(
+        f"pose from {answer.get('pose_source')}; catalog {catalog.get('version')} "
+        f"({catalog.get('num_tracks')} tracks); model {answer.get('model', {}).get('version')}"
+    )
+    lines.append(f"timings: {timings}")
+    return "\n".join(lines)
+
+
+def _detail(response: Any) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return response.text
+    if isinstance(detail, list):  # FastAPI validation errors: name each field
+        parts: List[str] = []
+        for item in detail:
+            where = ".".join(str(x) for x in item.get("loc", []) if x != "body")
+            parts.append(f"{where}: {item.get('msg')}")
+        return "; ".join(parts)
+    return str(detail)
+
+
+def run_match(args: argparse.Namespace) -> int:
+    import logging
+
+    import httpx
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request
+    url = args.url.rstrip("/")
+    if not os.path.isfile(args.query):
+        print(f"dvamn match: {args.query} is not a file", file=sys.stderr)
+        return 2
+    try:
+        if args.query.lower().endswith(KEYPOINT_SUFFIXES):
+            response = httpx.post(
+                f"{url}/match/keypoints",
+                json=keypoint_request(args.query, args.top_k),
+                timeout=args.timeout_s,
+            )
+        else:
+            with open(args.query, "rb") as f:
+                response = httpx.post(
+                    f"{url}/match",
+                    params={"top_k": args.top_k},
+                    files={"video": (os.path.basename(args.query), f)},
+                    timeout=args.timeout_s,
+                )
+    except httpx.HTTPError as exc:
+        print(f"dvamn match: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"dvamn match: {response.status_code}: {_detail(response)}", file=sys.stderr)
+        return 1
+    answer = response.json()
+    print(json.dumps(answer, indent=2) if args.json else format_matches(answer))
+    return 0

@@ -1,0 +1,210 @@
+"""Matching as plain Python: pose features -> DVAMN -> scorer over the catalog -> top-k.
+
+``Matcher`` is what the Serve deployment wraps; it can be built and called without Ray
+(tests, notebooks, ``benchmarks/serve.py``). Letters: T pose frames (10 fps), A = T // 2
+audio frames (5 Hz), N tracks, D = 128.
+"""
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, POSE_FEATURES, POSE_FPS
+from dvamn.scoring import DEFAULT_DISTANCE, TrackBank, best_offsets
+from dvamn.serving.catalog_store import Catalog, check_compatible, load_catalog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 10
+MAX_TOP_K = 100
+
+
+class QueryError(ValueError):
+    """A query the service refuses; ``status`` is the HTTP status code to answer with."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class Match:
+    track_id: str
+    title: str
+    score: float  # mean per-frame distance at the best offset (lower is better)
+    offset_s: float  # where in the track the query fits best
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "track_id": self.track_id,
+            "title": self.title,
+            "score": round(self.score, 6),
+            "offset_s": round(self.offset_s, 3),
+        }
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'auto'")
+    return device
+
+
+def state_dict_version(model: torch.nn.Module) -> str:
+    """A short content hash of the weights: the model "version" reported to clients."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def bank_from_catalog(catalog: Catalog, device: str = "cpu") -> TrackBank:
+    """The scorer's zero-padded (N, L_max, D) bank, built in one allocation (none at all
+    when every track has the same length: the packed array is then already the bank)."""
+    lengths = catalog.lengths
+    if len(catalog) and (lengths == lengths[0]).all() and lengths[0] > 0:
+        packed = catalog.embeddings
+        packed = packed if packed.flags.writeable else packed.copy()  # Arrow memory: read-only
+        tracks = torch.from_numpy(packed).view(len(catalog), int(lengths[0]), -1)
+        return TrackBank(tracks.to(device), torch.as_tensor(lengths, dtype=torch.int64).to(device))
+    padded = torch.zeros(len(catalog), max(1, int(lengths.max(initial=0))), EMBEDDING_DIM)
+    for i in range(len(catalog)):
+        padded[i, : lengths[i]] = torch.from_numpy(catalog.track_embedding(i))
+    return TrackBank(padded.to(device), torch.as_tensor(lengths, dtype=torch.int64).to(device))
+
+
+class Matcher:
+    """A loaded model and catalog; ``match`` ranks the catalog for pose feature sequences.
+
+    Args:
+        model: a DVAMN (``dvamn.model``) with ``predict(pose (B, T, 68)) -> (B, A, 128)``.
+        model_metadata: the checkpoint's metadata (feature provenance, ``checkpoint_uri``).
+        catalog: the loaded catalog; its packed embeddings are released once the scorer's
+            bank is built (the bank holds them), keeping one copy in memory.
+        device: "auto", "cpu" or "cuda" for the model and the scorer.
+        distance: the scorer's per-frame distance (``dvamn.scoring.DISTANCES``).
+
+    Raises ``CatalogMismatchError`` when the catalog's audio embedding is not the model's.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        model_metadata: Dict[str, Any],
+        catalog: Catalog,
+        device: str = "auto",
+        distance: str = DEFAULT_DISTANCE,
+    ):
+        check_compatible(catalog, model_metadata)
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.metadata = model_metadata
+        self.catalog = catalog
+        self.distance = distance
+        self.bank = bank_from_catalog(catalog, "cpu")
+        self.catalog_info = catalog.summary()
+        self.catalog_info["memory_mb"] = round(self.bank.nbytes() / 2**20, 2)
+        catalog.embeddings = np.zeros((0, EMBEDDING_DIM), np.float32)  # the bank has them
+        config = getattr(model, "config", None)
+        self.model_info = {
+            "checkpoint": model_metadata.get("checkpoint_uri"),
+            "version": state_dict_version(self.model),
+            "layer": getattr(config, "layer", None),
+            "audio_embedding_kind": model_metadata.get("audio_embedding_kind"),
+            "audio_weights": model_metadata.get("audio_weights"),
+            "pose_model": model_metadata.get("pose_model"),
+            "epoch": model_metadata.get("epoch"),
+            "device": self.device,
+        }
+
+    @classmethod
+    def from_uris(
+        cls,
+        checkpoint: str,
+        catalog: str,
+        device: str = "auto",
+        distance: str = DEFAULT_DISTANCE,
+    ) -> "Matcher":
+        """Load a checkpoint (or a training run's best) and a catalog, local or ``s3://``."""
+        from dvamn.model import load_model
+
+        model, metadata = load_model(checkpoint)
+        return cls(model, metadata, load_catalog(catalog), device=device, distance=distance)
+
+    def predict(self, poses: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Pose features, each (T_i, 68) -> predicted embeddings, each (T_i // 2, 128).
+
+        Queries of equal length go through the model as one batch; others one by one
+        (padding would change what the bidirectional GRUs see at the end).
+        """
+        out: List[Optional[np.ndarray]] = [None] * len(poses)
+        by_length: Dict[int, List[int]] = {}
+        for i, pose in enumerate(poses):
+            if pose.ndim != 2 or pose.shape[1] != POSE_FEATURES:
+                raise ValueError(f"pose {i} has shape {pose.shape}, expected (T, {POSE_FEATURES})")
+            by_length.setdefault(len(pose), []).append(i)
+        with torch.inference_mode():
+            for indices in by_length.values():
+                batch = torch.as_tensor(np.stack([poses[i] for i in indices]), dtype=torch.float32)
+                predicted = self.model.predict(batch.to(self.device))  # (B, A, 128)
+                predicted = predicted.float().cpu().numpy()
+                for j, i in enumerate(indices):
+                    out[i] = predicted[j]
+        return out  # type: ignore[return-value]
+
+    def rank(self, predicted: np.ndarray, top_k: int = DEFAULT_TOP_K) -> List[Match]:
+        """Best tracks for one predicted sequence (A, 128), best first."""
+        ranking = best_offsets(predicted, self.bank, top_k=top_k, distance=self.distance)
+        return [
+            Match(
+                track_id=self.catalog.track_ids[i],
+                title=self.catalog.titles[i],
+                score=float(score),
+                offset_s=float(offset) * AUDIO_HOP_S,
+            )
+            for i, score, offset in zip(
+                ranking.indices, ranking.scores, ranking.offsets, strict=True
+            )
+        ]
+
+    def match_many(
+        self, poses: Sequence[np.ndarray], top_ks: Sequence[int]
+    ) -> List[Dict[str, Any]]:
+        """Several queries at once (what ``@serve.batch`` hands over): one response body
+        part per query with ``matches`` and ``timings_ms`` (model, score)."""
+        started = time.perf_counter()
+        predicted = self.predict(poses)
+        model_ms = 1000 * (time.perf_counter() - started) / max(1, len(poses))
+        results = []
+        for prediction, top_k in zip(predicted, top_ks, strict=True):
+            started = time.perf_counter()
+            matches = self.rank(prediction, top_k)
+            results.append(
+                {
+                    "matches": [m.to_dict() for m in matches],
+                    "timings_ms": {
+                        "model": round(model_ms, 2),
+                        "score": round(1000 * (time.perf_counter() - started), 2),
+                    },
+                    "batch_size": len(poses),
+                }
+            )
+        return results
+
+    def match(self, pose: np.ndarray, top_k: int = DEFAULT_TOP_K) -> Dict[str, Any]:
+        """One query: pose features (T, 68) at POSE_FPS -> response part (see match_many)."""
+        return self.match_many([pose], [top_k])[0]
+
+
+def min_pose_frames(min_query_s: float) -> int:
+    """Pose frames a query needs at least (never fewer than one audio frame's two)."""
+    return max(2, int(round(min_query_s * POSE_FPS)))

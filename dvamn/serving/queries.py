@@ -1,0 +1,189 @@
+"""Turning a query into pose features (T, 68) at POSE_FPS: uploaded video or keypoints.
+
+Plain Python, used by the Serve deployments and testable without Ray. Every refusal is a
+``QueryError`` carrying the HTTP status the service answers with.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from dvamn.constants import NUM_JOINTS, POSE_FPS
+from dvamn.serving.matcher import QueryError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_GAP_FRAMES = 5  # as extraction: gaps up to 0.5 s are interpolated
+DEFAULT_FRAME_BATCH = 16
+
+
+@dataclass
+class QueryLimits:
+    """What the service accepts. ``min_query_s`` defaults to one training window (12 s)."""
+
+    min_query_s: float = 12.0
+    max_query_s: float = 600.0
+    max_gap_frames: int = DEFAULT_MAX_GAP_FRAMES
+    max_frame_pixels: int = 3840 * 2160
+
+
+def check_duration(duration_s: float, limits: QueryLimits, what: str) -> None:
+    if duration_s < limits.min_query_s:
+        raise QueryError(
+            422,
+            f"{what} is {duration_s:.1f} s long; at least {limits.min_query_s:g} s of dancing "
+            "is needed",
+        )
+    if duration_s > limits.max_query_s:
+        raise QueryError(
+            413, f"{what} is {duration_s:.1f} s long; at most {limits.max_query_s:g} s is accepted"
+        )
+
+
+def frame_size_from_keypoints(keypoints: np.ndarray, scores: np.ndarray) -> Tuple[float, float]:
+    """Guess the frame size of pixel keypoints (T, 17, 2) when the client does not say it.
+
+    Assumes the dancer is, on average, horizontally and vertically centred: the frame is
+    then as wide as ``min x + max x`` of the confident keypoints (equal margins on both
+    sides), and as high as ``min y + max y``. The size only scales the motion features
+    (the normalised pose does not depend on it), so a rough guess costs little.
+    """
+    points = keypoints[scores > 0] if np.any(scores > 0) else keypoints.reshape(-1, 2)
+    low, high = points.min(axis=0), points.max(axis=0)
+    size = np.maximum(np.maximum(low + high, high - low), 1.0)
+    return float(size[0]), float(size[1])
+
+
+def keypoint_features(
+    keypoints: np.ndarray,
+    fps: float,
+    scores: Optional[np.ndarray] = None,
+    width: Optional[float] = None,
+    height: Optional[float] = None,
+    limits: Optional[QueryLimits] = None,
+) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """Keypoints (T, 17, 2) in pixels at ``fps`` -> pose features (T', 68) at POSE_FPS.
+
+    ``scores`` (T, 17): confidence per joint, 0 = missing (default: all present). Missing
+    frames are interpolated over gaps up to ``limits.max_gap_frames``. Returns the
+    features and a description (frame size used, missing fraction).
+    """
+    from dvamn.pose import KeypointTrack, NoPersonError, fill_gaps, pose_features, resample_track
+
+    limits = limits or QueryLimits()
+    keypoints = np.asarray(keypoints, np.float32)
+    if keypoints.ndim != 3 or keypoints.shape[1:] != (NUM_JOINTS, 2):
+        raise QueryError(
+            422, f"keypoints must be [T][{NUM_JOINTS}][2], got {list(keypoints.shape)}"
+        )
+    scores = (
+        np.ones(keypoints.shape[:2], np.float32)
+        if scores is None
+        else np.asarray(scores, np.float32)
+    )
+    if scores.shape != keypoints.shape[:2]:
+        raise QueryError(
+            422, f"scores must be [T][{NUM_JOINTS}] like keypoints, got {list(scores.shape)}"
+        )
+    track = KeypointTrack(keypoints=keypoints, scores=scores, fps=float(fps))
+    check_duration(track.duration_s, limits, "the keypoint sequence")
+    if not np.any(scores > 0):
+        raise QueryError(422, "no person: every keypoint score is 0")
+    derived = width is None or height is None
+    if derived:
+        guess_w, guess_h = frame_size_from_keypoints(keypoints, scores)
+        width, height = width or guess_w, height or guess_h
+    resampled, resampled_scores = resample_track(track, POSE_FPS)
+    present = resampled_scores.max(axis=1) > 0
+    try:
+        filled, _, missing_fraction = fill_gaps(
+            resampled, resampled_scores, present, max_gap_frames=limits.max_gap_frames
+        )
+    except NoPersonError as error:
+        raise QueryError(422, f"no person: {error}") from error
+    features = pose_features(filled, width, height)
+    return features.astype(np.float32), {
+        "frames": int(len(features)),
+        "width": float(width),
+        "height": float(height),
+        "frame_size": "derived from the keypoints' extent" if derived else "given",
+        "missing_fraction": round(float(missing_fraction), 4),
+    }
+
+
+class VideoPose:
+    """Uploaded video bytes -> pose features of the main dancer; loads its model once.
+
+    Args:
+        pose: "rtmo" or "rtmpose" (``dvamn.pose.load_pose_estimator`` kinds).
+        pose_model / pose_detector: ONNX path or URI (None: rtmlib's default URL).
+        device: "auto", "cpu" or "cuda".
+        num_threads: ONNX Runtime CPU threads (None: its default, all cores).
+    """
+
+    def __init__(
+        self,
+        pose: str = "rtmo",
+        pose_model: Optional[str] = None,
+        pose_detector: Optional[str] = None,
+        device: str = "auto",
+        limits: Optional[QueryLimits] = None,
+        frame_batch: int = DEFAULT_FRAME_BATCH,
+        num_threads: Optional[int] = None,
+    ):
+        from dvamn.pose import load_pose_estimator
+
+        self.estimator = load_pose_estimator(
+            kind=pose,
+            model=pose_model,
+            detector=pose_detector,
+            device=device,
+            num_threads=num_threads,
+        )
+        self.limits = limits or QueryLimits()
+        self.frame_batch = frame_batch
+        self.source = f"video:{getattr(self.estimator, 'name', pose)}"
+
+    def __call__(self, data: bytes, name: str = "upload") -> Tuple[np.ndarray, Dict[str, Any]]:
+        """The video file's bytes -> (features (T, 68) at POSE_FPS, description)."""
+        from dvamn.media import MediaError, MediaReader
+        from dvamn.pose import NoPersonError, fill_gaps, pose_features, track_main_dancer
+
+        started = time.perf_counter()
+        try:
+            with MediaReader(
+                data,
+                name=name,
+                require_audio=False,
+                require_video=True,
+                max_frame_pixels=self.limits.max_frame_pixels,
+            ) as reader:
+                info = reader.info
+                check_duration(info.duration_s, self.limits, f"video {name}")
+                per_frame = []
+                for frames, _times_s in reader.frame_batches(self.frame_batch):
+                    per_frame.extend(self.estimator(frames))
+        except MediaError as error:
+            raise QueryError(415, f"cannot use {name} as a video: {error}") from error
+        decode_pose_ms = 1000 * (time.perf_counter() - started)
+        try:
+            keypoints, scores, present = track_main_dancer(per_frame, info.width, info.height)
+            if not np.any(present):
+                raise NoPersonError("nobody was found in any frame of the video")
+            filled, _, missing_fraction = fill_gaps(
+                keypoints, scores, present, max_gap_frames=self.limits.max_gap_frames
+            )
+        except NoPersonError as error:
+            raise QueryError(422, f"no person found in {name}: {error}") from error
+        features = pose_features(filled, info.width, info.height)
+        return features.astype(np.float32), {
+            "frames": int(len(features)),
+            "width": int(info.width),
+            "height": int(info.height),
+            "duration_s": round(float(info.duration_s), 3),
+            "missing_fraction": round(float(missing_fraction), 4),
+            "decode_pose_ms": round(decode_pose_ms, 2),
+        }

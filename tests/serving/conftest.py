@@ -1,0 +1,158 @@
+"""Serving fixtures, built once per session: synthetic dances with their music, a catalog of
+that music, a tiny DVAMN trained on those dances, and a stand-in RTMO pose model.
+
+The model is trained on the very queries the tests send (6 dances of 13 s, whole
+sequences), so it has memorised them: the tests check that the service ranks the query's
+own track first, not that DVAMN generalises (that is training's evaluation).
+"""
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Dict, List
+
+import numpy as np
+import pytest
+
+from dvamn.constants import AUDIO_HOP_S
+
+NUM_DANCES = 6
+DANCE_S = 13.0
+TRACK_S = 30.0
+TRAIN_STEPS = 250
+
+
+@dataclass
+class ServingAssets:
+    root: str
+    catalog: str  # `dvamn catalog` output of the dances' music (logmel)
+    checkpoint: str  # tiny DVAMN trained on the dances
+    pose_model: str  # stand-in RTMO ONNX
+    dances: List[Dict]  # make_video manifest entries (id, keypoints file, music offset_s)
+    query_video: str  # a 5 s dance video (its music is not in the catalog)
+    blank_video: str  # 5 s of a uniform picture: nobody to find
+
+
+def _keypoints(root: str, entry: Dict) -> Dict[str, np.ndarray]:
+    data = np.load(os.path.join(root, entry["keypoints"]))
+    return {k: data[k] for k in ("keypoints", "scores", "fps", "width", "height")}
+
+
+def _train_tiny_model(features: List[np.ndarray], targets: List[np.ndarray]):
+    """A small DVAMN fitted to (pose (T, 68), audio (T // 2, 128)) pairs on random crops."""
+    import torch
+
+    from dvamn.model import DVAMN, DVAMNConfig, log_cosh
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # many threads on a busy 2-core machine are 40x slower
+    try:
+        torch.manual_seed(0)
+        rng = np.random.default_rng(0)
+        config = DVAMNConfig(
+            widths=(32, 32, 32), gru_hidden=32, post_gru_widths=(32, 32), fc_width=32, dropout=0.0
+        )
+        model = DVAMN(config)
+        frames = min(len(f) for f in features) // 2 * 2
+        x = np.stack([f[:frames] for f in features])  # (B, T, 68)
+        y = np.stack([t[: frames // 2] for t in targets])  # (B, A, 128)
+        model.set_scaling(
+            x.reshape(-1, x.shape[-1]).mean(0),
+            x.reshape(-1, x.shape[-1]).std(0),
+            y.reshape(-1, y.shape[-1]).mean(0),
+            y.reshape(-1, y.shape[-1]).std(0),
+        )
+        x_t = torch.as_tensor(x)
+        y_t = model.standardise_targets(torch.as_tensor(y))
+        optimizer = torch.optim.NAdam(model.parameters(), lr=3e-3)
+        crop = 60  # pose frames per step (6 s)
+        for _ in range(TRAIN_STEPS):
+            start = int(rng.integers(0, frames - crop + 1)) // 2 * 2
+            loss = log_cosh(
+                model(x_t[:, start : start + crop]), y_t[:, start // 2 :][:, : crop // 2]
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return model.eval()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def serving_assets(ray_local, tmp_path_factory) -> ServingAssets:
+    from dvamn.model import save_checkpoint
+    from dvamn.pipeline.catalog import CatalogConfig, build_catalog
+    from dvamn.serving.catalog_store import load_catalog
+    from dvamn.serving.queries import keypoint_features
+    from dvamn.synth.clip import VideoSpec, make_video
+    from dvamn.synth.video import encode_mp4
+    from tests.support.standin_pose import export_rtmo_standin
+
+    root = str(tmp_path_factory.mktemp("serving"))
+    dances = [
+        make_video(
+            VideoSpec(
+                f"dance{i}", seed=100 + i, seconds=DANCE_S, track_seconds=TRACK_S, write_music=True
+            ),
+            root,
+        )
+        for i in range(NUM_DANCES)
+    ]
+    query = make_video(VideoSpec("query", seed=999, seconds=5.0, track_seconds=5.0), root)
+    blank_video = os.path.join(root, "blank.mp4")
+    blank = np.full((120, 160, 3), 90, np.uint8)
+    encode_mp4(blank_video, [(blank, k / 10) for k in range(50)], 160, 120, 10.0)
+
+    catalog = os.path.join(root, "catalog")
+    build_catalog(CatalogConfig(music=os.path.join(root, "music"), out=catalog, audio="logmel"))
+    tracks = load_catalog(catalog)
+
+    features, targets = [], []
+    for entry in dances:
+        k = _keypoints(root, entry)
+        pose, _ = keypoint_features(
+            k["keypoints"], float(k["fps"]), k["scores"], float(k["width"]), float(k["height"])
+        )
+        features.append(pose)
+        track = tracks.track_embedding(tracks.track_ids.index(entry["id"]))
+        offset = int(round(entry["music"]["offset_s"] / AUDIO_HOP_S))
+        targets.append(track[offset:])
+    model = _train_tiny_model(features, targets)
+    checkpoint = os.path.join(root, "checkpoint")
+    save_checkpoint(
+        checkpoint,
+        model,
+        {
+            "audio_embedding_kind": "logmel",
+            "audio_weights": tracks.audio_weights,
+            "pose_model": "keypoints",
+            "epoch": TRAIN_STEPS,
+        },
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on the TorchScript exporter
+        pose_model = export_rtmo_standin(os.path.join(root, "rtmo-standin.onnx"))
+    return ServingAssets(
+        root=root,
+        catalog=catalog,
+        checkpoint=checkpoint,
+        pose_model=pose_model,
+        dances=dances,
+        query_video=os.path.join(root, query["video"]),
+        blank_video=blank_video,
+    )
+
+
+def keypoint_body(assets: ServingAssets, entry: Dict, **extra) -> Dict:
+    """The /match/keypoints JSON body of a dance's true keypoints."""
+    k = _keypoints(assets.root, entry)
+    body = {
+        "keypoints": k["keypoints"].tolist(),
+        "scores": k["scores"].tolist(),
+        "fps": float(k["fps"]),
+        "width": float(k["width"]),
+        "height": float(k["height"]),
+    }
+    body.update(extra)
+    return body
