@@ -1,0 +1,387 @@
+"""DVAMN, the Deep Video Audio Match Network: a pose sequence in, audio embeddings out.
+
+Letters in shape comments: B batch, T pose frames (10 fps), A audio frames (5 fps, A = T // 2),
+D features (channels). Convolutions see sequences as (B, D, T); GRUs as (B, T, D).
+
+    pose (B, T, 68)
+      -> standardise with the training set's per-feature mean/std (buffers)
+      -> MFCBlock 68->128 -> MFCBlock 128->256 -> MFCBlock 256->512        10 fps
+      -> max-pool over time, 2 frames -> 1                                  5 fps
+      -> bidirectional GRU 1 (512 per direction) -> (B, A, 1024)
+      -> bidirectional GRU 2 (512 per direction) -> (B, A, 1024)
+      -> concatenate both GRU outputs             -> (B, A, 2048)
+      -> MFCBlock 2048->512 -> MFCBlock 512->256
+      -> frame-wise fully connected 256->128 (ReLU)
+      -> last MFC layer 128->128, linear                  (B, A, 128), standardised targets
+
+Kernel sizes: the authors' released Keras code uses k = 7 for most MFC layers, 9 for some
+deeper ones and 5 for the output layers. We keep k = 7 for every block (0.7 s of context per
+layer at 10 fps, ~1.9 s for a block of three, about one bar of dance music at 120 BPM) and
+k = 5 for the last layer; all are config fields. ``layer="fc"`` sets every kernel to 1:
+the paper's frame-wise fully connected ablation.
+
+Deliberate departures from "every MFC layer has a ReLU": the last layer is linear, because
+it predicts standardised targets that are negative half of the time (a ReLU there would
+clamp half the outputs to zero). Targets are standardised per dimension with the training
+set's mean/std, stored as buffers so that ``predict`` answers in the targets' own units
+(quantised VGGish 0..255, or whatever the extraction produced).
+
+Odd sequence lengths: the max-pool drops a trailing odd frame, so a pose sequence of T
+frames gives T // 2 audio frames, which equals ``num_audio_frames(d)`` for a video of d
+seconds with ``num_pose_frames(d)`` pose frames.
+
+Checkpoints (STYLE.md 7): a directory with ``config.json`` (the DVAMNConfig),
+``model.pt`` (the state dict, loaded with ``weights_only=True``) and ``metadata.json``
+(feature provenance, target scaling, epoch, metrics, history). ``load_model`` reads one
+from a local path or any fsspec URI (``s3://``), or picks the best checkpoint of a training
+run directory.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dvamn import storage
+from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES, POSE_FRAMES_PER_AUDIO_FRAME
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.pt"
+METADATA_FILE = "metadata.json"
+TRAINING_STATE_FILE = "training_state.pt"  # optimiser state, only needed to resume training
+
+
+@dataclass
+class DVAMNConfig:
+    """The network's shape; defaults are the paper's (and the authors' code's kernels)."""
+
+    pose_features: int = POSE_FEATURES  # 34 normalised coordinates + 34 motion residuals
+    audio_dim: int = EMBEDDING_DIM  # VGGish embedding size
+    widths: Tuple[int, ...] = (128, 256, 512)  # the three MFC blocks before the GRUs
+    gru_hidden: int = 512  # per direction; each bidirectional layer outputs 2 * gru_hidden
+    post_gru_widths: Tuple[int, ...] = (512, 256)  # the two MFC blocks after the GRUs
+    fc_width: int = 128  # the frame-wise fully connected layer before the output
+    kernel_size: int = 7  # MFC kernel in frames (see the module docstring)
+    output_kernel_size: int = 5  # the last MFC layer
+    dropout: float = 0.1  # before the 3rd layer of blocks 2.. (authors: Keras Dropout(0.9))
+    layer: str = "mfc"  # "mfc" or "fc" (kernel size 1 everywhere: the paper's ablation)
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)
+        self.post_gru_widths = tuple(int(w) for w in self.post_gru_widths)
+        if self.layer not in ("mfc", "fc"):
+            raise ValueError(f"DVAMNConfig.layer must be 'mfc' or 'fc', got {self.layer!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"DVAMNConfig.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("kernel_size", "output_kernel_size"):
+            k = getattr(self, name)
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"DVAMNConfig.{name} must be odd and >= 1 to keep T, got {k}")
+
+    def kernel(self, k: int) -> int:
+        """The kernel actually used: ``k`` for MFC, 1 for the frame-wise FC ablation."""
+        return 1 if self.layer == "fc" else k
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "DVAMNConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown DVAMNConfig fields {sorted(unknown)} in checkpoint config")
+        return cls(**values)
+
+
+class MFC(nn.Module):
+    """Multiple-frame Fully Connected layer: each output frame is a fully connected map of
+    the ``kernel_size`` input frames around it (a Conv1d along time whose kernel covers all
+    features), with bias and ReLU. Length-preserving: (B, D_in, T) -> (B, D_out, T)."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, relu: bool = True):
+        super().__init__()
+        self.conv = nn.Conv1d(in_features, out_features, kernel_size, padding=kernel_size // 2)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)  # (B, D_out, T)
+        return F.relu(x) if self.relu else x
+
+
+class MFCBlock(nn.Module):
+    """Three MFC layers with a residual shortcut from the first layer's output to the
+    third's (as the authors' code: the first layer changes the width, so the shortcut
+    starts after it). (B, D_in, T) -> (B, D_out, T)."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, dropout: float):
+        super().__init__()
+        self.first = MFC(in_features, out_features, kernel_size)
+        self.second = MFC(out_features, out_features, kernel_size)
+        self.dropout = nn.Dropout(dropout)
+        self.third = MFC(out_features, out_features, kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.first(x)  # (B, D_out, T)
+        c = self.third(self.dropout(self.second(a)))  # (B, D_out, T)
+        return a + c
+
+
+class DVAMN(nn.Module):
+    """Pose sequence (B, T, 68) -> audio embedding sequence (B, T // 2, 128).
+
+    ``forward`` works in standardised units (the training loss is computed there);
+    ``predict`` takes raw pose features and answers in the targets' own units. The scaling
+    buffers are set by ``set_scaling`` from training-set statistics and saved with the
+    weights.
+    """
+
+    def __init__(self, config: DVAMNConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        k = c.kernel(c.kernel_size)
+        blocks, width = [], c.pose_features
+        for i, w in enumerate(c.widths):
+            # The authors drop out only in the wider blocks, not in the first.
+            blocks.append(MFCBlock(width, w, k, c.dropout if i > 0 else 0.0))
+            width = w
+        self.pose_blocks = nn.Sequential(*blocks)
+        self.gru1 = nn.GRU(width, c.gru_hidden, batch_first=True, bidirectional=True)
+        self.gru2 = nn.GRU(2 * c.gru_hidden, c.gru_hidden, batch_first=True, bidirectional=True)
+        blocks, width = [], 4 * c.gru_hidden  # both GRU layers' outputs, concatenated
+        for w in c.post_gru_widths:
+            blocks.append(MFCBlock(width, w, k, c.dropout))
+            width = w
+        self.post_blocks = nn.Sequential(*blocks)
+        self.fc = MFC(width, c.fc_width, kernel_size=1)  # frame-wise fully connected
+        self.out = MFC(c.fc_width, c.audio_dim, c.kernel(c.output_kernel_size), relu=False)
+        self.register_buffer("input_mean", torch.zeros(c.pose_features))
+        self.register_buffer("input_std", torch.ones(c.pose_features))
+        self.register_buffer("target_mean", torch.zeros(c.audio_dim))
+        self.register_buffer("target_std", torch.ones(c.audio_dim))
+        # How well each target dimension is predicted (correlation of prediction and target
+        # on the training windows, clipped to [0, 1]; set by training): the scorer weighs
+        # dimensions by it, so that what dance cannot tell (e.g. timbre) adds no noise.
+        self.register_buffer("target_weight", torch.ones(c.audio_dim))
+
+    def set_scaling(
+        self,
+        input_mean: np.ndarray,
+        input_std: np.ndarray,
+        target_mean: np.ndarray,
+        target_std: np.ndarray,
+    ) -> None:
+        """Per-feature statistics of the training set, shapes (68,), (68,), (128,), (128,).
+        Standard deviations are floored so that constant features do not divide by 0."""
+        for name, value in (
+            ("input_mean", input_mean),
+            ("input_std", np.maximum(input_std, 1e-6)),
+            ("target_mean", target_mean),
+            ("target_std", np.maximum(target_std, 1e-6)),
+        ):
+            buffer = getattr(self, name)
+            buffer.copy_(torch.as_tensor(np.asarray(value), dtype=buffer.dtype))
+
+    def _check_pose(self, pose: torch.Tensor) -> None:
+        if pose.dim() != 3 or pose.shape[-1] != self.config.pose_features:
+            raise ValueError(
+                f"DVAMN expects pose of shape (B, T, {self.config.pose_features}), "
+                f"got {tuple(pose.shape)}"
+            )
+        if pose.shape[1] < POSE_FRAMES_PER_AUDIO_FRAME:
+            raise ValueError(
+                f"DVAMN needs at least {POSE_FRAMES_PER_AUDIO_FRAME} pose frames, "
+                f"got {pose.shape[1]}"
+            )
+
+    def forward(self, pose: torch.Tensor) -> torch.Tensor:
+        """pose: raw features (B, T, 68) -> standardised audio embeddings (B, T // 2, 128)."""
+        self._check_pose(pose)
+        x = (pose - self.input_mean) / self.input_std  # (B, T, 68)
+        x = self.pose_blocks(x.transpose(1, 2))  # (B, 512, T)
+        x = F.max_pool1d(x, POSE_FRAMES_PER_AUDIO_FRAME)  # (B, 512, A), odd T: last frame dropped
+        x = x.transpose(1, 2)  # (B, A, 512)
+        h1, _ = self.gru1(x)  # (B, A, 2H)
+        h2, _ = self.gru2(h1)  # (B, A, 2H)
+        x = torch.cat([h1, h2], dim=-1).transpose(1, 2)  # (B, 4H, A)
+        x = self.post_blocks(x)  # (B, 256, A)
+        x = self.out(self.fc(x))  # (B, 128, A)
+        return x.transpose(1, 2)  # (B, A, 128)
+
+    def to_target_units(self, standardised: torch.Tensor) -> torch.Tensor:
+        """(…, 128) standardised -> the targets' own units."""
+        return standardised * self.target_std + self.target_mean
+
+    def standardise_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """(…, 128) in the targets' own units -> standardised (the loss's units)."""
+        return (targets - self.target_mean) / self.target_std
+
+    @torch.no_grad()
+    def predict(self, pose: torch.Tensor) -> torch.Tensor:
+        """Raw pose (B, T, 68) or (T, 68) -> embeddings in target units (B, T//2, 128) or
+        (T//2, 128). Runs in eval mode (no dropout) and restores the previous mode."""
+        squeeze = pose.dim() == 2
+        if squeeze:
+            pose = pose.unsqueeze(0)
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.to_target_units(self(pose))
+        finally:
+            self.train(was_training)
+        return out[0] if squeeze else out
+
+    def scoring_transform(self, weighted: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+        """(center, scale), each (128,), for ``dvamn.scoring.prepare_tracks`` /
+        ``standardise``: frames become (x - target_mean) / target_std, times
+        ``target_weight`` when ``weighted``."""
+        center = self.target_mean.detach().cpu().numpy()
+        scale = self.target_std.detach().cpu().numpy()
+        if weighted:
+            scale = scale / np.maximum(self.target_weight.detach().cpu().numpy(), 1e-3)
+        return center, scale
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def log_cosh(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean log(cosh(prediction - target)), computed stably: |x| + log1p(exp(-2|x|)) - log 2
+    (cosh overflows float32 for |x| > ~89, which raw 0..255 targets reach)."""
+    x = (prediction - target).abs()
+    return (x + torch.log1p(torch.exp(-2.0 * x)) - math.log(2.0)).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def save_checkpoint(
+    dir_or_uri: str,
+    model: DVAMN,
+    metadata: Optional[Dict[str, Any]] = None,
+    training_state: Optional[Dict[str, Any]] = None,
+) -> str:
+    """Write ``config.json``, ``model.pt`` and ``metadata.json`` (plus
+    ``training_state.pt`` with the optimiser state when given) to a local directory or
+    fsspec URI. ``metadata``: feature provenance, epoch, metrics, history... (JSON-able;
+    numpy values are converted). Returns ``dir_or_uri``."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    meta = dict(metadata or {})
+    meta["target_mean"] = model.target_mean.cpu().numpy()
+    meta["target_std"] = model.target_std.cpu().numpy()
+    meta["parameter_count"] = model.parameter_count()
+    with tempfile.TemporaryDirectory(prefix="dvamn-ckpt-") as tmp:
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(model.config.to_dict(), f, indent=2)
+        torch.save(state, os.path.join(tmp, WEIGHTS_FILE))
+        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+            json.dump(_jsonable(meta), f, indent=2)
+        if training_state is not None:
+            torch.save(training_state, os.path.join(tmp, TRAINING_STATE_FILE))
+        for name in sorted(os.listdir(tmp)):
+            storage.copy_file(os.path.join(tmp, name), storage.join(dir_or_uri, name))
+    return dir_or_uri
+
+
+def _read_json(uri: str) -> Dict[str, Any]:
+    with storage.open_uri(uri, "rb") as f:
+        return json.loads(f.read().decode())
+
+
+def is_checkpoint(uri: str) -> bool:
+    return storage.exists(storage.join(uri, CONFIG_FILE)) and storage.exists(
+        storage.join(uri, WEIGHTS_FILE)
+    )
+
+
+def list_checkpoints(run_uri: str) -> List[str]:
+    """Checkpoint directories directly inside a training run directory, sorted by name
+    (Ray Train names them so that the order is the order they were written)."""
+    fs, path = storage.filesystem(run_uri)
+    if not fs.isdir(path):
+        return []
+    found = []
+    for entry in sorted(fs.ls(path, detail=False)):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        uri = storage.join(run_uri, name)
+        if name.startswith("checkpoint") and is_checkpoint(uri):
+            found.append(uri)
+    return found
+
+
+def best_checkpoint(run_uri: str, metric: str = "val_loss", mode: str = "min") -> str:
+    """The checkpoint of a run with the best ``metric`` in its metadata (ties: latest)."""
+    checkpoints = list_checkpoints(run_uri)
+    if not checkpoints:
+        raise FileNotFoundError(
+            f"{run_uri} is neither a DVAMN checkpoint (config.json + model.pt) nor a training "
+            "run with checkpoint_* directories; pass the --out directory of `dvamn train`"
+        )
+    sign = 1.0 if mode == "min" else -1.0
+    scored = []
+    for i, uri in enumerate(checkpoints):
+        value = _read_json(storage.join(uri, METADATA_FILE)).get("metrics", {}).get(metric)
+        key = sign * float(value) if value is not None and math.isfinite(value) else math.inf
+        scored.append((key, -i, uri))
+    return min(scored)[2]
+
+
+def resolve_checkpoint(uri: str) -> str:
+    """A checkpoint directory itself, or the best checkpoint of a training run directory."""
+    return uri if is_checkpoint(uri) else best_checkpoint(uri)
+
+
+def load_model(uri: str, map_location: str = "cpu") -> Tuple[DVAMN, Dict[str, Any]]:
+    """Rebuild a DVAMN from a checkpoint directory or a training run directory (its best
+    checkpoint), local or any fsspec URI. Returns (model in eval mode, metadata); the
+    metadata gains ``checkpoint_uri``."""
+    ckpt = resolve_checkpoint(uri)
+    config = DVAMNConfig.from_dict(_read_json(storage.join(ckpt, CONFIG_FILE)))
+    metadata = _read_json(storage.join(ckpt, METADATA_FILE))
+    with storage.open_uri(storage.join(ckpt, WEIGHTS_FILE), "rb") as f:
+        state = torch.load(f, map_location=map_location, weights_only=True)
+    model = DVAMN(config)
+    # Checkpoints written before target_weight existed score every dimension alike.
+    state.setdefault("target_weight", torch.ones(config.audio_dim))
+    model.load_state_dict(state)
+    model.eval()
+    metadata["checkpoint_uri"] = ckpt
+    log.info(
+        "loaded DVAMN (%s, %d parameters) from %s", config.layer, model.parameter_count(), ckpt
+    )
+    return model, metadata
+
+
+def load_training_state(checkpoint_dir: str) -> Optional[Dict[str, Any]]:
+    """The optimiser state saved beside the weights, or None for an inference-only one."""
+    uri = storage.join(checkpoint_dir, TRAINING_STATE_FILE)
+    if not storage.exists(uri):
+        return None
+    with storage.open_uri(uri, "rb") as f:
+        return torch.load(f, map_location="cpu", weights_only=True)

@@ -1,0 +1,367 @@
+"""Rank catalog tracks for a predicted embedding sequence, each at its best start offset.
+
+Shared by evaluation and the service. Letters: T query frames, N tracks, L frames of a track
+(L_max the longest), O = L - T + 1 start offsets, D embedding size. All frames are audio
+frames (5 Hz, ``AUDIO_HOP_S`` apart).
+
+Score of a track at offset o: the mean over the T query frames of a per-frame distance
+between prediction frame t and track frame o + t. Lower is better. Distances:
+
+- ``"l2"`` (default): squared Euclidean distance per frame. Vectorised as
+  ||p||^2 - 2 p.x + ||x||^2: the cross term is one matmul per chunk of tracks,
+  (N·L_max, D) @ (D, T), whose diagonals are summed with a strided view; the ||x||^2
+  window sums come from cumulative sums. No loop over tracks or offsets.
+- ``"cosine"``: 1 - cosine similarity per frame (frames L2-normalised first, then the
+  same matmul). Insensitive to each frame's scale.
+- ``"logcosh"``: the training loss per frame (mean over D of log cosh). Has no matmul
+  form, so it is computed explicitly over every window (memory O(chunk·O·T·D)): fine for
+  evaluation pools, too slow for a 10,000-track catalog.
+
+Evaluation compares the three (docs/training.md gives the numbers); the service uses the
+default.
+
+Tracks shorter than the query (L < T): they are compared at offset 0 over the L frames
+they have (the query's first L frames), the mean distance over those frames divided by the
+coverage L / T. A short track can still rank well, but only if it matches clearly better
+than full-length ones; a track with no frames is never returned (score +inf).
+``short_tracks="exclude"`` gives them +inf instead.
+
+Ties: tracks with equal scores are ordered by track index; within a track, the earliest
+best offset wins.
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+DISTANCES = ("l2", "cosine", "logcosh")
+DEFAULT_DISTANCE = "l2"
+SHORT_TRACK_POLICIES = ("overlap", "exclude")
+# Bounds the (chunk, L_max, T) cross-term tensor: ~256 MB of float32 at this many elements.
+DEFAULT_MAX_CHUNK_ELEMENTS = 64_000_000
+
+
+@dataclass
+class TrackBank:
+    """A catalog's embedding sequences prepared once for scoring.
+
+    ``tracks``: (N, L_max, D) float tensor, zero-padded after each track's end;
+    ``lengths``: (N,) int64 frames per track; ``unit_tracks``: the same with every frame
+    L2-normalised (for the cosine distance) and ``squared_norm_cumsum``: cumulative
+    squared frame norms (for l2), both built on first use. A bank made with
+    ``center``/``scale`` (see ``standardise``) compares standardised frames.
+    """
+
+    tracks: torch.Tensor
+    lengths: torch.Tensor
+    unit_tracks: Optional[torch.Tensor] = None
+    squared_norm_cumsum: Optional[torch.Tensor] = None  # (N, L_max + 1) float64
+    # When set, tracks hold (x - center) / scale and queries are transformed the same way.
+    center: Optional[torch.Tensor] = None  # (D,)
+    scale: Optional[torch.Tensor] = None  # (D,)
+
+    def transform_query(self, query: torch.Tensor) -> torch.Tensor:
+        if self.center is None:
+            return query
+        return (query - self.center) / self.scale
+
+    def window_squared_norms(self, idx: torch.Tensor, width: int) -> torch.Tensor:
+        """(len(idx), L_max - width + 1): sum of ||x||^2 over every ``width`` frames, from
+        cumulative sums computed once per bank (float64: the differences stay exact)."""
+        if self.squared_norm_cumsum is None:
+            norms = (self.tracks.double() ** 2).sum(-1)  # (N, L_max)
+            self.squared_norm_cumsum = torch.nn.functional.pad(norms.cumsum(dim=1), (1, 0))
+        cum = self.squared_norm_cumsum[idx]  # (n, L_max + 1)
+        return cum[:, width:] - cum[:, :-width]
+
+    @property
+    def num_tracks(self) -> int:
+        return int(self.tracks.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.tracks.shape[2])
+
+    def nbytes(self) -> int:
+        total = self.tracks.element_size() * self.tracks.nelement()
+        for extra in (self.unit_tracks, self.squared_norm_cumsum):
+            if extra is not None:
+                total += extra.element_size() * extra.nelement()
+        return total
+
+    def unit(self) -> torch.Tensor:
+        if self.unit_tracks is None:
+            self.unit_tracks = _unit_frames(self.tracks)
+        return self.unit_tracks
+
+
+@dataclass
+class Ranking:
+    """The result of ``best_offsets``.
+
+    ``indices`` (k,): track indices, best first; ``scores`` (k,): their distances;
+    ``offsets`` (k,): their best start offsets in audio frames. ``all_scores`` and
+    ``all_offsets`` (N,): the same for every track in catalog order (for evaluation).
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    offsets: np.ndarray
+    all_scores: np.ndarray
+    all_offsets: np.ndarray
+
+
+def _unit_frames(x: torch.Tensor) -> torch.Tensor:
+    # Zero (padding) frames stay zero instead of becoming NaN.
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def standardise(
+    bank: TrackBank,
+    center: Union[np.ndarray, torch.Tensor],
+    scale: Union[np.ndarray, torch.Tensor],
+) -> TrackBank:
+    """A bank comparing standardised frames, (x - center) / scale per dimension, e.g. with
+    the model's ``target_mean`` / ``target_std``: every dimension then weighs the same and
+    tracks that sit near the average embedding stop being close to every query (see
+    docs/training.md for the comparison). Replaces the tracks in place of a copy where it
+    can; padding stays zero."""
+    center_t = torch.as_tensor(np.asarray(center), dtype=bank.tracks.dtype)
+    scale_t = torch.as_tensor(np.asarray(scale), dtype=bank.tracks.dtype).clamp_min(1e-6)
+    device = bank.tracks.device
+    center_t, scale_t = center_t.to(device), scale_t.to(device)
+    mask = torch.arange(bank.tracks.shape[1], device=device)[None, :] < bank.lengths[:, None]
+    tracks = bank.tracks.sub_(center_t).div_(scale_t).mul_(mask[:, :, None])
+    return TrackBank(tracks, bank.lengths, center=center_t, scale=scale_t)
+
+
+def prepare_tracks(
+    embeddings: Union[Sequence[np.ndarray], np.ndarray],
+    lengths: Optional[Sequence[int]] = None,
+    dtype: torch.dtype = torch.float32,
+    center: Optional[np.ndarray] = None,
+    scale: Optional[np.ndarray] = None,
+) -> TrackBank:
+    """Pad per-track sequences into one bank (standardised when ``center`` and ``scale``
+    (D,) are given).
+
+    ``embeddings``: a list of (L_i, D) arrays, or an already padded (N, L_max, D) array
+    with ``lengths`` (N,).
+    """
+    bank = _pad_tracks(embeddings, lengths, dtype)
+    if center is not None or scale is not None:
+        if center is None or scale is None:
+            raise ValueError("standardising a bank needs both center and scale")
+        bank = standardise(bank, center, scale)
+    return bank
+
+
+def _pad_tracks(
+    embeddings: Union[Sequence[np.ndarray], np.ndarray],
+    lengths: Optional[Sequence[int]],
+    dtype: torch.dtype,
+) -> TrackBank:
+    if isinstance(embeddings, np.ndarray) and embeddings.ndim == 3:
+        if lengths is None:
+            raise ValueError("a padded (N, L_max, D) track array needs lengths (N,)")
+        tracks = torch.tensor(embeddings, dtype=dtype)  # a copy: standardise works in place
+        lens = torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
+        mask = torch.arange(tracks.shape[1])[None, :] < lens[:, None]
+        tracks = tracks * mask[:, :, None]  # padding must be zero for the window sums
+        return TrackBank(tracks, lens)
+    seqs = [np.asarray(e, dtype=np.float32) for e in embeddings]
+    if not seqs:
+        raise ValueError("cannot score against an empty catalog")
+    dims = {s.shape[1] for s in seqs if s.ndim == 2}
+    if len(dims) != 1 or any(s.ndim != 2 for s in seqs):
+        raise ValueError(f"track embeddings must all be (L, D) with one D, got dims {dims}")
+    lens = torch.as_tensor([len(s) for s in seqs], dtype=torch.int64)
+    tracks = torch.zeros(len(seqs), max(1, int(lens.max())), dims.pop(), dtype=dtype)
+    for i, s in enumerate(seqs):
+        tracks[i, : len(s)] = torch.from_numpy(s)
+    return TrackBank(tracks, lens)
+
+
+def _diagonal_sums(cross: torch.Tensor, num_offsets: int) -> torch.Tensor:
+    """cross (N, L, T) with cross[n, l, t] = p_t . x_{n,l} -> (N, O): sum_t cross[n, o+t, t]."""
+    n, length, t = cross.shape
+    cross = cross.contiguous()
+    diagonals = cross.as_strided((n, num_offsets, t), (length * t, t, t + 1))  # (N, O, T)
+    return diagonals.sum(dim=-1)
+
+
+def _matmul_window_distances(
+    query: torch.Tensor, tracks: torch.Tensor, track_sq: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """Sum over t of ||q_t - x_{o+t}||^2 for every offset. query (T, D), tracks (N, L, D),
+    L >= T, track_sq (N, O) window sums of ||x||^2, or None for unit frames (every norm taken
+    as 1; offsets reaching into the padding are masked by the caller) -> (N, O) float64."""
+    t = query.shape[0]
+    num_offsets = tracks.shape[1] - t + 1
+    cross = torch.matmul(tracks, query.T)  # (N, L, T)
+    cross_sums = _diagonal_sums(cross, num_offsets).double()  # (N, O)
+    if track_sq is None:
+        # Unit frames: 0.5 * (1 - 2 q.x + 1) = 1 - cos exactly, zero frames included.
+        return float(t) - 2.0 * cross_sums + float(t)
+    query_sq = (query.double() ** 2).sum()
+    return query_sq - 2.0 * cross_sums + track_sq
+
+
+def _logcosh_window_distances(query: torch.Tensor, tracks: torch.Tensor) -> torch.Tensor:
+    """Sum over t of mean_D log cosh(q_t - x_{o+t}). query (T, D), tracks (N, L, D) -> (N, O)."""
+    t = query.shape[0]
+    windows = tracks.unfold(1, t, 1)  # (N, O, D, T)
+    diff = (windows - query.T[None, None]).abs()  # (N, O, D, T)
+    per = diff + torch.log1p(torch.exp(-2.0 * diff)) - math.log(2.0)
+    return per.mean(dim=2).sum(dim=-1)
+
+
+def _per_frame_distance(query: torch.Tensor, frames: torch.Tensor, distance: str) -> torch.Tensor:
+    """Distances between aligned frames: query (n, T', D), frames (n, T', D) -> (n, T')."""
+    if distance == "l2":
+        return ((query - frames) ** 2).sum(-1)
+    if distance == "cosine":
+        return 1.0 - (_unit_frames(query) * _unit_frames(frames)).sum(-1)
+    diff = (query - frames).abs()
+    return (diff + torch.log1p(torch.exp(-2.0 * diff)) - math.log(2.0)).mean(-1)
+
+
+def _check(prediction: np.ndarray, dim: int, distance: str, short_tracks: str) -> None:
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    if short_tracks not in SHORT_TRACK_POLICIES:
+        raise ValueError(
+            f"short_tracks must be one of {SHORT_TRACK_POLICIES}, got {short_tracks!r}"
+        )
+    if prediction.ndim != 2 or prediction.shape[1] != dim or prediction.shape[0] < 1:
+        raise ValueError(
+            f"prediction must be (T >= 1, {dim}) to match the catalog, got {prediction.shape}"
+        )
+
+
+def _rank(all_scores: np.ndarray, all_offsets: np.ndarray, top_k: Optional[int]) -> Ranking:
+    # Stable sort over catalog order: equal scores keep ascending track index.
+    order = np.argsort(all_scores, kind="stable")
+    order = order[np.isfinite(all_scores[order])]
+    if top_k is not None:
+        order = order[:top_k]
+    return Ranking(order, all_scores[order], all_offsets[order], all_scores, all_offsets)
+
+
+def best_offsets(
+    prediction: Union[np.ndarray, torch.Tensor],
+    bank: TrackBank,
+    top_k: Optional[int] = 10,
+    distance: str = DEFAULT_DISTANCE,
+    short_tracks: str = "overlap",
+    max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+) -> Ranking:
+    """Each track's best start offset for ``prediction`` (T, D), and the top-k tracks.
+
+    Vectorised over the catalog: tracks are processed in chunks sized so that the
+    (chunk, L_max, T) intermediate stays under ``max_chunk_elements``. ``top_k=None``
+    ranks every track with a finite score.
+    """
+    # The bank may live on a GPU; the query follows it and the results come back to CPU.
+    device = bank.tracks.device
+    if isinstance(prediction, torch.Tensor):
+        query = prediction.detach().to("cpu", bank.tracks.dtype)
+    else:
+        query = torch.as_tensor(np.asarray(prediction), dtype=bank.tracks.dtype)
+    _check(query.numpy(), bank.dim, distance, short_tracks)
+    query = query.to(device)
+    query = bank.transform_query(query)
+    t = query.shape[0]
+    n, l_max, _ = bank.tracks.shape
+    lengths = bank.lengths
+    tracks = bank.unit() if distance == "cosine" else bank.tracks
+    q = _unit_frames(query) if distance == "cosine" else query
+
+    all_scores = torch.full((n,), math.inf, dtype=torch.float64, device=device)
+    all_offsets = torch.zeros(n, dtype=torch.int64, device=device)
+
+    full = torch.nonzero(lengths >= t).flatten()
+    if len(full) and l_max >= t:
+        per_track = l_max * t * (bank.dim if distance == "logcosh" else 1)
+        chunk = max(1, max_chunk_elements // max(1, per_track))
+        for start in range(0, len(full), chunk):
+            idx = full[start : start + chunk]
+            x = tracks[idx]  # (n, L_max, D)
+            if distance == "logcosh":
+                window = _logcosh_window_distances(q, x)  # (n, O_max)
+            else:
+                track_sq = None if distance == "cosine" else bank.window_squared_norms(idx, t)
+                window = _matmul_window_distances(q, x, track_sq)
+                if distance == "cosine":
+                    # ||a - b||^2 = 2 - 2 cos for unit frames, so 1 - cos = half of it.
+                    window = 0.5 * window
+            offsets = torch.arange(window.shape[1], device=device)[None, :]
+            valid = offsets <= (lengths[idx] - t)[:, None]  # offsets that stay inside the track
+            window = window.masked_fill(~valid, math.inf)
+            best, where = window.min(dim=1)  # first minimal offset on ties
+            all_scores[idx] = best.double() / t
+            all_offsets[idx] = where
+
+    short = torch.nonzero((lengths < t) & (lengths > 0)).flatten()
+    if len(short) and short_tracks == "overlap":
+        length = int(lengths[short].max())
+        x = tracks[short, :length]  # (s, L', D)
+        per_frame = _per_frame_distance(q[None, :length].expand(len(short), -1, -1), x, distance)
+        mask = torch.arange(length, device=device)[None, :] < lengths[short][:, None]  # (s, L')
+        mean = (per_frame * mask).sum(1).double() / lengths[short].double()
+        coverage = lengths[short].double() / t
+        all_scores[short] = mean / coverage
+
+    return _rank(all_scores.cpu().numpy(), all_offsets.cpu().numpy(), top_k)
+
+
+def best_offsets_reference(
+    prediction: np.ndarray,
+    tracks: Sequence[np.ndarray],
+    top_k: Optional[int] = 10,
+    distance: str = DEFAULT_DISTANCE,
+    short_tracks: str = "overlap",
+    center: Optional[np.ndarray] = None,
+    scale: Optional[np.ndarray] = None,
+) -> Ranking:
+    """The same ranking as ``best_offsets`` by plain loops over tracks and offsets, in
+    float64 numpy: the definition the vectorised scorer is tested against. ``center`` and
+    ``scale`` standardise queries and tracks as a standardised bank does."""
+    prediction = np.asarray(prediction, dtype=np.float64)
+    if center is not None:
+        scale = np.maximum(np.asarray(scale, np.float64), 1e-6)
+        prediction = (prediction - center) / scale
+        tracks = [(np.asarray(t, np.float64) - center) / scale for t in tracks]
+    dim = tracks[0].shape[1] if len(tracks) else prediction.shape[-1]
+    _check(prediction, dim, distance, short_tracks)
+    t = len(prediction)
+
+    def frame_distances(p: np.ndarray, x: np.ndarray) -> np.ndarray:
+        if distance == "l2":
+            return ((p - x) ** 2).sum(-1)
+        if distance == "cosine":
+            pu = p / np.maximum(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12)
+            xu = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+            return 1.0 - (pu * xu).sum(-1)
+        d = np.abs(p - x)
+        return (d + np.log1p(np.exp(-2.0 * d)) - math.log(2.0)).mean(-1)
+
+    scores = np.full(len(tracks), math.inf)
+    offsets = np.zeros(len(tracks), dtype=np.int64)
+    for i, track in enumerate(tracks):
+        track = np.asarray(track, dtype=np.float64)
+        length = len(track)
+        if length >= t:
+            for o in range(length - t + 1):
+                score = frame_distances(prediction, track[o : o + t]).mean()
+                if score < scores[i]:
+                    scores[i], offsets[i] = score, o
+        elif length > 0 and short_tracks == "overlap":
+            scores[i] = frame_distances(prediction[:length], track).mean() / (length / t)
+    return _rank(scores, offsets, top_k)

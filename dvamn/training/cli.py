@@ -1,0 +1,223 @@
+"""``dvamn train`` and ``dvamn evaluate``. Ray and torch are imported inside the handlers."""
+
+import argparse
+import logging
+import sys
+from typing import Tuple
+
+log = logging.getLogger(__name__)
+
+
+def _widths(text: str) -> Tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"widths must be positive integers, got {text!r}")
+    return values
+
+
+SCORING_HELP = (
+    "a distance (l2, cosine, logcosh) on raw embeddings; with -std on embeddings "
+    "standardised by the training targets' mean and std; with -w also weighted by how "
+    "well training predicted each dimension (default cosine-w)"
+)
+# Network flags default to None, meaning DVAMNConfig's value (the paper's): the defaults
+# live in one place, and this module imports no torch so that `dvamn --help` stays fast.
+NETWORK_FLAGS = ("widths", "gru_hidden", "post_gru_widths", "fc_width", "kernel_size", "dropout")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train DVAMN on extracted features with Ray Train",
+        description=(
+            "Train DVAMN (pose -> audio embeddings) with Ray Train (DDP). Defaults are the "
+            "paper's network and optimiser; the width flags make a smaller network for quick "
+            "runs on a CPU. Checkpoints and per-epoch metrics go to RUN (local or s3://)."
+        ),
+    )
+    p.add_argument(
+        "features",
+        metavar="FEATURES",
+        help="output of `dvamn extract` (OUT or OUT/videos), local or s3://",
+    )
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory (local or s3://)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument(
+        "--layer",
+        choices=("mfc", "fc"),
+        default="mfc",
+        help="mfc, or the paper's frame-wise fc ablation",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in RUN from its latest checkpoint"
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=20,
+        help="pose frames between training windows (even; default 20 = 2 s)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="per worker (paper: 64)")
+    p.add_argument("--lr", type=float, default=2e-4, help="NAdam learning rate (paper: 2e-4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="videos held out, by video id hash (paper: 4:1)",
+    )
+    p.add_argument(
+        "--dropout", type=float, default=None, help="dropout in the MFC blocks (default 0.1)"
+    )
+    p.add_argument(
+        "--widths",
+        type=_widths,
+        default=None,
+        help="MFC block widths before the GRUs (paper: 128,256,512)",
+    )
+    p.add_argument(
+        "--gru-hidden",
+        type=int,
+        default=None,
+        help="GRU units per direction (paper: 512)",
+    )
+    p.add_argument(
+        "--post-gru-widths",
+        type=_widths,
+        default=None,
+        help="MFC blocks after the GRUs (paper: 512,256)",
+    )
+    p.add_argument("--fc-width", type=int, default=None, help="frame-wise FC width (paper: 128)")
+    p.add_argument(
+        "--kernel-size",
+        type=int,
+        default=None,
+        help="MFC kernel in frames (default 7)",
+    )
+    p.add_argument("--max-failures", type=int, default=2, help="worker-group restarts allowed")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--scoring", help="how per-epoch retrieval compares: " + SCORING_HELP)
+    p.add_argument(
+        "--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)"
+    )
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser(
+        "evaluate",
+        help="regression and retrieval metrics of a trained model",
+        description=(
+            "Evaluate a run's best checkpoint (or one checkpoint) on the validation videos: "
+            "loss/RMSE/MAE as the paper's Table 1, and retrieval of each window's own "
+            "soundtrack among all validation soundtracks at every offset."
+        ),
+    )
+    e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    e.add_argument("features", metavar="FEATURES")
+    e.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
+    e.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="write training curves and a query-by-candidate picture (PNG)",
+    )
+    e.add_argument(
+        "--scoring",
+        help="report only this way of comparing, or 'all' (default: all but the slow "
+        "log-cosh ones, cosine-w first): " + SCORING_HELP,
+    )
+    e.add_argument("--query-stride", type=int, default=60, help="pose frames between query windows")
+    e.add_argument("--max-queries", type=int, default=None)
+    e.add_argument("--val-fraction", type=float, default=None, help="default: the run's own")
+    e.set_defaults(func=run_evaluate)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dvamn.model import DVAMNConfig
+    from dvamn.training.evaluate import DEFAULT_SCORING, SCORINGS
+    from dvamn.training.train import TrainConfig, summary_table, train
+
+    network = {k: getattr(args, k) for k in NETWORK_FLAGS if getattr(args, k) is not None}
+    model = DVAMNConfig(layer=args.layer, **network)
+    scoring = args.scoring or DEFAULT_SCORING
+    if scoring not in SCORINGS:
+        print(f"dvamn train: --scoring must be one of {', '.join(SCORINGS)}", file=sys.stderr)
+        return 2
+    config = TrainConfig(
+        features=args.features,
+        out=args.out,
+        workers=args.workers,
+        gpu=args.gpu,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        stride=args.stride,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        resume=args.resume,
+        model=model,
+        max_failures=args.max_failures,
+        cpus_per_worker=args.cpus_per_worker,
+        scoring=scoring,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+    )
+    try:
+        result = train(config)
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as exc:
+        print(f"dvamn train: {exc}", file=sys.stderr)
+        return 2
+    print(summary_table(result.history))
+    print(f"run: {result.run_uri}\nbest checkpoint (lowest val loss): {result.best_checkpoint}")
+    print(f"parameters: {result.parameter_count:,}; elapsed {result.elapsed_s:.0f} s")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from dvamn.training.evaluate import DEFAULT_SCORING, REPORTED_SCORINGS, SCORINGS, evaluate
+
+    if args.scoring == "all":
+        scorings = (DEFAULT_SCORING, *[s for s in SCORINGS if s != DEFAULT_SCORING])
+    else:
+        scorings = (args.scoring,) if args.scoring else REPORTED_SCORINGS
+    try:
+        metrics = evaluate(
+            args.checkpoint,
+            args.features,
+            val_fraction=args.val_fraction,
+            query_stride=args.query_stride,
+            max_queries=args.max_queries,
+            scorings=scorings,
+            json_path=args.json,
+            plots_dir=args.plots,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dvamn evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(format_metrics(metrics))
+    return 0
+
+
+def format_metrics(m: dict) -> str:
+    lines = [
+        f"checkpoint: {m['checkpoint']} ({m['layer']}, epoch {m.get('epoch')})",
+        f"regression (target units): loss {m['loss']:.3f}  RMSE {m['rmse']:.3f}  MAE {m['mae']:.3f}",
+        f"retrieval: {m['num_queries']} queries, {m['pool_size']} candidate tracks",
+        f"{'scoring':>11}  {'R@1':>6} {'R@5':>6} {'R@10':>6} {'med.rank':>8} {'offset<=0.5s':>12}",
+    ]
+    for d, r in m["by_distance"].items():
+        lines.append(
+            f"{d:>11}  {r['r_at_1']:6.3f} {r['r_at_5']:6.3f} {r['r_at_10']:6.3f} "
+            f"{r['median_rank']:8.1f} {r['offset_within_0_5s']:12.3f}"
+        )
+    lines.append(
+        f"{'chance':>11}  {m['chance_r_at_1']:6.3f} {m['chance_r_at_5']:6.3f} "
+        f"{m['chance_r_at_10']:6.3f} {m['chance_median_rank']:8.1f}"
+    )
+    if m.get("plots"):
+        lines.append("plots: " + ", ".join(m["plots"]))
+    return "\n".join(lines)

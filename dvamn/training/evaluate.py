@@ -1,0 +1,359 @@
+"""Evaluation: the paper's regression metrics and retrieval measured the way the service works.
+
+Regression (the paper's Table 1): mean log-cosh loss, RMSE and MAE over every validation
+window, in the targets' own units (quantised VGGish 0..255 for ``--audio vggish``).
+
+Retrieval: each validation window's poses (12 s) are a query; the model predicts its audio
+embeddings; the candidates are the whole soundtracks of all validation videos, each
+searched over every start offset by ``dvamn.scoring.best_offsets``; the true track's rank
+gives Recall@1/5/10 and the median rank, reported beside the pool size and chance level.
+``offset_within_0_5s`` is the fraction of queries whose true track's best offset lies
+within 0.5 s of where the query was cut.
+
+    dvamn evaluate RUN_OR_CHECKPOINT FEATURES [--json PATH] [--plots DIR]
+"""
+
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from dvamn.constants import AUDIO_HOP_S, POSE_FRAMES_PER_AUDIO_FRAME, WINDOW_POSE_FRAMES
+from dvamn.model import DVAMN, log_cosh
+from dvamn.scoring import DEFAULT_DISTANCE, DISTANCES, best_offsets, prepare_tracks
+from dvamn.training.data import Video, window_starts
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUERY_STRIDE = WINDOW_POSE_FRAMES // 2  # 6 s between query starts
+# How candidates are compared: a scorer distance, on raw embeddings or, with "-std", on
+# embeddings standardised by the model's target mean/std (dvamn.scoring.standardise).
+# "-w" also weighs each standardised dimension by how well training predicted it
+# (DVAMN.target_weight).
+SCORINGS = tuple(d + suffix for suffix in ("-w", "-std", "") for d in DISTANCES)
+DEFAULT_SCORING = "cosine-w"
+# What `dvamn evaluate` reports unless asked: log-cosh, having no matmul form, is slow.
+REPORTED_SCORINGS = ("cosine-w", "l2-w", "cosine-std", "l2-std", "cosine", "l2")
+OFFSET_TOLERANCE_S = 0.5
+RECALL_KS = (1, 5, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure metrics on arrays
+
+
+def regression_sums(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sums for the paper's metrics over a batch, both (B, A, 128) in target units:
+    tensor [sum log-cosh, sum squared error, sum absolute error, element count]
+    (sums, so that batches and workers can be added before dividing)."""
+    diff = prediction - target
+    n = float(diff.numel())
+    return torch.stack(
+        [
+            log_cosh(prediction, target) * n,
+            (diff * diff).sum(),
+            diff.abs().sum(),
+            torch.tensor(n, dtype=diff.dtype, device=diff.device),
+        ]
+    ).double()
+
+
+def regression_from_sums(sums: torch.Tensor, prefix: str = "") -> Dict[str, float]:
+    """loss (mean log-cosh), rmse, mae from ``regression_sums`` totals."""
+    total = float(sums[3]) or 1.0
+    return {
+        f"{prefix}loss": float(sums[0]) / total,
+        f"{prefix}rmse": float(np.sqrt(float(sums[1]) / total)),
+        f"{prefix}mae": float(sums[2]) / total,
+    }
+
+
+def retrieval_from_predictions(
+    predictions: Sequence[np.ndarray],
+    true_tracks: Sequence[int],
+    true_offsets: Sequence[int],
+    tracks: Sequence[np.ndarray],
+    distance: str = DEFAULT_DISTANCE,
+    keep_scores: bool = False,
+    center: Optional[np.ndarray] = None,
+    scale: Optional[np.ndarray] = None,
+) -> Dict[str, Any]:
+    """Rank every candidate track for each prediction (A, 128) and score the true ones
+    (frames standardised with ``center``/``scale`` (128,) when given).
+
+    ``true_tracks[q]``: index into ``tracks`` of query q's own soundtrack;
+    ``true_offsets[q]``: the audio frame where the query was cut. Returns r_at_1/5/10,
+    median_rank, mean_rank, pool_size, chance_r_at_k, chance_median_rank,
+    offset_within_0_5s, num_queries, distance, ``ranks`` and ``true_tracks`` (per query);
+    with ``keep_scores`` also ``scores`` (Q, N), the distance of every query to every track.
+    """
+    bank = prepare_tracks(list(tracks), center=center, scale=scale)
+    pool = bank.num_tracks
+    ranks, offset_hits, all_scores = [], [], []
+    for prediction, track, offset in zip(predictions, true_tracks, true_offsets):
+        ranking = best_offsets(prediction, bank, top_k=None, distance=distance)
+        where = np.nonzero(ranking.indices == track)[0]
+        ranks.append(int(where[0]) + 1 if len(where) else pool + 1)
+        error_s = abs(int(ranking.all_offsets[track]) - int(offset)) * AUDIO_HOP_S
+        offset_hits.append(error_s <= OFFSET_TOLERANCE_S + 1e-9)
+        if keep_scores:
+            all_scores.append(ranking.all_scores)
+    ranks_arr = np.asarray(ranks)
+    out: Dict[str, Any] = {
+        "distance": distance,
+        "pool_size": pool,
+        "num_queries": len(ranks),
+    }
+    for k in RECALL_KS:
+        out[f"r_at_{k}"] = float(np.mean(ranks_arr <= k)) if len(ranks) else float("nan")
+        out[f"chance_r_at_{k}"] = min(1.0, k / pool) if pool else float("nan")
+    out["median_rank"] = float(np.median(ranks_arr)) if len(ranks) else float("nan")
+    out["mean_rank"] = float(np.mean(ranks_arr)) if len(ranks) else float("nan")
+    out["chance_median_rank"] = (pool + 1) / 2.0
+    out["offset_within_0_5s"] = float(np.mean(offset_hits)) if len(ranks) else float("nan")
+    out["ranks"] = ranks
+    out["true_tracks"] = [int(t) for t in true_tracks]
+    if keep_scores:
+        out["scores"] = np.stack(all_scores) if all_scores else np.zeros((0, pool))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Model on videos
+
+
+def build_queries(
+    videos: Sequence[Video],
+    query_stride: int = DEFAULT_QUERY_STRIDE,
+    max_queries: Optional[int] = None,
+) -> List[Tuple[int, int]]:
+    """(video index, pose start frame) of every query window; at most ``max_queries``,
+    evenly spread over the list (deterministic)."""
+    queries = [
+        (i, start)
+        for i, v in enumerate(videos)
+        for start in window_starts(len(v.pose), len(v.audio), WINDOW_POSE_FRAMES, query_stride)
+    ]
+    if max_queries is not None and len(queries) > max_queries:
+        keep = np.linspace(0, len(queries) - 1, max_queries).round().astype(int)
+        queries = [queries[i] for i in keep]
+    return queries
+
+
+@torch.no_grad()
+def predict_windows(
+    model: DVAMN,
+    poses: np.ndarray,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> np.ndarray:
+    """poses (Q, T, 68) -> predicted embeddings in target units (Q, T // 2, 128)."""
+    outputs = []
+    for start in range(0, len(poses), batch_size):
+        batch = torch.as_tensor(poses[start : start + batch_size], device=device)
+        outputs.append(model.predict(batch).float().cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0, 0), np.float32)
+
+
+def evaluate_videos(
+    model: DVAMN,
+    videos: Sequence[Video],
+    query_stride: int = DEFAULT_QUERY_STRIDE,
+    max_queries: Optional[int] = None,
+    scorings: Sequence[str] = (DEFAULT_SCORING,),
+    batch_size: int = 64,
+    device: str = "cpu",
+    keep_scores: bool = False,
+    max_logcosh_queries: int = 100,
+) -> Dict[str, Any]:
+    """Regression and retrieval metrics of ``model`` on validation ``videos``.
+
+    The first of ``scorings`` (``SCORINGS``) gives the top-level retrieval numbers; every
+    one is also under ``by_distance`` (for comparing L2, cosine and log-cosh, raw and
+    standardised; log-cosh, being slow, on at most ``max_logcosh_queries`` evenly spread
+    queries)."""
+    if not videos:
+        raise ValueError("no validation videos to evaluate on")
+    queries = build_queries(videos, query_stride, max_queries)
+    if not queries:
+        raise ValueError(
+            f"no validation video is long enough for one {WINDOW_POSE_FRAMES}-frame window"
+        )
+    half = WINDOW_POSE_FRAMES // POSE_FRAMES_PER_AUDIO_FRAME
+    poses = np.stack([videos[i].pose[s : s + WINDOW_POSE_FRAMES] for i, s in queries])
+    targets = np.stack(
+        [videos[i].audio[s // 2 : s // 2 + half] for i, s in queries]
+    )  # (Q, 60, 128)
+    predictions = predict_windows(model, poses, batch_size, device)
+    sums = regression_sums(torch.from_numpy(predictions), torch.from_numpy(targets))
+    out: Dict[str, Any] = regression_from_sums(sums)
+    by_distance = {}
+    for scoring in scorings:
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        distance, _, kind = scoring.partition("-")
+        center, scale = model.scoring_transform(weighted=kind == "w") if kind else (None, None)
+        chosen = np.arange(len(queries))
+        if distance == "logcosh" and len(queries) > max_logcosh_queries:
+            # log-cosh has no matmul form (see dvamn.scoring): compare on a spread subset.
+            chosen = np.linspace(0, len(queries) - 1, max_logcosh_queries).round().astype(int)
+        by_distance[scoring] = retrieval_from_predictions(
+            [predictions[q] for q in chosen],
+            [queries[q][0] for q in chosen],
+            [queries[q][1] // POSE_FRAMES_PER_AUDIO_FRAME for q in chosen],
+            [v.audio for v in videos],
+            distance,
+            keep_scores=keep_scores and scoring == scorings[0],
+            center=center,
+            scale=scale,
+        )
+        by_distance[scoring]["distance"] = scoring
+    main = by_distance[scorings[0]]
+    out.update({k: v for k, v in main.items() if k not in ("ranks", "true_tracks")})
+    out["by_distance"] = {
+        d: {k: v for k, v in m.items() if k not in ("ranks", "scores", "true_tracks")}
+        for d, m in by_distance.items()
+    }
+    out["query_stride_frames"] = query_stride
+    out["query_true_tracks"] = main["true_tracks"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def write_plots(
+    plots_dir: str, history: List[Dict[str, Any]], metrics: Dict[str, Any], max_rows: int = 60
+) -> List[str]:
+    """Training curves (loss/RMSE/MAE and Recall@k per epoch) and a query-by-candidate
+    distance picture. Returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(plots_dir, exist_ok=True)
+    written = []
+    if history:
+        epochs = [h["epoch"] + 1 for h in history]  # 1-based, as the progress lines
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for key, style in (
+            ("train_loss", "-"),
+            ("val_loss", "-"),
+            ("val_rmse", "--"),
+            ("val_mae", ":"),
+        ):
+            if all(key in h for h in history):
+                axes[0].plot(epochs, [h[key] for h in history], style, label=key)
+        axes[0].set_xlabel("epoch")
+        axes[0].set_ylabel("target units")
+        axes[0].set_title("regression (validation unless marked)")
+        axes[0].legend()
+        for k in RECALL_KS:
+            key = f"val_r_at_{k}"
+            if all(key in h for h in history):
+                axes[1].plot(epochs, [h[key] for h in history], label=f"R@{k}")
+        if history and "val_chance_r_at_1" in history[-1]:
+            axes[1].axhline(
+                history[-1]["val_chance_r_at_1"], color="grey", ls=":", label="chance R@1"
+            )
+        axes[1].set_xlabel("epoch")
+        axes[1].set_ylim(0, 1)
+        axes[1].set_title("retrieval on validation")
+        axes[1].legend()
+        fig.tight_layout()
+        path = os.path.join(plots_dir, "training_curves.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    scores = metrics.get("scores")
+    if scores is not None and len(scores):
+        truth = np.asarray(metrics["query_true_tracks"])
+        rows = np.linspace(0, len(scores) - 1, min(max_rows, len(scores))).round().astype(int)
+        fig, ax = plt.subplots(figsize=(8, 6))
+        image = ax.imshow(scores[rows], aspect="auto", cmap="viridis_r", interpolation="nearest")
+        ax.scatter(
+            truth[rows], np.arange(len(rows)), marker="x", color="red", s=12, label="true track"
+        )
+        ax.set_xlabel("candidate track (validation soundtracks)")
+        ax.set_ylabel("query window")
+        ax.set_title(f"best-offset distance ({metrics.get('distance')}); lower is closer")
+        fig.colorbar(image, ax=ax)
+        ax.legend(loc="upper right")
+        fig.tight_layout()
+        path = os.path.join(plots_dir, "query_by_candidate.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# The public entry point
+
+
+def evaluate(
+    checkpoint: str,
+    features: Any,
+    val_fraction: Optional[float] = None,
+    query_stride: int = DEFAULT_QUERY_STRIDE,
+    max_queries: Optional[int] = None,
+    scorings: Sequence[str] = REPORTED_SCORINGS,
+    json_path: Optional[str] = None,
+    plots_dir: Optional[str] = None,
+    batch_size: int = 64,
+    device: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Evaluate a run's best checkpoint (or one checkpoint) on the validation videos of
+    ``features`` (URI or Dataset; the split stored in the checkpoint unless
+    ``val_fraction`` is given). Refuses features made by other models than the
+    checkpoint's. Returns the metrics dict (the ``--json`` content)."""
+    from dvamn import storage
+    from dvamn.model import load_model
+    from dvamn.ray_setup import ensure_ray
+    from dvamn.training.data import collect_features, is_validation, read_features
+
+    ensure_ray()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, metadata = load_model(checkpoint, map_location=device)
+    model.to(device)
+    # One pass over the features (validation needs whole soundtracks in memory anyway).
+    all_videos, provenance = collect_features(read_features(features))
+    trained_on = metadata.get("provenance")
+    if trained_on and trained_on != provenance:
+        raise ValueError(
+            f"features {features!r} were made with {provenance} but the model was trained on "
+            f"{trained_on}: evaluate on features extracted the same way"
+        )
+    if val_fraction is None:
+        val_fraction = float(metadata.get("train_config", {}).get("val_fraction", 0.2))
+    videos = [v for v in all_videos if is_validation(v.video_id, val_fraction)]
+    log.info("evaluating %s on %d validation videos", metadata["checkpoint_uri"], len(videos))
+    metrics = evaluate_videos(
+        model,
+        videos,
+        query_stride,
+        max_queries,
+        scorings,
+        batch_size,
+        device,
+        keep_scores=plots_dir is not None,
+    )
+    metrics["checkpoint"] = metadata["checkpoint_uri"]
+    metrics["layer"] = model.config.layer
+    metrics["epoch"] = metadata.get("epoch")
+    metrics["provenance"] = provenance
+    metrics["val_fraction"] = val_fraction
+    if plots_dir:
+        metrics["plots"] = write_plots(plots_dir, metadata.get("history", []), metrics)
+    metrics.pop("scores", None)
+    if json_path:
+        if not storage.is_remote(json_path) and os.path.dirname(json_path):
+            os.makedirs(os.path.dirname(json_path), exist_ok=True)
+        with storage.open_uri(json_path, "wb") as f:
+            f.write(json.dumps(metrics, indent=2).encode())
+    return metrics

@@ -1,0 +1,147 @@
+"""The catalog scorer: the vectorised search equals the plain loop, finds cut queries."""
+
+import numpy as np
+import pytest
+
+from dvamn.scoring import (
+    DISTANCES,
+    best_offsets,
+    best_offsets_reference,
+    prepare_tracks,
+)
+
+
+def random_tracks(rng, n=25, dim=16, lengths=(4, 60)):
+    return [
+        rng.normal(size=(int(rng.integers(*lengths)), dim)).astype(np.float32) for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_vectorised_scorer_gives_the_reference_ranking_and_offsets(distance):
+    rng = np.random.default_rng(1)
+    tracks = random_tracks(rng)
+    query = rng.normal(size=(12, 16)).astype(np.float32)
+    # A small chunk size forces several chunks, as on a large catalog.
+    fast = best_offsets(
+        query, prepare_tracks(tracks), top_k=None, distance=distance, max_chunk_elements=3000
+    )
+    slow = best_offsets_reference(query, tracks, top_k=None, distance=distance)
+    np.testing.assert_array_equal(fast.indices, slow.indices)
+    np.testing.assert_array_equal(fast.all_offsets, slow.all_offsets)
+    np.testing.assert_allclose(fast.all_scores, slow.all_scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_a_query_cut_from_a_track_finds_that_track_at_its_offset(distance):
+    rng = np.random.default_rng(2)
+    tracks = [
+        rng.uniform(0, 255, size=(int(n), 128)).astype(np.float32)
+        for n in rng.integers(95, 110, 20)
+    ]
+    true_track, true_offset = 17, 33
+    query = tracks[true_track][true_offset : true_offset + 60] + rng.normal(0, 5, size=(60, 128))
+    ranking = best_offsets(query, prepare_tracks(tracks), top_k=5, distance=distance)
+    assert ranking.indices[0] == true_track
+    assert ranking.offsets[0] == true_offset
+
+
+def test_top_k_returns_the_k_best_in_order():
+    rng = np.random.default_rng(3)
+    tracks = random_tracks(rng, n=30, lengths=(20, 40))
+    ranking = best_offsets(rng.normal(size=(10, 16)), prepare_tracks(tracks), top_k=7)
+    assert len(ranking.indices) == 7
+    assert np.all(np.diff(ranking.scores) >= 0)
+    np.testing.assert_array_equal(
+        ranking.indices, np.argsort(ranking.all_scores, kind="stable")[:7]
+    )
+
+
+def test_ties_are_broken_by_track_index_then_earliest_offset():
+    track = np.tile(np.eye(4, dtype=np.float32), (3, 1))  # a period-4 track: offsets 0, 4, 8 tie
+    tracks = [track.copy() for _ in range(5)]
+    ranking = best_offsets(np.eye(4, dtype=np.float32), prepare_tracks(tracks), top_k=None)
+    np.testing.assert_array_equal(ranking.indices, [0, 1, 2, 3, 4])
+    assert ranking.offsets.tolist() == [0, 0, 0, 0, 0]
+
+
+def test_short_tracks_are_compared_on_their_overlap_with_a_coverage_penalty():
+    rng = np.random.default_rng(4)
+    query = rng.normal(size=(20, 8)).astype(np.float32)
+    perfect_but_short = query[:10].copy()  # half the query, exactly
+    full_length_noisy = np.concatenate([query + rng.normal(0, 0.1, size=query.shape)] * 2)
+    empty = np.zeros((0, 8), np.float32)
+    tracks = [full_length_noisy, perfect_but_short, empty]
+    ranking = best_offsets(query, prepare_tracks(tracks), top_k=None)
+    reference = best_offsets_reference(query, tracks, top_k=None)
+    np.testing.assert_allclose(ranking.all_scores, reference.all_scores, rtol=1e-4, atol=1e-5)
+    assert ranking.all_scores[1] == pytest.approx(0.0, abs=1e-5)  # exact overlap scores 0
+    assert 2 not in ranking.indices  # an empty track is never returned
+    ranking = best_offsets(query, prepare_tracks(tracks), top_k=None, short_tracks="exclude")
+    assert ranking.indices.tolist() == [0]
+
+
+def test_short_track_with_partial_match_is_penalised_by_its_coverage():
+    rng = np.random.default_rng(5)
+    query = rng.normal(size=(20, 8))
+    short = query[:5] + rng.normal(0, 1.0, size=(5, 8))
+    per_frame = ((query[:5] - short) ** 2).sum(-1).mean()
+    ranking = best_offsets(query, prepare_tracks([short]), top_k=None)
+    assert ranking.all_scores[0] == pytest.approx(per_frame / (5 / 20), rel=1e-4)
+
+
+def test_padded_array_input_equals_list_input():
+    rng = np.random.default_rng(6)
+    tracks = random_tracks(rng, n=6, lengths=(15, 30))
+    padded = np.full((6, 30, 16), 7.0, np.float32)  # junk after each end must be ignored
+    for i, t in enumerate(tracks):
+        padded[i, : len(t)] = t
+    query = rng.normal(size=(10, 16))
+    a = best_offsets(query, prepare_tracks(tracks), top_k=None)
+    b = best_offsets(query, prepare_tracks(padded, lengths=[len(t) for t in tracks]), top_k=None)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.all_offsets, b.all_offsets)
+
+
+def test_wrong_query_width_is_refused():
+    bank = prepare_tracks([np.zeros((10, 16), np.float32)])
+    with pytest.raises(ValueError, match=r"\(T >= 1, 16\)"):
+        best_offsets(np.zeros((5, 8)), bank)
+    with pytest.raises(ValueError, match="distance"):
+        best_offsets(np.zeros((5, 16)), bank, distance="manhattan")
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+def test_standardised_bank_equals_the_reference_on_standardised_frames(distance):
+    rng = np.random.default_rng(7)
+    tracks = [rng.normal(5.0, 3.0, size=(int(n), 16)) for n in rng.integers(8, 40, 12)]
+    center, scale = rng.normal(5.0, 1.0, 16), rng.uniform(0.5, 4.0, 16)
+    query = rng.normal(5.0, 3.0, size=(10, 16))
+    bank = prepare_tracks(tracks, center=center, scale=scale)
+    fast = best_offsets(query, bank, top_k=None, distance=distance)
+    slow = best_offsets_reference(query, tracks, None, distance, center=center, scale=scale)
+    np.testing.assert_array_equal(fast.indices, slow.indices)
+    np.testing.assert_array_equal(fast.all_offsets, slow.all_offsets)
+    np.testing.assert_allclose(fast.all_scores, slow.all_scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_a_bank_on_the_gpu_gives_the_cpu_ranking():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    rng = np.random.default_rng(8)
+    tracks = random_tracks(rng, n=40, lengths=(20, 80))
+    query = rng.normal(size=(15, 16)).astype(np.float32)
+    cpu_bank = prepare_tracks(tracks, center=np.zeros(16), scale=np.ones(16))
+    gpu_bank = prepare_tracks(tracks)
+    gpu_bank.tracks, gpu_bank.lengths = gpu_bank.tracks.cuda(), gpu_bank.lengths.cuda()
+    from dvamn.scoring import standardise
+
+    gpu_bank = standardise(gpu_bank, np.zeros(16), np.ones(16))
+    for distance in ("l2", "cosine"):
+        a = best_offsets(query, cpu_bank, top_k=None, distance=distance)
+        b = best_offsets(torch.from_numpy(query).cuda(), gpu_bank, top_k=None, distance=distance)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.all_offsets, b.all_offsets)
