@@ -7,25 +7,27 @@ from typing import Optional
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(address: Optional[str] = None, num_cpus: Optional[float] = None) -> None:
+def ensure_ray(address: Optional[str] = None, num_cpus: Optional[float] = None) -> bool:
     """Connect to the cluster at ``address`` (or ``$RAY_ADDRESS``), else start a local Ray.
 
     A local instance gets at least 4 logical CPUs: Ray Data actors, Train workers and
     Serve replicas take fractional shares of them, and on a 2-core laptop a strict
     one-CPU-per-actor accounting would stall the pipeline (DESIGN.md, "CPU deadlocks").
+    Returns True when it started a local instance (which the caller should shut down).
     """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         log.info("connected to the Ray cluster at %s", address)
-        return
+        return False
     cpus = num_cpus or max(4, os.cpu_count() or 1)
     ray.init(num_cpus=cpus, include_dashboard=False)
     log.info("started a local Ray instance with %s logical CPUs", cpus)
+    return True
 
 
 def check_shared_output(uri: str, what: str) -> None:
@@ -46,3 +48,12 @@ def check_shared_output(uri: str, what: str) -> None:
             uri,
             len(alive),
         )
+
+
+def add_address_argument(parser) -> None:
+    """``--address``: the same flag on every command that runs on Ray."""
+    parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray on this machine)",
+    )

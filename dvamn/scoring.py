@@ -42,6 +42,29 @@ log = logging.getLogger(__name__)
 
 DISTANCES = ("l2", "cosine", "logcosh")
 DEFAULT_DISTANCE = "l2"
+
+# How candidates are compared, by name: a distance on raw embeddings ("l2"), or, with
+# "-std", on embeddings standardised by the model's target mean/std; "-w" also weighs each
+# standardised dimension by how well training predicted it (DVAMN.target_weight). The
+# comparison in docs/training.md made "cosine-w" the default of evaluation and service.
+SCORINGS = tuple(d + suffix for suffix in ("-w", "-std", "") for d in DISTANCES)
+DEFAULT_SCORING = "cosine-w"
+
+
+def scoring_parts(scoring: str, model=None) -> tuple:
+    """``(distance, center, scale)`` for a scoring name (``SCORINGS``): center/scale (128,)
+    from ``model.scoring_transform`` for "-std"/"-w", None for raw embeddings."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    distance, _, kind = scoring.partition("-")
+    if not kind:
+        return distance, None, None
+    if model is None:
+        raise ValueError(f"scoring {scoring!r} needs the model's target statistics")
+    center, scale = model.scoring_transform(weighted=kind == "w")
+    return distance, center, scale
+
+
 SHORT_TRACK_POLICIES = ("overlap", "exclude")
 # Bounds the (chunk, L_max, T) cross-term tensor: ~256 MB of float32 at this many elements.
 DEFAULT_MAX_CHUNK_ELEMENTS = 64_000_000

@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from dvamn.pipeline.config import AUDIO_KINDS
+from dvamn.ray_setup import add_address_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cpus-per-actor", type=float, default=1.0, help="Ray CPUs per actor (may be < 1)"
     )
     parser.add_argument("--limit", type=int, help="only the first N inputs (smoke runs)")
-    parser.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
+    add_address_argument(parser)
     parser.set_defaults(func=run_catalog)
 
 
@@ -57,7 +58,7 @@ def run_catalog(args: argparse.Namespace) -> int:
             num_cpus_per_actor=args.cpus_per_actor,
             limit=args.limit,
         )
-        ensure_ray(args.ray_address)
+        ensure_ray(args.address)
         summary = build_catalog(config)
     except (FileNotFoundError, ValueError) as exc:
         print(f"dvamn catalog: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ from dvamn.pipeline.config import (
     ExtractConfig,
     StageResources,
 )
+from dvamn.ray_setup import add_address_argument
 
 EPILOG = """\
 examples:
@@ -125,9 +126,7 @@ def register(subparsers) -> None:
             default=defaults.videos_per_batch,
             help=f"videos per call of a {stage} actor (default {defaults.videos_per_batch})",
         )
-    parser.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
-    )
+    add_address_argument(parser)
     parser.set_defaults(func=run)
 
 

@@ -35,6 +35,7 @@ from pydantic import (
 from ray import serve
 
 from dvamn.constants import MIN_DURATION_S, NUM_JOINTS
+from dvamn.scoring import DEFAULT_SCORING
 from dvamn.serving.matcher import DEFAULT_TOP_K, MAX_TOP_K, QueryError
 from dvamn.serving.queries import QueryLimits
 
@@ -54,7 +55,7 @@ class ServeSettings:
     pose_model: Optional[str] = None  # ONNX path/URI; None = rtmlib's default URL
     pose_detector: Optional[str] = None
     device: str = "auto"  # for the pose model and DVAMN
-    distance: str = "l2"  # dvamn.scoring distance
+    scoring: str = DEFAULT_SCORING  # how candidates are compared (dvamn.scoring.SCORINGS)
     min_query_s: float = MIN_DURATION_S
     max_query_s: float = 600.0
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
@@ -169,7 +170,7 @@ class MatchModel:
             settings.checkpoint,
             settings.catalog,
             device=settings.device,
-            distance=settings.distance,
+            scoring=settings.scoring,
         )
         self.match.set_max_batch_size(settings.max_batch_size)
         self.match.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)

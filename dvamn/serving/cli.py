@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Any, Dict, List
 
+from dvamn.ray_setup import add_address_argument
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEYPOINT_SUFFIXES = (".npz", ".json")
 
@@ -50,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve_parser.add_argument(
         "--cpus-per-replica", type=float, default=1.0, help="Ray CPUs per replica (may be < 1)"
     )
-    serve_parser.add_argument("--ray-address", help="Ray cluster address (default: local Ray)")
+    add_address_argument(serve_parser)
     serve_parser.set_defaults(func=run_serve)
 
     match_parser = subparsers.add_parser(
@@ -94,7 +96,7 @@ def run_serve(args: argparse.Namespace) -> int:
     }
     if args.min_query_s is not None:
         app_args["min_query_s"] = args.min_query_s
-    ensure_ray(args.ray_address)
+    ensure_ray(args.address)
     serve.start(http_options={"host": args.host, "port": args.port})
     try:
         serve.run(build_app(app_args), name="dvamn", route_prefix="/")

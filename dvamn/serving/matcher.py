@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, POSE_FEATURES, POSE_FPS
-from dvamn.scoring import DEFAULT_DISTANCE, TrackBank, best_offsets
+from dvamn.scoring import DEFAULT_SCORING, TrackBank, best_offsets, scoring_parts, standardise
 from dvamn.serving.catalog_store import Catalog, check_compatible, load_catalog
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,9 @@ class Matcher:
         catalog: the loaded catalog; its packed embeddings are released once the scorer's
             bank is built (the bank holds them), keeping one copy in memory.
         device: "auto", "cpu" or "cuda" for the model and the scorer.
-        distance: the scorer's per-frame distance (``dvamn.scoring.DISTANCES``).
+        scoring: how candidates are compared (``dvamn.scoring.SCORINGS``; the default
+            compares embeddings standardised by the model's target statistics, which
+            keeps "average-sounding" tracks from coming out close to every query).
 
     Raises ``CatalogMismatchError`` when the catalog's audio embedding is not the model's.
     """
@@ -102,15 +104,18 @@ class Matcher:
         model_metadata: Dict[str, Any],
         catalog: Catalog,
         device: str = "auto",
-        distance: str = DEFAULT_DISTANCE,
+        scoring: str = DEFAULT_SCORING,
     ):
         check_compatible(catalog, model_metadata)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.metadata = model_metadata
         self.catalog = catalog
-        self.distance = distance
+        self.scoring = scoring
+        self.distance, center, scale = scoring_parts(scoring, self.model)
         self.bank = bank_from_catalog(catalog, "cpu")
+        if center is not None:
+            self.bank = standardise(self.bank, center, scale)  # in place: one catalog copy
         self.catalog_info = catalog.summary()
         self.catalog_info["memory_mb"] = round(self.bank.nbytes() / 2**20, 2)
         catalog.embeddings = np.zeros((0, EMBEDDING_DIM), np.float32)  # the bank has them
@@ -132,13 +137,13 @@ class Matcher:
         checkpoint: str,
         catalog: str,
         device: str = "auto",
-        distance: str = DEFAULT_DISTANCE,
+        scoring: str = DEFAULT_SCORING,
     ) -> "Matcher":
         """Load a checkpoint (or a training run's best) and a catalog, local or ``s3://``."""
         from dvamn.model import load_model
 
         model, metadata = load_model(checkpoint)
-        return cls(model, metadata, load_catalog(catalog), device=device, distance=distance)
+        return cls(model, metadata, load_catalog(catalog), device=device, scoring=scoring)
 
     def predict(self, poses: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Pose features, each (T_i, 68) -> predicted embeddings, each (T_i // 2, 128).

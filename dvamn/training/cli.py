@@ -5,6 +5,8 @@ import logging
 import sys
 from typing import Tuple
 
+from dvamn.ray_setup import add_address_argument, ensure_ray
+
 log = logging.getLogger(__name__)
 
 
@@ -107,6 +109,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)"
     )
+    add_address_argument(p)
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
@@ -134,12 +137,13 @@ def register(subparsers) -> None:
     e.add_argument("--query-stride", type=int, default=60, help="pose frames between query windows")
     e.add_argument("--max-queries", type=int, default=None)
     e.add_argument("--val-fraction", type=float, default=None, help="default: the run's own")
+    add_address_argument(e)
     e.set_defaults(func=run_evaluate)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from dvamn.model import DVAMNConfig
-    from dvamn.training.evaluate import DEFAULT_SCORING, SCORINGS
+    from dvamn.scoring import DEFAULT_SCORING, SCORINGS
     from dvamn.training.train import TrainConfig, summary_table, train
 
     network = {k: getattr(args, k) for k in NETWORK_FLAGS if getattr(args, k) is not None}
@@ -167,6 +171,7 @@ def run_train(args: argparse.Namespace) -> int:
         max_steps_per_epoch=args.max_steps_per_epoch,
     )
     try:
+        ensure_ray(args.address)
         result = train(config)
     except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as exc:
         print(f"dvamn train: {exc}", file=sys.stderr)
@@ -178,13 +183,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from dvamn.training.evaluate import DEFAULT_SCORING, REPORTED_SCORINGS, SCORINGS, evaluate
+    from dvamn.scoring import DEFAULT_SCORING, SCORINGS
+    from dvamn.training.evaluate import REPORTED_SCORINGS, evaluate
 
     if args.scoring == "all":
         scorings = (DEFAULT_SCORING, *[s for s in SCORINGS if s != DEFAULT_SCORING])
     else:
         scorings = (args.scoring,) if args.scoring else REPORTED_SCORINGS
     try:
+        ensure_ray(args.address)
         metrics = evaluate(
             args.checkpoint,
             args.features,

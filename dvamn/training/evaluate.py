@@ -23,18 +23,18 @@ import torch
 
 from dvamn.constants import AUDIO_HOP_S, POSE_FRAMES_PER_AUDIO_FRAME, WINDOW_POSE_FRAMES
 from dvamn.model import DVAMN, log_cosh
-from dvamn.scoring import DEFAULT_DISTANCE, DISTANCES, best_offsets, prepare_tracks
+from dvamn.scoring import (
+    DEFAULT_DISTANCE,
+    DEFAULT_SCORING,
+    best_offsets,
+    prepare_tracks,
+    scoring_parts,
+)
 from dvamn.training.data import Video, window_starts
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUERY_STRIDE = WINDOW_POSE_FRAMES // 2  # 6 s between query starts
-# How candidates are compared: a scorer distance, on raw embeddings or, with "-std", on
-# embeddings standardised by the model's target mean/std (dvamn.scoring.standardise).
-# "-w" also weighs each standardised dimension by how well training predicted it
-# (DVAMN.target_weight).
-SCORINGS = tuple(d + suffix for suffix in ("-w", "-std", "") for d in DISTANCES)
-DEFAULT_SCORING = "cosine-w"
 # What `dvamn evaluate` reports unless asked: log-cosh, having no matmul form, is slow.
 REPORTED_SCORINGS = ("cosine-w", "l2-w", "cosine-std", "l2-std", "cosine", "l2")
 OFFSET_TOLERANCE_S = 0.5
@@ -192,10 +192,7 @@ def evaluate_videos(
     out: Dict[str, Any] = regression_from_sums(sums)
     by_distance = {}
     for scoring in scorings:
-        if scoring not in SCORINGS:
-            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
-        distance, _, kind = scoring.partition("-")
-        center, scale = model.scoring_transform(weighted=kind == "w") if kind else (None, None)
+        distance, center, scale = scoring_parts(scoring, model)
         chosen = np.arange(len(queries))
         if distance == "logcosh" and len(queries) > max_logcosh_queries:
             # log-cosh has no matmul form (see dvamn.scoring): compare on a spread subset.

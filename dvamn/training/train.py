@@ -32,6 +32,7 @@ import numpy as np
 
 from dvamn import storage
 from dvamn.model import DVAMNConfig
+from dvamn.scoring import DEFAULT_SCORING
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class TrainConfig:
     shuffle_buffer: int = 1024  # windows in each worker's local shuffle buffer
     query_stride: int = 60  # pose frames between validation retrieval queries
     max_retrieval_queries: Optional[int] = 256  # per epoch (evaluate uses them all)
-    scoring: str = "cosine-w"  # how per-epoch retrieval compares (evaluate.SCORINGS)
+    scoring: str = DEFAULT_SCORING  # how per-epoch retrieval compares (scoring.SCORINGS)
     max_steps_per_epoch: Optional[int] = None  # caps epochs for smoke runs and benchmarks
     # Fault-injection for tests: the worker of this rank exits hard at this global step,
     # once (the marker file records that it happened).

@@ -74,7 +74,18 @@ def _train_tiny_model(features: List[np.ndarray], targets: List[np.ndarray]):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        return model.eval()
+        model.eval()
+        # As training does at its last epoch: weigh each embedding dimension by how well
+        # the model predicts it (the per-dimension correlation, clipped to [0, 1]); the
+        # service's default scoring uses these weights.
+        with torch.no_grad():
+            predicted = model.predict(x_t).numpy().reshape(-1, y.shape[-1])
+        truth = y[:, : len(predicted) // len(y)].reshape(-1, y.shape[-1])
+        correlation = np.array(
+            [np.corrcoef(predicted[:, d], truth[:, d])[0, 1] for d in range(truth.shape[1])]
+        )
+        model.target_weight.copy_(torch.as_tensor(np.clip(np.nan_to_num(correlation), 0, 1)))
+        return model
     finally:
         torch.set_num_threads(threads)
 

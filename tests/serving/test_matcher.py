@@ -44,7 +44,7 @@ def test_match_is_the_scorer_over_the_prediction(serving_assets, matcher):
     features = dance_features(serving_assets, serving_assets.dances[0])
     answer = matcher.match(features, top_k=NUM_DANCES)
     [prediction] = matcher.predict([features])
-    ranking = best_offsets(prediction, matcher.bank, top_k=NUM_DANCES)
+    ranking = best_offsets(prediction, matcher.bank, top_k=NUM_DANCES, distance=matcher.distance)
     assert [m["track_id"] for m in answer["matches"]] == [
         matcher.catalog.track_ids[i] for i in ranking.indices
     ]

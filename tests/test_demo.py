@@ -1,0 +1,63 @@
+"""`dvamn demo --quick` end to end: every stage, the service's answers, the report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+REPORT_KEYS = (
+    "loss", "rmse", "mae", "r_at_1", "r_at_5", "r_at_10", "median_rank", "pool_size",
+    "chance_r_at_1",
+)
+
+
+def run_quick_demo(workdir) -> str:
+    """`dvamn demo --quick` as a user runs it: its own process and its own local Ray."""
+    command = [sys.executable, "-m", "dvamn.cli", "demo", "--quick", "--workdir", str(workdir)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_quick_demo_reports_what_the_service_answered_and_reuses_its_work(tmp_path):
+    from dvamn.demo import DemoPlan
+
+    plan = DemoPlan.quick(str(tmp_path / "demo"))
+    out = run_quick_demo(plan.workdir)
+    assert "Recall@1" in out and "report:" in out
+
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    answers = json.loads((tmp_path / "demo" / "answers.json").read_text())
+    assert set(REPORT_KEYS) <= set(report)
+
+    # Recompute the retrieval numbers from the service's raw answers.
+    ranks = []
+    for item in answers:
+        truth = os.path.splitext(os.path.basename(item["video"]["music"]["track_file"]))[0]
+        ids = [m["track_id"] for m in item["answer"]["matches"]]
+        assert len(ids) == report["pool_size"]  # every catalog track was ranked
+        scores = [m["score"] for m in item["answer"]["matches"]]
+        assert scores == sorted(scores)  # best (smallest distance) first
+        ranks.append(ids.index(truth) + 1)
+    ranks = np.asarray(ranks)
+    assert report["queries"] == len(answers) == report["pool_size"]
+    for k in (1, 5, 10):
+        assert report[f"r_at_{k}"] == np.mean(ranks <= k)
+    assert report["median_rank"] == np.median(ranks)
+    assert report["chance_r_at_1"] == 1 / report["pool_size"]
+    # The model learned something: the true track ranks well above chance.
+    assert report["r_at_5"] > 2 * report["chance_r_at_5"], report
+
+    for picture in ("training_curves.png", "query_by_candidate.png"):
+        assert (tmp_path / "demo" / picture).stat().st_size > 1000
+    markdown = (tmp_path / "demo" / "report.md").read_text()
+    assert f"{report['r_at_1']:.3f}" in markdown
+
+    # A second run reuses the videos, the features and the trained model.
+    out = run_quick_demo(plan.workdir)
+    assert f"reusing {plan.videos} videos" in out
+    assert f"({plan.videos} already done, skipped)" in out
+    assert "reusing the finished run" in out
