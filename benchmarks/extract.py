@@ -38,14 +38,21 @@ def run_loop(config, uris):
 
     started = time.perf_counter()
     extractor = VideoPoseExtractor(config)
-    embedder = make_audio_embedder(config.audio, config.vggish_weights, config.vggish_pca, device="cpu")
+    embedder = make_audio_embedder(
+        config.audio, config.vggish_weights, config.vggish_pca, device="cpu"
+    )
     frames = done = 0
     for uri, video_id in uris:
         row, _error = process_video(uri, video_id, extractor, embedder)
         if row is not None:
             done += 1
             frames += row["num_pose_frames"]
-    return {"wall_s": time.perf_counter() - started, "videos": done, "frames": frames, "peak_rss_mb": peak_rss_mb()}
+    return {
+        "wall_s": time.perf_counter() - started,
+        "videos": done,
+        "frames": frames,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def run_ray(config):
@@ -64,12 +71,18 @@ def run_ray(config):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--videos", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--paths", default="keypoints,rtmo", help="comma-separated: keypoints, rtmo")
+    parser.add_argument(
+        "--paths", default="keypoints,rtmo", help="comma-separated: keypoints, rtmo"
+    )
     parser.add_argument("--audio", default="logmel", choices=("logmel", "vggish"))
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="actors in the pose stage")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 2, help="actors in the pose stage"
+    )
     parser.add_argument("--work-dir", help="keep data here (default: a temp dir)")
     parser.add_argument("--out", default="bench-out/extract.json", help="JSON results")
     args = parser.parse_args()
@@ -91,7 +104,9 @@ def main() -> int:
     if args.audio == "vggish":
         from tests.support.standin_vggish import save_vggish_standin
 
-        weights["vggish_weights"], weights["vggish_pca"] = (str(p) for p in save_vggish_standin(work / "vggish"))
+        weights["vggish_weights"], weights["vggish_pca"] = (
+            str(p) for p in save_vggish_standin(work / "vggish")
+        )
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     results = []
     for path in args.paths.split(","):
@@ -109,8 +124,12 @@ def main() -> int:
             out=str(work / f"out-{path}-{time.time_ns()}"),
             audio=args.audio,
             device="cpu",
-            pose_stage=StageResources(min_actors=args.workers, max_actors=args.workers, num_cpus=cpus_per_actor * 0.75),
-            audio_stage=StageResources(min_actors=1, max_actors=1, num_cpus=0.5, videos_per_batch=4),
+            pose_stage=StageResources(
+                min_actors=args.workers, max_actors=args.workers, num_cpus=cpus_per_actor * 0.75
+            ),
+            audio_stage=StageResources(
+                min_actors=1, max_actors=1, num_cpus=0.5, videos_per_batch=4
+            ),
             **pose_kwargs,
             **weights,
         )

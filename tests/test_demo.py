@@ -8,7 +8,14 @@ import sys
 import numpy as np
 
 REPORT_KEYS = (
-    "loss", "rmse", "mae", "r_at_1", "r_at_5", "r_at_10", "median_rank", "pool_size",
+    "loss",
+    "rmse",
+    "mae",
+    "r_at_1",
+    "r_at_5",
+    "r_at_10",
+    "median_rank",
+    "pool_size",
     "chance_r_at_1",
 )
 
