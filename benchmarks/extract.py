@@ -83,6 +83,7 @@ def main() -> int:
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 2, help="actors in the pose stage"
     )
+    parser.add_argument("--batch", type=int, default=4, help="videos per actor call (default 4)")
     parser.add_argument("--work-dir", help="keep data here (default: a temp dir)")
     parser.add_argument("--out", default="bench-out/extract.json", help="JSON results")
     args = parser.parse_args()
@@ -124,11 +125,19 @@ def main() -> int:
             out=str(work / f"out-{path}-{time.time_ns()}"),
             audio=args.audio,
             device="cpu",
+            # One actor per core in each stage, each keeping its threads to its CPU share;
+            # several videos per call so that Ray's per-call cost is spread.
             pose_stage=StageResources(
-                min_actors=args.workers, max_actors=args.workers, num_cpus=cpus_per_actor * 0.75
+                min_actors=args.workers,
+                max_actors=args.workers,
+                num_cpus=cpus_per_actor * 0.75,
+                videos_per_batch=args.batch,
             ),
             audio_stage=StageResources(
-                min_actors=1, max_actors=1, num_cpus=0.5, videos_per_batch=4
+                min_actors=args.workers,
+                max_actors=args.workers,
+                num_cpus=cpus_per_actor * 0.75,
+                videos_per_batch=args.batch,
             ),
             **pose_kwargs,
             **weights,
