@@ -74,7 +74,9 @@ def register(subparsers) -> None:
     parser.add_argument("--videos", type=int, help="synthetic videos (default 120; --quick 48)")
     parser.add_argument("--epochs", type=int, help="training epochs (default 12; --quick 6)")
     parser.add_argument(
-        "--quick", action="store_true", help="a smaller demo, about 1.5 minutes on 2 cores (default: about 4)"
+        "--quick",
+        action="store_true",
+        help="a smaller demo, about 1.5 minutes on 2 cores (default: about 4)",
     )
     parser.add_argument("--port", type=int, default=0, help="service port (default: a free one)")
     parser.set_defaults(func=run)

@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 
+from tests.support.contracts import EVALUATION_JSON_KEYS
+
 REPORT_KEYS = (
     "loss",
     "rmse",
@@ -38,7 +40,7 @@ def test_quick_demo_reports_what_the_service_answered_and_reuses_its_work(tmp_pa
 
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     answers = json.loads((tmp_path / "demo" / "answers.json").read_text())
-    assert set(REPORT_KEYS) <= set(report)
+    assert set(EVALUATION_JSON_KEYS) <= set(report)
 
     # Recompute the retrieval numbers from the service's raw answers.
     ranks = []

@@ -287,24 +287,16 @@ def build_dataset(config: ExtractConfig, todo: list[tuple[str, str]], run_id: st
 
     items = [{"uri": uri, "video_id": video_id} for uri, video_id in todo]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(
-        PoseStage,
-        fn_constructor_kwargs={"config": config},
-        batch_size=config.pose_stage.videos_per_batch,
-        batch_format="pyarrow",
-        compute=_pool(config.pose_stage),
-        num_cpus=config.pose_stage.num_cpus,
-        num_gpus=config.pose_stage.num_gpus or None,
-    )
-    ds = ds.map_batches(
-        AudioStage,
-        fn_constructor_kwargs={"config": config},
-        batch_size=config.audio_stage.videos_per_batch,
-        batch_format="pyarrow",
-        compute=_pool(config.audio_stage),
-        num_cpus=config.audio_stage.num_cpus,
-        num_gpus=config.audio_stage.num_gpus or None,
-    )
+    for stage, resources in ((PoseStage, config.pose_stage), (AudioStage, config.audio_stage)):
+        ds = ds.map_batches(
+            stage,
+            fn_constructor_kwargs={"config": config},
+            batch_size=resources.videos_per_batch,
+            batch_format="pyarrow",
+            compute=_pool(resources),
+            num_cpus=resources.num_cpus,
+            num_gpus=resources.num_gpus or None,
+        )
     return ds.map_batches(
         write_parts,
         fn_kwargs={"out": config.out, "run_id": run_id},

@@ -13,6 +13,7 @@ from dvamn.training.evaluate import (
     regression_sums,
     retrieval_from_predictions,
 )
+from tests.support.contracts import EVALUATION_JSON_KEYS
 
 
 def soundtracks(num_tracks=30, frames=100, seed=0):
@@ -79,17 +80,7 @@ def test_evaluate_videos_reports_every_scoring_and_the_keys_of_the_json():
         for i in range(5)
     ]
     m = evaluate_videos(model, videos, scorings=("cosine-w", "cosine-std", "l2", "logcosh"))
-    for key in (
-        "loss",
-        "rmse",
-        "mae",
-        "r_at_1",
-        "r_at_5",
-        "r_at_10",
-        "median_rank",
-        "pool_size",
-        "chance_r_at_1",
-    ):
+    for key in EVALUATION_JSON_KEYS:
         assert key in m
     assert m["pool_size"] == 5 and m["num_queries"] == 5
     assert m["distance"] == "cosine-w"

@@ -12,6 +12,7 @@ from dvamn.cli import main as dvamn_main
 from dvamn.model import DVAMNConfig, list_checkpoints, load_model
 from dvamn.training.evaluate import REPORTED_SCORINGS
 from dvamn.training.train import TrainConfig, summary_table, train
+from tests.support.contracts import EVALUATION_JSON_KEYS
 from tests.training.features import write_features
 
 TINY = DVAMNConfig(
@@ -72,17 +73,7 @@ def test_evaluate_cli_writes_json_and_plots(first_run, features, tmp_path):
     code = dvamn_main(["evaluate", out, features, "--json", str(json_path), "--plots", str(plots)])
     assert code == 0
     metrics = json.loads(json_path.read_text())
-    for key in (
-        "loss",
-        "rmse",
-        "mae",
-        "r_at_1",
-        "r_at_5",
-        "r_at_10",
-        "median_rank",
-        "pool_size",
-        "chance_r_at_1",
-    ):
+    for key in EVALUATION_JSON_KEYS:
         assert key in metrics
     assert metrics["chance_r_at_1"] == pytest.approx(1 / metrics["pool_size"])
     assert set(metrics["by_distance"]) == set(REPORTED_SCORINGS)
