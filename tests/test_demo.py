@@ -57,8 +57,10 @@ def test_quick_demo_reports_what_the_service_answered_and_reuses_its_work(tmp_pa
         assert report[f"r_at_{k}"] == np.mean(ranks <= k)
     assert report["median_rank"] == np.median(ranks)
     assert report["chance_r_at_1"] == 1 / report["pool_size"]
-    # The model learned something: the true track ranks well above chance.
-    assert report["r_at_5"] > 2 * report["chance_r_at_5"], report
+    # The model learned something: for half the queries the true track is in the top
+    # quarter of the catalog (chance: the top half), and it is first more often than chance.
+    assert report["median_rank"] <= (report["pool_size"] + 1) / 4, report
+    assert report["r_at_1"] > report["chance_r_at_1"], report
 
     for picture in ("training_curves.png", "query_by_candidate.png"):
         assert (tmp_path / "demo" / picture).stat().st_size > 1000
