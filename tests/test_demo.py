@@ -9,18 +9,6 @@ import numpy as np
 
 from tests.support.contracts import EVALUATION_JSON_KEYS
 
-REPORT_KEYS = (
-    "loss",
-    "rmse",
-    "mae",
-    "r_at_1",
-    "r_at_5",
-    "r_at_10",
-    "median_rank",
-    "pool_size",
-    "chance_r_at_1",
-)
-
 
 def run_quick_demo(workdir) -> str:
     """`dvamn demo --quick` as a user runs it: its own process and its own local Ray."""
