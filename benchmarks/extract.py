@@ -7,7 +7,14 @@ single-process loop, on synthetic videos, in one run.
 Prints a table (videos/s, pose frames/s, ratio Ray/loop, peak memory per worker) and writes
 JSON. The loop and the job run the same ``VideoPoseExtractor`` and ``finish_rows``; Ray is
 started before timing (a cluster is up before a job is submitted), so the job's time
-includes actor start-up, scheduling, serialisation and the Parquet writes.
+includes actor start-up, scheduling, serialisation and the Parquet writes (the loop
+writes nothing).
+
+A third runner gives a ceiling: the same loop split into one plain process per worker
+(one math and ONNX Runtime thread each, as the job gives its actors), each timed inside
+its process after its imports, so with no start-up, scheduling or output at all: what
+the cores give this code with no coordination. ``Ray / ceiling`` says how much of that
+the job gets.
 
 The rtmlib path runs the tests' colour-matching stand-in RTMO network (no real weights
 offline) through rtmlib's pre- and post-processing; it finds the synthetic dancer's
@@ -32,12 +39,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_loop(config, uris):
+def run_loop(config, uris, threads=None):
+    """``threads``: ONNX Runtime threads of the pose model (None: its default, all cores)."""
     from dvamn.audio import make_audio_embedder
     from dvamn.pipeline.video import VideoPoseExtractor, process_video
 
     started = time.perf_counter()
-    extractor = VideoPoseExtractor(config)
+    extractor = VideoPoseExtractor(config, num_threads=threads)
     embedder = make_audio_embedder(
         config.audio, config.vggish_weights, config.vggish_pca, device="cpu"
     )
@@ -52,6 +60,48 @@ def run_loop(config, uris):
         "videos": done,
         "frames": frames,
         "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def _ceiling_share(config, uris, queue):
+    """One process of the ceiling runner: its share of the videos, one math thread."""
+    if config.audio != "logmel":
+        import torch  # imported before timing, as in the loop
+
+        torch.set_num_threads(1)
+    queue.put(run_loop(config, uris, threads=1))
+
+
+def run_ceiling(config, uris, workers: int):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, no forked threads
+    queue = context.Queue()
+    shares = [uris[i::workers] for i in range(workers)]
+    processes = [
+        context.Process(target=_ceiling_share, args=(config, share, queue)) for share in shares
+    ]
+    # One BLAS thread per process, set before the children load numpy (as Ray does for
+    # its workers): more threads than cores only contend.
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
+    results = [queue.get() for _ in processes]
+    for process in processes:
+        process.join()
+    return {
+        "wall_s": max(r["wall_s"] for r in results),  # the shares run at the same time
+        "videos": sum(r["videos"] for r in results),
+        "frames": sum(r["frames"] for r in results),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
     }
 
 
@@ -81,9 +131,15 @@ def main() -> int:
     )
     parser.add_argument("--audio", default="logmel", choices=("logmel", "vggish"))
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 2, help="actors in the pose stage"
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="actors per pool, and processes of the ceiling runner (default: cores)",
     )
     parser.add_argument("--batch", type=int, default=4, help="videos per actor call (default 4)")
+    parser.add_argument(
+        "--no-ceiling", action="store_true", help="skip the plain-processes ceiling runner"
+    )
     parser.add_argument("--work-dir", help="keep data here (default: a temp dir)")
     parser.add_argument("--out", default="bench-out/extract.json", help="JSON results")
     args = parser.parse_args()
@@ -98,7 +154,9 @@ def main() -> int:
     data = work / "videos"
     if not data.exists():
         print(f"synthesising {args.videos} videos of {args.seconds:.0f} s into {data} ...")
-        synthesize(str(data), videos=args.videos, seconds=args.seconds, seed=1)
+        synthesize(
+            str(data), videos=args.videos, seconds=args.seconds, seed=1, workers=os.cpu_count()
+        )
     uris = [(u, relative_id(u, str(data))) for u in list_inputs(str(data))]
 
     weights = {}
@@ -109,6 +167,11 @@ def main() -> int:
             str(p) for p in save_vggish_standin(work / "vggish")
         )
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    # Ray Data starts its cluster-wide services (detached actors) on a cluster's first
+    # dataset; a running cluster has them, so they start here, before any timing.
+    import ray.data
+
+    ray.data.range(1).materialize()
     results = []
     for path in args.paths.split(","):
         pose_kwargs = {"pose": "keypoints"}
@@ -120,64 +183,69 @@ def main() -> int:
                 export_rtmo_colour_standin(model)
             pose_kwargs = {"pose": "rtmo", "pose_model": str(model)}
         cpus_per_actor = max(1.0, (os.cpu_count() or 2) / args.workers)
+        # One actor per core in each pool, each keeping its threads to its CPU share;
+        # several videos per call so that Ray's per-call cost is spread. With keypoint
+        # files the pose step runs inside the audio actors (one pool, see build_dataset).
+        pool = StageResources(
+            min_actors=args.workers,
+            max_actors=args.workers,
+            num_cpus=cpus_per_actor * (0.75 if path == "rtmo" else 1.0),
+            videos_per_batch=args.batch,
+        )
         config = ExtractConfig(
             input=str(data),
             out=str(work / f"out-{path}-{time.time_ns()}"),
             audio=args.audio,
             device="cpu",
-            # One actor per core in each stage, each keeping its threads to its CPU share;
-            # several videos per call so that Ray's per-call cost is spread.
-            pose_stage=StageResources(
-                min_actors=args.workers,
-                max_actors=args.workers,
-                num_cpus=cpus_per_actor * 0.75,
-                videos_per_batch=args.batch,
-            ),
-            audio_stage=StageResources(
-                min_actors=args.workers,
-                max_actors=args.workers,
-                num_cpus=cpus_per_actor * 0.75,
-                videos_per_batch=args.batch,
-            ),
+            pose_stage=pool,
+            audio_stage=pool,
             **pose_kwargs,
             **weights,
         )
-        loop = run_loop(config, uris)
-        job = run_ray(config)
-        ratio = loop["wall_s"] / job["wall_s"]
-        results.append(
-            {
-                "path": path,
-                "audio": args.audio,
-                "videos": len(uris),
-                "seconds_per_video": args.seconds,
-                "loop": loop,
-                "ray": job,
-                "speedup_ray_over_loop": ratio,
-                "loop_videos_per_s": loop["videos"] / loop["wall_s"],
-                "ray_videos_per_s": job["videos"] / job["wall_s"],
-                "loop_frames_per_s": loop["frames"] / loop["wall_s"],
-                "ray_frames_per_s": job["frames"] / job["wall_s"],
-                # Both runners use every core (ONNX Runtime threads in the loop, one
-                # actor per core in the job), so extra wall time is Ray's overhead.
-                "ray_overhead_fraction_vs_loop": max(0.0, job["wall_s"] / loop["wall_s"] - 1.0),
-            }
-        )
+        runs = {"loop": run_loop(config, uris), "ray": run_ray(config)}
+        if not args.no_ceiling:
+            runs["ceiling"] = run_ceiling(config, uris, args.workers)
+        loop = runs["loop"]
+        result = {
+            "path": path,
+            "audio": args.audio,
+            "videos": len(uris),
+            "seconds_per_video": args.seconds,
+            "workers": args.workers,
+            "batch": args.batch,
+            **runs,
+            "speedup_ray_over_loop": loop["wall_s"] / runs["ray"]["wall_s"],
+            # Both runners use every core (ONNX Runtime / torch threads in the loop, one
+            # actor per core in the job): for the model paths, extra time is overhead.
+            "ray_overhead_fraction_vs_loop": max(0.0, runs["ray"]["wall_s"] / loop["wall_s"] - 1),
+        }
+        for name, run in runs.items():
+            result[f"{name}_videos_per_s"] = run["videos"] / run["wall_s"]
+            result[f"{name}_frames_per_s"] = run["frames"] / run["wall_s"]
+        if "ceiling" in runs:
+            result["speedup_ceiling_over_loop"] = loop["wall_s"] / runs["ceiling"]["wall_s"]
+            result["ray_fraction_of_ceiling"] = runs["ceiling"]["wall_s"] / runs["ray"]["wall_s"]
+        results.append(result)
     ray.shutdown()
 
-    header = f"{'path':<10} {'runner':<6} {'videos/s':>9} {'frames/s':>9} {'wall s':>8} {'peak MiB/worker':>16}"
+    header = f"{'path':<10} {'runner':<8} {'videos/s':>9} {'frames/s':>9} {'wall s':>8} {'x loop':>7} {'peak MiB/worker':>16}"
     print("\n" + header + "\n" + "-" * len(header))
     for r in results:
-        for name in ("loop", "ray"):
+        for name in ("loop", "ray", "ceiling"):
+            if name not in r:
+                continue
             m = r[name]
             print(
-                f"{r['path']:<10} {name:<6} {m['videos'] / m['wall_s']:>9.2f} {m['frames'] / m['wall_s']:>9.1f} "
-                f"{m['wall_s']:>8.1f} {m['peak_rss_mb']:>16.0f}"
+                f"{r['path']:<10} {name:<8} {m['videos'] / m['wall_s']:>9.2f} "
+                f"{m['frames'] / m['wall_s']:>9.1f} {m['wall_s']:>8.1f} "
+                f"{r['loop']['wall_s'] / m['wall_s']:>6.2f}x {m['peak_rss_mb']:>16.0f}"
             )
-        print(
-            f"{r['path']:<10} ratio  Ray / loop = {r['speedup_ray_over_loop']:.2f}x "
-            f"(Ray overhead {100 * r['ray_overhead_fraction_vs_loop']:.1f}% of the loop's time)"
-        )
+        line = f"{r['path']:<10} Ray / loop = {r['speedup_ray_over_loop']:.2f}x"
+        if "ray_fraction_of_ceiling" in r:
+            line += f", Ray / ceiling = {r['ray_fraction_of_ceiling']:.2f}"
+        if r["ray_overhead_fraction_vs_loop"] > 0:
+            line += f" (Ray's overhead: {100 * r['ray_overhead_fraction_vs_loop']:.1f}% of the loop's time)"
+        print(line)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"cpu_count": os.cpu_count(), "results": results}, indent=2))

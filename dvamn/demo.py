@@ -264,14 +264,17 @@ def _extract(plan: DemoPlan, audio_kind: str):
     from dvamn.pipeline.config import ExtractConfig, StageResources
     from dvamn.pipeline.extract import run_extract
 
+    actors = min(os.cpu_count() or 2, 8)
     config = ExtractConfig(
         input=plan.path("videos"),
         out=plan.path("features"),
         # Training learns from the true keypoints; the service's pose model is separate.
         pose="keypoints",
         audio=audio_kind,
-        pose_stage=StageResources(min_actors=2, max_actors=2, num_cpus=0.5),
-        audio_stage=StageResources(min_actors=1, max_actors=2, num_cpus=0.5, videos_per_batch=4),
+        # With keypoint files the audio actors do the whole job: one per core (a few).
+        audio_stage=StageResources(
+            min_actors=actors, max_actors=actors, num_cpus=1.0, videos_per_batch=4
+        ),
     )
     summary = run_extract(config)
     for line in summary.lines():

@@ -106,7 +106,12 @@ def register(subparsers) -> None:
             f"--{stage}-actors",
             type=int,
             default=defaults.max_actors,
-            help=f"max actors in the {stage} stage's pool (default {defaults.max_actors})",
+            help=f"max actors in the {stage} stage's pool (default {defaults.max_actors})"
+            + (
+                "; with --pose keypoints the audio actors do the pose step"
+                if stage == "pose"
+                else ""
+            ),
         )
         tuning.add_argument(
             f"--{stage}-cpus",

@@ -44,8 +44,9 @@ class ExtractConfig:
     min_duration_s: float = 12.0
     limit: Optional[int] = None  # only the first N inputs (smoke runs)
     pose_stage: StageResources = dataclasses.field(default_factory=StageResources)
+    # With --pose keypoints the audio actors do the whole job, so they get whole CPUs.
     audio_stage: StageResources = dataclasses.field(
-        default_factory=lambda: StageResources(max_actors=1, num_cpus=0.5, videos_per_batch=4)
+        default_factory=lambda: StageResources(max_actors=2, num_cpus=1.0, videos_per_batch=4)
     )
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ import pytest
 from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES, num_audio_frames, num_pose_frames
 from dvamn.pipeline.config import ExtractConfig, StageResources
 from dvamn.pipeline.extract import ERRORS_DIR, VIDEOS_DIR, extract_dataset, read_table
+from dvamn.schema import VIDEO_SCHEMA
 
 SECONDS = 13.0
 
@@ -63,6 +64,15 @@ def test_every_input_is_a_video_row_or_an_error_row_and_reruns_finish_the_rest(
     dataset, summary = extract_dataset(small_config(data, out))
     assert summary.already_done == first.done
     assert summary.inputs == total
+    # The summary comes from the Parquet footers of this run's parts.
+    assert summary.done == len(result.videos) - first.done
+    assert summary.failed == len(result.broken)  # earlier failures are retried
+    assert summary.pose_frames == summary.done * num_pose_frames(SECONDS)
+    assert summary.media_hours * 3600 == pytest.approx(summary.done * SECONDS, abs=0.5)
+    assert summary.audio_worker_peak_rss_mb > 50 and summary.pose_worker_peak_rss_mb > 50
+    assert (summary.videos_total, summary.errors_total) == (len(result.videos), len(result.broken))
+    # Keypoint files need no pose actors: Ray Data fused the pose step into the audio actors.
+    assert "MapBatches(pose_from_keypoint_files)->MapBatches(AudioStage)" in dataset.stats()
 
     videos = read_table(str(out), VIDEOS_DIR)
     errors = read_table(str(out), ERRORS_DIR)
@@ -88,6 +98,7 @@ def test_every_input_is_a_video_row_or_an_error_row_and_reruns_finish_the_rest(
     # The returned Dataset holds this run's rows, in the Parquet schema.
     rows = dataset.take_all()
     assert len(rows) == len(result.videos) - first.done
+    assert dataset.schema().names == VIDEO_SCHEMA.names
     for row in videos.to_pylist():
         pose = np.asarray(row["pose"], np.float32)
         audio = np.asarray(row["audio_embedding"], np.float32)
