@@ -158,7 +158,7 @@ def write_catalog(catalog, out: str) -> None:
     """Write an in-memory catalog in the `dvamn catalog` layout (tracks/ + manifest)."""
     import pyarrow.parquet as pq
 
-    from dvamn.pipeline.catalog import CATALOG_SCHEMA, embedding_sha256
+    from dvamn.catalog_format import CATALOG_SCHEMA, embedding_sha256
     from dvamn.schema import rows_to_table
 
     rows = []

@@ -123,11 +123,13 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
     from dvamn.ray_setup import ensure_ray
 
     os.makedirs(plan.workdir, exist_ok=True)
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     started = time.perf_counter()
     own_ray = False
+    previous = None
     try:
         own_ray = ensure_ray(num_cpus=max(4, os.cpu_count() or 1))
+        # After ray.init, which installs a SIGTERM handler of its own (exit status 15).
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         _quiet_ray_data()
         timings: dict[str, float] = {}
         synth = _stage("1/6 synthesise dance videos", timings, _synthesise, plan)
@@ -166,7 +168,8 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
         return report
     finally:
         _shutdown(ray, own_ray)
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _stage(title: str, timings: dict, fn, *args):

@@ -60,3 +60,52 @@ def test_quick_demo_reports_what_the_service_answered_and_reuses_its_work(tmp_pa
     assert f"reusing {plan.videos} videos" in out
     assert f"({plan.videos} already done, skipped)" in out
     assert "reusing the finished run" in out
+
+
+def _session_processes(session_id: int) -> list[str]:
+    """Processes still alive in a session (the demo and everything it started)."""
+    listing = subprocess.run(["ps", "-eo", "sid=,pid=,stat=,args="], capture_output=True, text=True)
+    alive = []
+    for line in listing.stdout.splitlines():
+        sid, pid, stat, args = (line.split(None, 3) + [""])[:4]
+        if int(sid) == session_id and not stat.startswith("Z"):
+            alive.append(f"{pid} {args}")
+    return alive
+
+
+def test_a_stopped_demo_stops_its_ray_and_leaves_no_process(tmp_path):
+    """`kill PID` (SIGTERM) while Ray Data runs: the demo stops its Ray instance, says so
+    and exits 130, and nothing it started is left running."""
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "dvamn.cli", "demo", "--quick", "--workdir", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Its own session, so that everything the demo starts can be found by session id.
+    demo = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        seen = []
+        for line in demo.stdout:  # wait until Ray is up and the extraction has started
+            seen.append(line)
+            if line.startswith("== 2/6"):
+                break
+        else:
+            raise AssertionError("the demo ended before extraction:\n" + "".join(seen))
+        assert len(_session_processes(demo.pid)) > 1  # Ray's processes are in the session
+        demo.send_signal(signal.SIGTERM)
+        stdout, stderr = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    assert demo.returncode == 130, stdout[-2000:] + stderr[-3000:]
+    assert "interrupted: the Ray instance and the service are stopped" in stderr
+    deadline = time.monotonic() + 30
+    while _session_processes(demo.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _session_processes(demo.pid)
+    if left:
+        os.killpg(demo.pid, signal.SIGKILL)
+    assert not left, left

@@ -9,11 +9,7 @@ Sources (``music`` argument of :func:`build_catalog`):
 - an extraction output (a directory holding ``videos/`` Parquet from ``dvamn extract``):
   every video's soundtrack becomes a track and its ``audio_embedding`` column is reused.
 
-Layout of ``CATALOG``::
-
-    CATALOG/tracks/*.parquet   CATALOG_SCHEMA, one row per track
-    CATALOG/errors/*.parquet   CATALOG_ERROR_SCHEMA, one row per input that failed
-    CATALOG/manifest.json      sizes, embedding provenance, content version
+Layout of ``CATALOG``: ``dvamn.catalog_format``.
 
 Every input ends up either in ``tracks/`` or in ``errors/``. A rebuild redoes everything
 (embedding a track is cheap next to extracting a video) and replaces the previous catalog.
@@ -21,7 +17,6 @@ Every input ends up either in ``tracks/`` or in ``errors/``. A rebuild redoes ev
 
 import dataclasses
 import datetime as dt
-import hashlib
 import io
 import json
 import logging
@@ -36,43 +31,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dvamn import storage
+from dvamn.catalog_format import (
+    CATALOG_ERROR_SCHEMA,
+    CATALOG_FORMAT,
+    CATALOG_SCHEMA,
+    ERRORS_DIR,
+    MANIFEST_FILE,
+    TRACKS_DIR,
+    catalog_version,
+    embedding_sha256,
+)
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, SAMPLE_RATE_HZ
 from dvamn.pipeline.config import AUDIO_KINDS
 from dvamn.schema import rows_to_table, sequence_to_numpy
 
 log = logging.getLogger(__name__)
-
-CATALOG_FORMAT = "dvamn-catalog/1"
-TRACKS_DIR = "tracks"
-ERRORS_DIR = "errors"
-MANIFEST_FILE = "manifest.json"
-
-CATALOG_SCHEMA = pa.schema(
-    [
-        ("track_id", pa.string()),  # path below MUSIC without extension, or the video_id
-        ("title", pa.string()),  # the file's title tag, else its file name
-        ("uri", pa.string()),
-        ("duration_s", pa.float64()),
-        ("num_audio_frames", pa.int32()),
-        ("embedding", pa.list_(pa.list_(pa.float32(), EMBEDDING_DIM))),  # [T_a][128]
-        ("embedding_sha256", pa.string()),  # of the float32 bytes: the catalog version's input
-        ("audio_embedding_kind", pa.string()),
-        ("audio_weights", pa.string()),
-        ("source", pa.string()),  # "audio-file" or "extraction"
-        ("cataloged_at", pa.string()),
-    ]
-)
-
-CATALOG_ERROR_SCHEMA = pa.schema(
-    [
-        ("track_id", pa.string()),
-        ("uri", pa.string()),
-        ("stage", pa.string()),  # "read", "decode", "embed", "input"
-        ("message", pa.string()),
-        ("error_type", pa.string()),
-        ("failed_at", pa.string()),
-    ]
-)
 
 # Rows leave the Ray Data stage in one table: a track's columns plus the error columns
 # (null on success), so that one failing file never aborts the run (see DESIGN.md).
@@ -123,12 +96,6 @@ class CatalogSummary:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def embedding_sha256(embedding: np.ndarray) -> str:
-    """SHA-256 (first 16 hex digits) of a [T, 128] embedding as contiguous float32."""
-    data = np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def is_extraction_output(music: str) -> bool:
@@ -352,14 +319,6 @@ def _write_dataset(ds: Any, uri: str) -> None:
 
     fs, path = storage.filesystem(uri)
     ds.write_parquet(path, filesystem=PyFileSystem(FSSpecHandler(fs)))
-
-
-def catalog_version(track_ids: List[str], shas: List[str], kind: str, weights: str) -> str:
-    """Content version: changes when any track, its embedding or the provenance changes."""
-    digest = hashlib.sha256(f"{CATALOG_FORMAT}\n{kind}\n{weights}\n".encode())
-    for track_id, sha in sorted(zip(track_ids, shas, strict=True)):
-        digest.update(f"{track_id}\t{sha}\n".encode())
-    return digest.hexdigest()[:12]
 
 
 def _stage_dataset(config: CatalogConfig) -> tuple:

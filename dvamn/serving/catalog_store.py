@@ -15,14 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dvamn import storage
-from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM
-from dvamn.pipeline.catalog import (
+from dvamn.catalog_format import (
     CATALOG_FORMAT,
     CATALOG_SCHEMA,
     MANIFEST_FILE,
     TRACKS_DIR,
     catalog_version,
 )
+from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Catalog:
             if n
             else np.zeros((0, EMBEDDING_DIM), np.float32)
         )
-        from dvamn.pipeline.catalog import embedding_sha256
+        from dvamn.catalog_format import embedding_sha256
 
         shas = [embedding_sha256(e) for e in embeddings]
         return cls(
