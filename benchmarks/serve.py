@@ -95,6 +95,8 @@ def paper_model():
 
 
 def bench_size(model, num_tracks: int, args) -> Dict[str, Any]:
+    import torch
+
     from dvamn.scoring import best_offsets, best_offsets_reference
     from dvamn.serving.matcher import Matcher
     from dvamn.serving.queries import QueryLimits, keypoint_features
@@ -124,18 +126,22 @@ def bench_size(model, num_tracks: int, args) -> Dict[str, Any]:
     scorer_s = []
     for _ in range(3 if num_tracks <= 1000 else 1):  # 10,000 tracks take seconds a run
         started = time.perf_counter()
-        vectorised = best_offsets(prediction, matcher.bank, top_k=None)
+        vectorised = best_offsets(prediction, matcher.bank, top_k=None, distance=matcher.distance)
         scorer_s.append(time.perf_counter() - started)
     reference_tracks = min(num_tracks, REFERENCE_TRACKS)
+    # The bank holds the service's transformed frames: the loop gets the query transformed
+    # the same way, and the service's distance.
     subset = [matcher.bank.tracks[i].numpy() for i in range(reference_tracks)]
+    query = matcher.bank.transform_query(torch.as_tensor(prediction)).numpy()
     started = time.perf_counter()
-    reference = best_offsets_reference(prediction, subset, top_k=10)
+    reference = best_offsets_reference(query, subset, top_k=10, distance=matcher.distance)
     reference_s = (time.perf_counter() - started) * num_tracks / reference_tracks
     # The same top 10 on the slice the loop saw (scores of the other tracks left out).
     vector_subset = vectorised.all_scores[:reference_tracks]
     agree = bool(np.array_equal(np.argsort(vector_subset, kind="stable")[:10], reference.indices))
     return {
         "tracks": num_tracks,
+        "scoring": matcher.scoring,
         "track_s": args.track_s,
         "query_s": args.query_s,
         "queries": len(latencies),

@@ -88,6 +88,8 @@ class TrackBank:
     # When set, tracks hold (x - center) / scale and queries are transformed the same way.
     center: Optional[torch.Tensor] = None  # (D,)
     scale: Optional[torch.Tensor] = None  # (D,)
+    # Set by ``normalise_in_place``: ``tracks`` are unit frames, for the cosine distance only.
+    unit_only: bool = False
 
     def transform_query(self, query: torch.Tensor) -> torch.Tensor:
         if self.center is None:
@@ -114,7 +116,7 @@ class TrackBank:
     def nbytes(self) -> int:
         total = self.tracks.element_size() * self.tracks.nelement()
         for extra in (self.unit_tracks, self.squared_norm_cumsum):
-            if extra is not None:
+            if extra is not None and extra is not self.tracks:
                 total += extra.element_size() * extra.nelement()
         return total
 
@@ -122,6 +124,15 @@ class TrackBank:
         if self.unit_tracks is None:
             self.unit_tracks = _unit_frames(self.tracks)
         return self.unit_tracks
+
+    def normalise_in_place(self) -> None:
+        """Make every frame unit length in place, for a bank that is only ever scored with
+        the cosine distance (a service's): it then holds one copy of the catalog instead
+        of two (``tracks`` and ``unit_tracks``). The other distances refuse it after."""
+        self.tracks.div_(self.tracks.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        self.unit_tracks = self.tracks
+        self.squared_norm_cumsum = None
+        self.unit_only = True
 
 
 @dataclass
@@ -298,6 +309,10 @@ def best_offsets(
     else:
         query = torch.as_tensor(np.asarray(prediction), dtype=bank.tracks.dtype)
     _check(query.numpy(), bank.dim, distance, short_tracks)
+    if bank.unit_only and distance != "cosine":
+        raise ValueError(
+            f"this bank was normalised for the cosine distance; it cannot be scored with {distance!r}"
+        )
     query = query.to(device)
     query = bank.transform_query(query)
     t = query.shape[0]

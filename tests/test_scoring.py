@@ -125,6 +125,24 @@ def test_standardised_bank_equals_the_reference_on_standardised_frames(distance)
     np.testing.assert_allclose(fast.all_scores, slow.all_scores, rtol=1e-4, atol=1e-4)
 
 
+def test_a_bank_normalised_in_place_ranks_as_before_in_half_the_memory():
+    rng = np.random.default_rng(11)
+    tracks = [rng.normal(5.0, 3.0, size=(int(n), 16)) for n in rng.integers(8, 40, 12)]
+    center, scale = rng.normal(5.0, 1.0, 16), rng.uniform(0.5, 4.0, 16)
+    query = rng.normal(5.0, 3.0, size=(10, 16))
+    two_copies = prepare_tracks(tracks, center=center, scale=scale)
+    before = best_offsets(query, two_copies, top_k=None, distance="cosine")
+    one_copy = prepare_tracks(tracks, center=center, scale=scale)
+    one_copy.normalise_in_place()
+    after = best_offsets(query, one_copy, top_k=None, distance="cosine")
+    np.testing.assert_array_equal(after.indices, before.indices)
+    np.testing.assert_array_equal(after.all_offsets, before.all_offsets)
+    np.testing.assert_allclose(after.all_scores, before.all_scores, rtol=1e-5, atol=1e-5)
+    assert one_copy.nbytes() * 2 == two_copies.nbytes()  # tracks + unit_tracks vs one
+    with pytest.raises(ValueError, match="normalised for the cosine distance"):
+        best_offsets(query, one_copy, distance="l2")
+
+
 @pytest.mark.gpu
 def test_a_bank_on_the_gpu_gives_the_cpu_ranking():
     import torch

@@ -116,6 +116,8 @@ class Matcher:
         self.bank = bank_from_catalog(catalog, "cpu")
         if center is not None:
             self.bank = standardise(self.bank, center, scale)  # in place: one catalog copy
+        if self.distance == "cosine":
+            self.bank.normalise_in_place()  # and still one copy, instead of two
         self.catalog_info = catalog.summary()
         self.catalog_info["memory_mb"] = round(self.bank.nbytes() / 2**20, 2)
         catalog.embeddings = np.zeros((0, EMBEDDING_DIM), np.float32)  # the bank has them
