@@ -3,12 +3,15 @@ single-process loop, on synthetic videos, in one run.
 
     python benchmarks/extract.py                      # keypoint path + stand-in rtmlib path
     python benchmarks/extract.py --videos 12 --seconds 20 --paths keypoints --out bench.json
+    python benchmarks/extract.py --videos 240 --seconds 30 --paths keypoints --batch 16   # README's
 
 Prints a table (videos/s, pose frames/s, ratio Ray/loop, peak memory per worker) and writes
-JSON. The loop and the job run the same ``VideoPoseExtractor`` and ``finish_rows``; Ray is
-started before timing (a cluster is up before a job is submitted), so the job's time
-includes actor start-up, scheduling, serialisation and the Parquet writes (the loop
-writes nothing).
+JSON. The loop and the job run the same ``VideoPoseExtractor`` and ``finish_rows``. Ray is
+started before timing, and Ray Data's cluster-wide services (detached actors) too, as on
+a cluster that is up and has run a job before; the job's time includes its actor
+start-up, scheduling, serialisation and the Parquet writes (the loop writes nothing).
+On a fresh cluster's first job, Ray Data's services start during the job: about 2 s
+more on 2 cores.
 
 A third runner gives a ceiling: the same loop split into one plain process per worker
 (one math and ONNX Runtime thread each, as the job gives its actors), each timed inside
