@@ -28,7 +28,6 @@ frame, so the overhead share measured with the stand-in is an upper bound.
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -38,13 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.support (stand-in models)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_loop(config, uris, threads=None):
     """``threads``: ONNX Runtime threads of the pose model (None: its default, all cores)."""
     from dvamn.audio import make_audio_embedder
+    from dvamn.pipeline.extract import peak_rss_mb
     from dvamn.pipeline.video import VideoPoseExtractor, process_video
 
     started = time.perf_counter()

@@ -168,9 +168,7 @@ class AudioStage:
         for row in out:
             row["waveform"] = np.zeros(0, np.float32)  # the soundtrack is not stored
             row["audio_worker_rss_mb"] = rss_mb
-        table = rows_to_table(out, STAGE_SCHEMA)
-        write_parts(table, self.out, self.run_id)
-        return table.filter(pc.equal(table.column("status"), "ok")).select(VIDEO_SCHEMA.names)
+        return write_parts(rows_to_table(out, STAGE_SCHEMA), self.out, self.run_id)
 
 
 # Parquet footer key of a part's statistics (JSON), so that the job's summary reads
@@ -178,8 +176,9 @@ class AudioStage:
 PART_STATS_KEY = "dvamn.part_stats"
 
 
-def write_parts(batch: pa.Table, out: str, run_id: str) -> None:
-    """Write a STAGE_SCHEMA batch's video rows and error rows as Parquet parts.
+def write_parts(batch: pa.Table, out: str, run_id: str) -> pa.Table:
+    """Write a STAGE_SCHEMA batch's video rows and error rows as Parquet parts; returns
+    the video rows (VIDEO_SCHEMA).
 
     The part name is derived from the batch's contents, so a call that Ray retries
     overwrites its own part instead of duplicating rows. Each part's footer carries its
@@ -187,7 +186,7 @@ def write_parts(batch: pa.Table, out: str, run_id: str) -> None:
     peak memory of the actors that made the batch.
     """
     digest = hashlib.sha256("\n".join(batch.column("uri").to_pylist()).encode()).hexdigest()[:16]
-    ok = batch.filter(pc.equal(batch.column("status"), "ok"))
+    ok = batch.filter(pc.equal(batch.column("status"), "ok")).select(VIDEO_SCHEMA.names)
     failed = batch.filter(pc.equal(batch.column("status"), "error"))
     memory = {
         "pose_worker_peak_rss_mb": float(pc.max(batch.column("pose_worker_rss_mb")).as_py() or 0),
@@ -200,7 +199,7 @@ def write_parts(batch: pa.Table, out: str, run_id: str) -> None:
             **memory,
         }
         _write_table(
-            ok.select(VIDEO_SCHEMA.names),
+            ok,
             storage.join(out, VIDEOS_DIR, f"part-{run_id}-{digest}.parquet"),
             stats,
         )
@@ -219,6 +218,7 @@ def write_parts(batch: pa.Table, out: str, run_id: str) -> None:
         _write_table(
             errors, storage.join(out, ERRORS_DIR, f"part-{run_id}-{digest}.parquet"), memory
         )
+    return ok
 
 
 def peak_rss_mb() -> float:
@@ -421,7 +421,8 @@ def extract_dataset(config: ExtractConfig, write_manifest: bool = True):
         fs, _ = storage.filesystem(config.out)
         for stale in job.stale_error_files:
             fs.rm(stale)
-        errors = [f for f in errors if f.path not in job.stale_error_files]
+        stale = set(job.stale_error_files)
+        errors = [f for f in errors if f.path not in stale]
 
     def peak(key: str) -> float:
         return max((f.stats.get(key, 0.0) for f in new_videos + new_errors), default=0.0)
