@@ -39,6 +39,9 @@ DEFAULT_QUERY_STRIDE = WINDOW_POSE_FRAMES // 2  # 6 s between query starts
 REPORTED_SCORINGS = ("cosine-w", "l2-w", "cosine-std", "l2-std", "cosine", "l2")
 OFFSET_TOLERANCE_S = 0.5
 RECALL_KS = (1, 5, 10)
+# Runs with different numbers of validation videos compare at one fixed pool size: the
+# ``pool100_*`` figures rank each query's true track among this many candidates.
+FIXED_POOL_SIZE = 100
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +124,96 @@ def retrieval_from_predictions(
     return out
 
 
+def ranks_in_pools(
+    scores: np.ndarray, true_tracks: Sequence[int], pools: Sequence[np.ndarray]
+) -> np.ndarray:
+    """The rank (1 = best) of each query's true track among the candidates of its pool.
+
+    ``scores`` (Q, N): distances of every query to every candidate (lower is better, +inf
+    never ranks); ``pools[q]``: candidate indices of query q (including its true track).
+    Ties go to the lower candidate index, as ``dvamn.scoring`` orders them."""
+    ranks = []
+    for q, (track, pool) in enumerate(zip(true_tracks, pools)):
+        row = scores[q, pool]
+        own = scores[q, track]
+        if not np.isfinite(own):
+            ranks.append(len(pool) + 1)
+            continue
+        better = np.sum(row < own) + np.sum((row == own) & (pool < track))
+        ranks.append(int(better) + 1)
+    return np.asarray(ranks, np.int64)
+
+
+def fixed_pools(
+    true_tracks: Sequence[int],
+    num_own: int,
+    num_padding: int,
+    pool_size: int = FIXED_POOL_SIZE,
+    seed: int = 0,
+) -> Tuple[List[np.ndarray], int]:
+    """Candidate pools of ``pool_size`` for queries whose true tracks index the ``num_own``
+    evaluated soundtracks; candidates ``num_own ..`` are ``num_padding`` other tracks.
+
+    - At least ``pool_size`` own soundtracks: each query gets its true track and
+      ``pool_size - 1`` of the others, drawn per query from (seed, query index).
+    - Fewer: every query gets all own soundtracks, padded with the first
+      ``pool_size - num_own`` padding tracks; with too few of those, the pool is smaller.
+
+    Returns (pools, the pool size actually used)."""
+    if num_own >= pool_size:
+        pools = []
+        for q, track in enumerate(true_tracks):
+            others = np.delete(np.arange(num_own), track)
+            rng = np.random.default_rng([seed, q])
+            pick = rng.choice(others, size=pool_size - 1, replace=False)
+            pools.append(np.sort(np.concatenate([[track], pick])))
+        return pools, pool_size
+    used = num_own + min(num_padding, pool_size - num_own)
+    pool = np.arange(used)
+    return [pool for _ in true_tracks], used
+
+
+def fixed_pool_retrieval(
+    predictions: Sequence[np.ndarray],
+    true_tracks: Sequence[int],
+    tracks: Sequence[np.ndarray],
+    padding_tracks: Sequence[np.ndarray] = (),
+    distance: str = DEFAULT_DISTANCE,
+    center: Optional[np.ndarray] = None,
+    scale: Optional[np.ndarray] = None,
+    pool_size: int = FIXED_POOL_SIZE,
+) -> Dict[str, Any]:
+    """Recall@k and median rank among a fixed pool of ``pool_size`` candidates (see
+    ``fixed_pools``): ``pool100_r_at_1/5/10``, ``pool100_median_rank``,
+    ``pool100_mean_rank``, ``pool100_chance_r_at_1``, ``pool100_size`` (the pool actually
+    used), ``pool100_padding_tracks`` (how many padding tracks it holds)."""
+    needed = max(0, pool_size - len(tracks))
+    candidates = list(tracks) + list(padding_tracks[:needed])
+    pools, used = fixed_pools(true_tracks, len(tracks), len(candidates) - len(tracks), pool_size)
+    bank = prepare_tracks(candidates, center=center, scale=scale)
+    scores = (
+        np.stack(
+            [best_offsets(p, bank, top_k=None, distance=distance).all_scores for p in predictions]
+        )
+        if len(predictions)
+        else np.zeros((0, len(candidates)))
+    )
+    return pool_metrics(ranks_in_pools(scores, true_tracks, pools), used, used - len(tracks))
+
+
+def pool_metrics(ranks: np.ndarray, pool_used: int, padding: int, prefix: str = "pool100_"):
+    """R@k, median and mean rank of ``ranks`` in a pool of ``pool_used``, keys ``prefix*``."""
+    out: Dict[str, Any] = {}
+    for k in RECALL_KS:
+        out[f"{prefix}r_at_{k}"] = float(np.mean(ranks <= k)) if len(ranks) else float("nan")
+    out[f"{prefix}median_rank"] = float(np.median(ranks)) if len(ranks) else float("nan")
+    out[f"{prefix}mean_rank"] = float(np.mean(ranks)) if len(ranks) else float("nan")
+    out[f"{prefix}chance_r_at_1"] = 1.0 / pool_used if pool_used else float("nan")
+    out[f"{prefix}size"] = int(pool_used)
+    out[f"{prefix}padding_tracks"] = int(padding)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Model on videos
 
@@ -168,13 +261,17 @@ def evaluate_videos(
     device: str = "cpu",
     keep_scores: bool = False,
     max_logcosh_queries: int = 100,
+    padding: Sequence[Video] = (),
+    padding_source: str = "",
 ) -> Dict[str, Any]:
     """Regression and retrieval metrics of ``model`` on validation ``videos``.
 
     The first of ``scorings`` (``SCORINGS``) gives the top-level retrieval numbers; every
     one is also under ``by_distance`` (for comparing L2, cosine and log-cosh, raw and
     standardised; log-cosh, being slow, on at most ``max_logcosh_queries`` evenly spread
-    queries)."""
+    queries). Each also has the ``pool100_*`` figures (``fixed_pool_retrieval``): the
+    validation soundtracks padded with the soundtracks of ``padding`` (videos that are
+    not queried; ``padding_source`` says what they are) up to ``FIXED_POOL_SIZE``."""
     if not videos:
         raise ValueError("no validation videos to evaluate on")
     queries = build_queries(videos, query_stride, max_queries)
@@ -208,6 +305,17 @@ def evaluate_videos(
             scale=scale,
         )
         by_distance[scoring]["distance"] = scoring
+        by_distance[scoring].update(
+            fixed_pool_retrieval(
+                [predictions[q] for q in chosen],
+                [queries[q][0] for q in chosen],
+                [v.audio for v in videos],
+                [v.audio for v in padding],
+                distance,
+                center=center,
+                scale=scale,
+            )
+        )
     main = by_distance[scorings[0]]
     out.update({k: v for k, v in main.items() if k not in ("ranks", "true_tracks")})
     out["by_distance"] = {
@@ -216,7 +324,31 @@ def evaluate_videos(
     }
     out["query_stride_frames"] = query_stride
     out["query_true_tracks"] = main["true_tracks"]
+    out["pool100_padding"] = describe_padding(len(videos), main["pool100_size"], padding_source)
     return out
+
+
+def _same_track(a: Video, b: Video) -> bool:
+    return a.audio.shape == b.audio.shape and bool(np.array_equal(a.audio, b.audio))
+
+
+def describe_padding(num_own: int, pool_used: int, padding_source: str) -> str:
+    """What the fixed pool of ``FIXED_POOL_SIZE`` holds, in words (for the JSON and the
+    printed summary)."""
+    if num_own >= FIXED_POOL_SIZE:
+        return (
+            f"{num_own} validation soundtracks, at least {FIXED_POOL_SIZE}: each query's true "
+            f"track and {FIXED_POOL_SIZE - 1} other validation soundtracks drawn per query "
+            "(seeded), no padding"
+        )
+    text = f"{num_own} validation soundtracks"
+    if pool_used > num_own:
+        text += f" + {pool_used - num_own} other tracks: {padding_source}"
+    if pool_used < FIXED_POOL_SIZE:
+        text += (
+            f"; only {pool_used} tracks in total, so the pool is {pool_used}, not {FIXED_POOL_SIZE}"
+        )
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,11 +436,17 @@ def evaluate(
     plots_dir: Optional[str] = None,
     batch_size: int = 64,
     device: Optional[str] = None,
+    pad_features: Optional[Any] = None,
 ) -> Dict[str, Any]:
     """Evaluate a run's best checkpoint (or one checkpoint) on the validation videos of
     ``features`` (URI or Dataset; the split stored in the checkpoint unless
     ``val_fraction`` is given). Refuses features made by other models than the
-    checkpoint's. Returns the metrics dict (the ``--json`` content)."""
+    checkpoint's. Returns the metrics dict (the ``--json`` content).
+
+    The fixed pool of ``FIXED_POOL_SIZE`` is padded with the soundtracks of
+    ``pad_features`` (another extraction output, e.g. the training features when
+    ``features`` is an unseen set) when given, else with the soundtracks of the
+    training-split videos of ``features``; in video id order."""
     from dvamn import storage
     from dvamn.model import load_model
     from dvamn.ray_setup import ensure_ray
@@ -329,6 +467,26 @@ def evaluate(
     if val_fraction is None:
         val_fraction = float(metadata.get("train_config", {}).get("val_fraction", 0.2))
     videos = [v for v in all_videos if is_validation(v.video_id, val_fraction)]
+    if pad_features is not None:
+        pad_videos, pad_provenance = collect_features(read_features(pad_features))
+        if pad_provenance != provenance:
+            raise ValueError(
+                f"padding features {pad_features!r} were made with {pad_provenance}, the "
+                f"evaluated ones with {provenance}: pad with features extracted the same way"
+            )
+        # Ids may repeat across extraction outputs (dance_0000 in each synth folder), so
+        # only a soundtrack identical to an evaluated one is left out of the padding.
+        padding = [v for v in pad_videos if not any(_same_track(v, o) for o in videos)]
+        padding_source = (
+            f"soundtracks of {pad_features} (video id order; if the model was trained on "
+            "them, it saw them as targets)"
+        )
+    else:
+        padding = [v for v in all_videos if not is_validation(v.video_id, val_fraction)]
+        padding_source = (
+            "soundtracks of the training-split videos of the same features (video id order; "
+            "the model saw them as targets in training)"
+        )
     log.info("evaluating %s on %d validation videos", metadata["checkpoint_uri"], len(videos))
     metrics = evaluate_videos(
         model,
@@ -339,6 +497,8 @@ def evaluate(
         batch_size,
         device,
         keep_scores=plots_dir is not None,
+        padding=padding,
+        padding_source=padding_source,
     )
     metrics["checkpoint"] = metadata["checkpoint_uri"]
     metrics["layer"] = model.config.layer

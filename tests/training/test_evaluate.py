@@ -7,13 +7,17 @@ import torch
 from dvamn.model import DVAMN, DVAMNConfig
 from dvamn.training.data import Video
 from dvamn.training.evaluate import (
+    FIXED_POOL_SIZE,
     build_queries,
     evaluate_videos,
+    fixed_pool_retrieval,
+    fixed_pools,
+    ranks_in_pools,
     regression_from_sums,
     regression_sums,
     retrieval_from_predictions,
 )
-from tests.support.contracts import EVALUATION_JSON_KEYS
+from tests.support.contracts import EVALUATION_JSON_KEYS, FIXED_POOL_JSON_KEYS
 
 
 def soundtracks(num_tracks=30, frames=100, seed=0):
@@ -79,9 +83,80 @@ def test_evaluate_videos_reports_every_scoring_and_the_keys_of_the_json():
         )
         for i in range(5)
     ]
-    m = evaluate_videos(model, videos, scorings=("cosine-w", "cosine-std", "l2", "logcosh"))
-    for key in EVALUATION_JSON_KEYS:
+    padding = [Video(f"p{i}", v.pose, v.audio[::-1].copy()) for i, v in enumerate(videos)]
+    m = evaluate_videos(
+        model,
+        videos,
+        scorings=("cosine-w", "cosine-std", "l2", "logcosh"),
+        padding=padding,
+        padding_source="reversed copies",
+    )
+    for key in (*EVALUATION_JSON_KEYS, *FIXED_POOL_JSON_KEYS):
         assert key in m
+    for scoring in m["by_distance"].values():
+        assert set(FIXED_POOL_JSON_KEYS) <= set(scoring)
     assert m["pool_size"] == 5 and m["num_queries"] == 5
+    assert m["pool100_size"] == 10 and m["pool100_padding_tracks"] == 5
+    assert "5 validation soundtracks + 5 other tracks: reversed copies" in m["pool100_padding"]
     assert m["distance"] == "cosine-w"
     assert set(m["by_distance"]) == {"cosine-w", "cosine-std", "l2", "logcosh"}
+
+
+def test_fewer_own_tracks_are_padded_to_the_fixed_pool_with_the_first_padding_tracks():
+    pools, used = fixed_pools([0, 3, 29], num_own=30, num_padding=200)
+    assert used == FIXED_POOL_SIZE == 100
+    for pool in pools:
+        np.testing.assert_array_equal(pool, np.arange(100))  # 30 own + padding 30..99
+
+
+def test_too_few_tracks_in_total_give_a_smaller_pool_and_say_so():
+    pools, used = fixed_pools([1, 2], num_own=30, num_padding=20)
+    assert used == 50 and all(len(p) == 50 for p in pools)
+    from dvamn.training.evaluate import describe_padding
+
+    text = describe_padding(30, 50, "training soundtracks")
+    assert "+ 20 other tracks: training soundtracks" in text and "pool is 50, not 100" in text
+
+
+def test_more_own_tracks_give_each_query_its_true_track_and_99_others_drawn_per_query():
+    true_tracks = [0, 5, 149, 5]
+    pools, used = fixed_pools(true_tracks, num_own=150, num_padding=40)
+    assert used == 100
+    for track, pool in zip(true_tracks, pools):
+        assert len(pool) == 100 and len(set(pool.tolist())) == 100
+        assert track in pool and pool.max() < 150  # padding is not needed
+    assert not np.array_equal(pools[1], pools[3])  # drawn per query
+    again, _ = fixed_pools(true_tracks, num_own=150, num_padding=40)
+    assert all(np.array_equal(a, b) for a, b in zip(pools, again))  # but deterministic
+
+
+def test_ranks_in_pools_count_only_the_pool_and_break_ties_by_index():
+    scores = np.array([[0.5, 0.1, 0.5, 0.2, 0.9]])
+    assert ranks_in_pools(scores, [2], [np.arange(5)])[0] == 4  # 0.1, 0.2, then the tie 0
+    assert ranks_in_pools(scores, [2], [np.array([2, 3, 4])])[0] == 2
+    assert ranks_in_pools(scores, [0], [np.arange(5)])[0] == 3  # wins the tie with 2
+    assert ranks_in_pools(np.array([[np.inf, 1.0]]), [0], [np.arange(2)])[0] == 3
+
+
+def test_padding_makes_a_perfect_predictor_stay_first_and_a_random_one_fall_to_chance():
+    tracks = soundtracks(num_tracks=30, seed=3)
+    padding = soundtracks(num_tracks=80, seed=4)
+    predictions, true_tracks, _ = queries_cut_from(tracks, every=40)
+    m = fixed_pool_retrieval(predictions, true_tracks, tracks, padding, "cosine")
+    assert m["pool100_size"] == 100 and m["pool100_padding_tracks"] == 70
+    assert m["pool100_r_at_1"] == 1.0 and m["pool100_median_rank"] == 1.0
+    rng = np.random.default_rng(5)
+    noise = [rng.uniform(0, 255, size=(60, 128)) for _ in range(300)]
+    m = fixed_pool_retrieval(noise, [i % 30 for i in range(300)], tracks, padding, "cosine")
+    assert m["pool100_chance_r_at_1"] == pytest.approx(0.01)
+    assert m["pool100_r_at_1"] < 0.05 and 30 < m["pool100_median_rank"] < 70
+
+
+def test_a_padding_track_that_matches_better_pushes_the_true_track_down():
+    tracks = soundtracks(num_tracks=10, seed=6)
+    query = tracks[2][10:70]
+    padding = [np.concatenate([tracks[7][:5], query, tracks[7][:20]])]  # holds the query
+    tracks[2][10:70] += np.random.default_rng(7).normal(0, 20, size=(60, 128)).astype(np.float32)
+    m = fixed_pool_retrieval([query], [2], tracks, padding, "l2")
+    assert m["pool100_size"] == 11 and m["pool100_r_at_1"] == 0.0
+    assert m["pool100_median_rank"] == 2.0
