@@ -24,6 +24,12 @@ WINDOW_S = 12.0  # the paper's clip length
 WINDOW_POSE_FRAMES = round(WINDOW_S * POSE_FPS)  # 120
 WINDOW_AUDIO_FRAMES = round(WINDOW_S * AUDIO_FPS)  # 60
 MIN_DURATION_S = WINDOW_S  # shorter videos cannot give one training window
+# Longest video, music track or query accepted (10 min): decoding time and memory grow
+# with it, and a dance or a song rarely runs longer.
+MAX_DURATION_S = 600.0
+# Highest nominal video frame rate accepted (phones film slow motion at 240 fps); every
+# frame is decoded, so decoding cost grows with the rate, not with the 10 fps we keep.
+MAX_NOMINAL_FPS = 240.0
 
 
 def num_pose_frames(duration_s: float) -> int:
