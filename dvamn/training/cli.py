@@ -137,6 +137,13 @@ def register(subparsers) -> None:
     e.add_argument("--query-stride", type=int, default=60, help="pose frames between query windows")
     e.add_argument("--max-queries", type=int, default=None)
     e.add_argument("--val-fraction", type=float, default=None, help="default: the run's own")
+    e.add_argument(
+        "--pad-features",
+        metavar="FEATURES",
+        help="pad the fixed pool of 100 candidates with the soundtracks of this extraction "
+        "output (e.g. the training features, when FEATURES is an unseen set evaluated with "
+        "--val-fraction 1.0); default: the training-split videos of FEATURES",
+    )
     add_address_argument(e)
     e.set_defaults(func=run_evaluate)
 
@@ -201,6 +208,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             scorings=scorings,
             json_path=args.json,
             plots_dir=args.plots,
+            pad_features=args.pad_features,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"dvamn evaluate: {exc}", file=sys.stderr)
@@ -225,6 +233,15 @@ def format_metrics(m: dict) -> str:
         f"{'chance':>11}  {m['chance_r_at_1']:6.3f} {m['chance_r_at_5']:6.3f} "
         f"{m['chance_r_at_10']:6.3f} {m['chance_median_rank']:8.1f}"
     )
+    if "pool100_size" in m:
+        lines.append(f"fixed pool of {m['pool100_size']}: {m['pool100_padding']}")
+        lines.append(f"{'scoring':>11}  {'R@1':>6} {'R@5':>6} {'R@10':>6} {'med.rank':>8}")
+        for d, r in m["by_distance"].items():
+            lines.append(
+                f"{d:>11}  {r['pool100_r_at_1']:6.3f} {r['pool100_r_at_5']:6.3f} "
+                f"{r['pool100_r_at_10']:6.3f} {r['pool100_median_rank']:8.1f}"
+            )
+        lines.append(f"{'chance':>11}  {m['pool100_chance_r_at_1']:6.3f}")
     if m.get("plots"):
         lines.append("plots: " + ", ".join(m["plots"]))
     return "\n".join(lines)
