@@ -7,11 +7,12 @@ laptop and on a cluster, where outputs must live where every node can reach them
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import urllib.parse
 from pathlib import Path
-from typing import IO, Iterable, List, Tuple
+from typing import IO, Iterable, List, Optional, Tuple
 
 import fsspec
 
@@ -118,7 +119,10 @@ def fetch_to_local(uri: str, kind: str = "weights") -> Path:
     """A local path holding the file at ``uri``: itself if local, else a cached copy.
 
     Remote files are copied once into ``cache_dir(kind)`` (keyed by the URI) through a
-    temporary name, so that concurrent workers never read a half-written file.
+    temporary name, so that concurrent workers never read a half-written file. The copy's
+    SHA-256 is recorded beside it at download and checked on every later use
+    (``verify_cached_file``): a cached copy changed after download raises
+    ``CachedFileError`` naming it.
     """
     if not is_remote(uri):
         path = Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
@@ -128,6 +132,7 @@ def fetch_to_local(uri: str, kind: str = "weights") -> Path:
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
     target = cache_dir(kind) / f"{key}-{os.path.basename(urllib.parse.urlparse(uri).path)}"
     if target.is_file():
+        verify_cached_file(target)
         return target
     fs, path = filesystem(uri)
     if not fs.isfile(path):
@@ -136,21 +141,122 @@ def fetch_to_local(uri: str, kind: str = "weights") -> Path:
     os.close(fd)
     try:
         fs.get(path, tmp)
+        digest = sha256_hex(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    log.info("fetched %s to %s", uri, target)
+    record_digest(target, digest)
+    log.info("fetched %s to %s (sha256 %s)", uri, target, digest)
     return target
 
 
-def file_sha256(path: os.PathLike, prefix_chars: int = 12) -> str:
-    """The first ``prefix_chars`` hex digits of the file's SHA-256 (weights provenance)."""
+# --- Integrity of cached downloads ------------------------------------------------------
+#
+# A cached weights file is checked before every use against what is known of it:
+# - the SHA-256 prefix its name carries, where the URL follows torch hub's convention
+#   (``vggish-10086976.pth``; rtmlib's names carry the hash of another file, not checked);
+# - a known full SHA-256, where the caller has one;
+# - the SHA-256 recorded beside it (``<file>.sha256``) when it was downloaded. A file
+#   cached before records existed gets its record on first use (trust on first use).
+# This catches a cache changed after download (a truncated copy, a swapped file). Whoever
+# can write both the file and its record defeats it: weights you have verified yourself
+# are best given as explicit paths or URIs in storage only you can write.
+
+HUB_HASH_REGEX = re.compile(r"-([a-f0-9]{8,64})\.")  # torch.hub's check_hash file names
+DIGEST_SUFFIX = ".sha256"
+
+
+class CachedFileError(RuntimeError):
+    """A cached download whose content is not what was downloaded or what its name says."""
+
+
+def sha256_hex(path: os.PathLike) -> str:
+    """The file's full SHA-256, hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()[:prefix_chars]
+    return digest.hexdigest()
+
+
+def file_sha256(path: os.PathLike, prefix_chars: int = 12) -> str:
+    """The first ``prefix_chars`` hex digits of the file's SHA-256 (weights provenance)."""
+    return sha256_hex(path)[:prefix_chars]
+
+
+def name_hash_prefix(name: str) -> Optional[str]:
+    """The SHA-256 prefix a file name carries by torch hub's convention, else None."""
+    match = HUB_HASH_REGEX.search(os.path.basename(name))
+    return match.group(1) if match else None
+
+
+def digest_record(path: os.PathLike) -> Path:
+    """Where the SHA-256 recorded at download of ``path`` is kept: ``<path>.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def record_digest(path: os.PathLike, digest: Optional[str] = None) -> str:
+    """Write ``path``'s SHA-256 (computed unless given) beside it, atomically; returns it."""
+    digest = digest or sha256_hex(path)
+    record = digest_record(path)
+    fd, tmp = tempfile.mkstemp(dir=record.parent, prefix=".part-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(digest + "\n")
+        os.replace(tmp, record)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return digest
+
+
+def _recorded_digest(record: Path) -> Optional[str]:
+    try:
+        text = record.read_text().strip().lower()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CachedFileError(f"the digest record {record} cannot be read ({err})") from err
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise CachedFileError(f"the digest record {record} does not hold a SHA-256")
+    return text
+
+
+def verify_cached_file(
+    path: os.PathLike, expected_sha256: Optional[str] = None, name_hash: bool = False
+) -> str:
+    """Check a cached download before use and return its full SHA-256.
+
+    Compares the file's SHA-256 with the prefix in its name (``name_hash``: the URL follows
+    torch hub's convention), with ``expected_sha256`` when given and with the digest
+    recorded at download. Without a record, one is written now (trust on first use).
+    Raises ``CachedFileError`` naming the file and saying how to download it again.
+    """
+    path = Path(path)
+    digest = sha256_hex(path)
+    record = digest_record(path)
+    checks = []
+    prefix = name_hash_prefix(path.name) if name_hash else None
+    if prefix:
+        checks.append((prefix, "the prefix its file name carries"))
+    if expected_sha256:
+        checks.append((expected_sha256.lower(), "the known SHA-256 of this download"))
+    recorded = _recorded_digest(record)
+    if recorded:
+        checks.append((recorded, f"the SHA-256 recorded at download in {record}"))
+    for expected, what in checks:
+        if not digest.startswith(expected):
+            raise CachedFileError(
+                f"the cached file {path} has SHA-256 {digest[:16]}..., not {expected[:16]}... "
+                f"({what}): it changed after download. Delete {path} and {record} to "
+                f"download it again"
+            )
+    if not recorded:
+        record_digest(path, digest)
+        log.warning("recorded the SHA-256 of %s on first use (%s)", path, digest)
+    return digest
 
 
 def copy_file(src: os.PathLike, dst_uri: str) -> None:

@@ -13,6 +13,12 @@ values can be negative and "vggish" matches the AudioSet release.
 Weights never come from inside the network: ``load_vggish`` resolves them from torchvggish's
 release URLs (cached in torch's hub folder), a local path or an ``s3://`` (any fsspec) URI,
 and raises WeightsUnavailableError naming the flags that fix it when none can be had.
+
+Nothing in a weights file is executed: every file is read with ``torch.load(...,
+weights_only=True)``, which admits tensors and containers only, plus numpy array
+reconstruction (torchvggish's PCA file holds numpy arrays). A cached download is checked
+before each use against the SHA-256 prefix in its name and the SHA-256 recorded at download
+(``storage.verify_cached_file``).
 """
 
 import logging
@@ -71,27 +77,36 @@ def _provenance(source: str, path: Path) -> str:
     return f"{source} sha256:{_sha256_prefix(str(path), stat.st_size, stat.st_mtime_ns)}"
 
 
-def _hub_cached_file(url: str) -> Path:
-    """torch.hub's cached copy of ``url`` (``<hub dir>/checkpoints/<name>``), downloaded once
-    with its sha256 prefix checked, as ``torch.hub.load_state_dict_from_url`` does."""
+def _hub_cached_file(url: str) -> Tuple[Path, str]:
+    """torch.hub's cached copy of ``url`` (``<hub dir>/checkpoints/<name>``) and its SHA-256.
+
+    Downloaded once with the SHA-256 prefix in its name checked (as
+    ``torch.hub.load_state_dict_from_url`` does), the full digest recorded beside it; every
+    later use checks the cached file against both (``storage.verify_cached_file``), so a
+    cache changed after download raises ``storage.CachedFileError``.
+    """
     target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        match = torch.hub.HASH_REGEX.search(target.name)
-        log.info("downloading %s to %s", url, target)
-        torch.hub.download_url_to_file(
-            url, str(target), hash_prefix=match.group(1) if match else None, progress=False
-        )
-    return target
+    if target.is_file():
+        return target, storage.verify_cached_file(target, name_hash=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s to %s", url, target)
+    torch.hub.download_url_to_file(
+        url, str(target), hash_prefix=storage.name_hash_prefix(target.name), progress=False
+    )
+    return target, storage.record_digest(target)
 
 
 def _resolve(source: Optional[str], default_url: str, what: str) -> Tuple[Path, str]:
     """A local file for ``source`` (None: the default URL) and its provenance string."""
     origin = source or default_url
     try:
-        path = _hub_cached_file(default_url) if source is None else storage.fetch_to_local(source)
+        if source is None:
+            path, digest = _hub_cached_file(default_url)
+            return path, f"{origin} sha256:{digest[:12]}"
+        path = storage.fetch_to_local(source)
     except (OSError, RuntimeError, ValueError) as err:
-        # URLError/HTTPError/FileNotFoundError are OSErrors; a bad hash is a RuntimeError.
+        # URLError/HTTPError/FileNotFoundError are OSErrors; a bad hash or a cached file
+        # changed after download (storage.CachedFileError) is a RuntimeError.
         raise WeightsUnavailableError(
             unavailable_message(what, f"cannot get {origin} ({type(err).__name__}: {err})")
         ) from err
@@ -109,26 +124,28 @@ def _numpy_safe_globals() -> list:
     return items
 
 
-def load_torch_file(path: Path, trusted: bool = False) -> Dict[str, object]:
-    """``torch.load`` with weights only (no arbitrary code), numpy arrays allowed; ``.npz``
-    (Google's ``vggish_pca_params.npz``) is read with numpy.
+# torch's own message for a refused global advises weights_only=False and names the global
+# (file content): neither belongs in ours.
+_REFUSED_PICKLE = (
+    "is corrupt or holds pickled objects other than tensors and numpy arrays (refused "
+    "unread: loading those could run code)"
+)
 
-    trusted: the file is torchvggish's release, downloaded with its sha256 prefix checked;
-    if it still holds a pickled object the weights-only loader refuses, load it in full.
+
+def load_torch_file(path: Path) -> Dict[str, object]:
+    """``torch.load`` with weights only (no code runs: tensors, containers and numpy arrays,
+    nothing else), whatever the file's origin; ``.npz`` (Google's ``vggish_pca_params.npz``)
+    is read with numpy, pickles refused.
+
+    torchvggish's released files load this way: the weights are a state dict of tensors,
+    the PCA parameters a dict of numpy arrays (pickled under numpy 1 or 2). A file holding
+    any other object raises ``pickle.UnpicklingError``; there is no full-pickle fallback.
     """
     if str(path).endswith(".npz"):
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    try:
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        try:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            if not trusted:
-                raise
-            return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def build_network(final_relu: bool = False) -> nn.Module:
@@ -170,10 +187,18 @@ def load_vggish_files(weights: Optional[str], pca: Optional[str], postprocess: b
     """
     weights_path, weights_provenance = _resolve(weights, default_weights_url(), "weights")
     try:
-        state_dict = load_torch_file(weights_path, trusted=weights is None)
+        state_dict = load_torch_file(weights_path)
+    except pickle.UnpicklingError as err:
+        raise WeightsUnavailableError(
+            unavailable_message(
+                "weights", f"{weights_path} is not a torch state dict: it {_REFUSED_PICKLE}"
+            )
+        ) from err
     except Exception as err:  # a corrupt or foreign file: say which one
         raise WeightsUnavailableError(
-            unavailable_message("weights", f"{weights_path} is not a torch state dict ({err})")
+            unavailable_message(
+                "weights", f"{weights_path} is not a torch state dict ({type(err).__name__})"
+            )
         ) from err
     expected = _expected_shapes()
     got = {k: tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
@@ -191,7 +216,19 @@ def load_vggish_files(weights: Optional[str], pca: Optional[str], postprocess: b
         return VGGishFiles(state_dict, weights_provenance, None, None, "")
     pca_path, pca_provenance = _resolve(pca, default_pca_url(), "PCA parameters")
     try:
-        params = load_torch_file(pca_path, trusted=pca is None)
+        params = load_torch_file(pca_path)
+    except pickle.UnpicklingError as err:
+        raise WeightsUnavailableError(
+            unavailable_message("PCA parameters", f"{pca or pca_path} {_REFUSED_PICKLE}")
+        ) from err
+    except Exception as err:
+        raise WeightsUnavailableError(
+            unavailable_message(
+                "PCA parameters",
+                f"{pca or pca_path} is not a torch or .npz file ({type(err).__name__})",
+            )
+        ) from err
+    try:
         eigen_vectors = np.asarray(params[PCA_EIGEN_VECTORS_KEY], dtype=np.float32)
         means = np.asarray(params[PCA_MEANS_KEY], dtype=np.float32).reshape(-1)
     except Exception as err:

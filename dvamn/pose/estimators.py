@@ -389,7 +389,10 @@ def resolve_weights(spec: Optional[str], default_url: str, what: str) -> Tuple[s
     """A local ONNX path for ``spec`` (None -> ``default_url``) and its provenance string.
 
     URLs go through rtmlib's downloader and cache; paths and fsspec URIs through
-    ``dvamn.storage.fetch_to_local``. Raises ``PoseWeightsError`` naming the flags.
+    ``dvamn.storage.fetch_to_local``. A cached download is checked against the SHA-256
+    recorded at its first use (rtmlib publishes no hash of its ONNX files; the one in its
+    zip names is another file's) on every later use. Raises ``PoseWeightsError`` naming
+    the flags.
     """
     source = spec or default_url
     if source.startswith(("http://", "https://")):
@@ -402,6 +405,13 @@ def resolve_weights(spec: Optional[str], default_url: str, what: str) -> Tuple[s
                 f"cannot download the {what} from {source} ({type(error).__name__}: {error}); "
                 f"this machine may be offline: {_FLAG_HINT}"
             ) from error
+        if not os.path.isfile(path):
+            raise PoseWeightsError(f"the {what} {source} did not give a file: {_FLAG_HINT}")
+        try:
+            digest = storage.verify_cached_file(path)
+        except storage.CachedFileError as error:
+            raise PoseWeightsError(f"the {what} from {source}: {error}; or {_FLAG_HINT}") from error
+        return path, f"{source} sha256:{digest[:12]}"
     else:
         try:
             path = str(storage.fetch_to_local(source, kind="pose-models"))
