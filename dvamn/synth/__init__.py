@@ -1,7 +1,8 @@
 """Synthetic dance data: music from beats, tempo, timbre and key; a stick figure dancing
 to it; real mp4 files with the true keypoints beside them (``dvamn synth``).
 
-Modules: ``music`` (score + audio), ``dancer`` (motion, palette, camera), ``video``
+Modules: ``music`` (score + audio), ``dancer`` (motion, palette, camera), ``families``
+(choreography families: other rules for the dance), ``video``
 (drawing, mp4 encoding), ``clip`` (one video), ``broken`` (bad inputs), ``generate``
 (``synthesize``), ``cli``. Kept import-light: ``from dvamn.synth import synthesize``
 loads the generator on first use.

@@ -6,6 +6,10 @@ import sys
 
 from dvamn.constants import MIN_DURATION_S
 
+# Named here, not imported, so that `dvamn --help` imports no numpy; a test checks that
+# they are dvamn.synth.families.FAMILIES.
+FAMILY_NAMES = ("classic", "swap", "swing", "halftime", "melodic")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -45,6 +49,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write each whole track as OUT/music/dance_NNNN.wav (for a music catalog)",
     )
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--family",
+        default=None,
+        metavar="NAME",
+        help="choreography family: how the dancer answers the music (default classic, the "
+        "original generator); one of " + ", ".join(FAMILY_NAMES),
+    )
+    choice.add_argument(
+        "--families",
+        default=None,
+        metavar="A,B,...",
+        help="several families, each video getting one (equal shares, order shuffled by "
+        "--seed); the family of each video is in synth.json",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -55,7 +74,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dvamn.synth.families import DEFAULT_FAMILY, parse_families
     from dvamn.synth.generate import synthesize
+
+    try:
+        families = parse_families(args.families or args.family or DEFAULT_FAMILY)
+    except ValueError as exc:
+        print(f"dvamn synth: {exc}", file=sys.stderr)
+        return 2
+    if args.family and len(families) != 1:
+        print("dvamn synth: --family takes one name; use --families A,B,C", file=sys.stderr)
+        return 2
 
     if args.seconds < MIN_DURATION_S:
         print(
@@ -71,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{entry['duration_s']:.1f} s {entry['width']}x{entry['height']} "
                 f"{entry['fps']:g} fps{' (variable)' if entry['variable_frame_rate'] else ''}, "
                 f"{music['tempo_bpm']:g} BPM {music['meter_name']} {music['key_name']} "
-                f"{music['timbre']}"
+                f"{music['timbre']}, {entry['family']}"
             )
         else:
             detail = f"broken: {entry['kind']}"
@@ -87,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         write_music=args.write_music,
         workers=args.workers,
         progress=progress,
+        families=families,
     )
     print(
         f"wrote {len(result.videos)} videos and {len(result.broken)} broken files to "

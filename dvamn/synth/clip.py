@@ -15,6 +15,14 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from dvamn.synth.dancer import body_pose, dance_style, random_camera, random_gaps, visible_at
+from dvamn.synth.families import (
+    DEFAULT_FAMILY,
+    FAMILIES,
+    detector_noise,
+    family_camera,
+    family_pose,
+    family_style,
+)
 from dvamn.synth.music import compose, random_music_params, render_audio
 from dvamn.synth.video import blank_frame, encode_mp4, make_background, render_frame
 
@@ -38,6 +46,7 @@ class VideoSpec:
     faststart: bool = False
     huge_size: Optional[Tuple[int, int]] = None  # (w, h): two blank frames at this size
     write_music: bool = False
+    family: str = DEFAULT_FAMILY  # choreography family (``dvamn.synth.families``)
 
 
 def video_seed(seed: int, index: int, broken: bool = False) -> int:
@@ -68,8 +77,17 @@ def _write_wav(path: str, audio: np.ndarray, sample_rate_hz: int) -> None:
 def make_video(spec: VideoSpec, out_dir: str) -> Dict:
     """Write ``spec``'s mp4 and npz (and wav) into local ``out_dir``; return its manifest
     entry."""
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(7)]
-    rng_music, rng_style, rng_camera, rng_gaps, rng_look, rng_noise, rng_format = streams
+    # The first 7 streams are the original generator's (spawning more leaves them as they
+    # were), so the default family reproduces its output; the 8th is the detector's.
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(8)]
+    rng_music, rng_style, rng_camera, rng_gaps, rng_look, rng_noise, rng_format = streams[:7]
+    rng_detector = streams[7]
+    if spec.family not in FAMILIES:
+        raise ValueError(
+            f"unknown choreography family {spec.family!r}; choose from {', '.join(FAMILIES)}"
+        )
+    family = FAMILIES[spec.family]
+    classic = spec.family == DEFAULT_FAMILY
     params = random_music_params(rng_music)
     fps = float(rng_format.choice(FRAME_RATES))
     width, height = FRAME_SIZES[int(rng_format.integers(len(FRAME_SIZES)))]
@@ -83,13 +101,20 @@ def make_video(spec: VideoSpec, out_dir: str) -> Dict:
     track = render_audio(score, params, MUSIC_SAMPLE_RATE_HZ)
     start = int(round(offset_s * MUSIC_SAMPLE_RATE_HZ))
     soundtrack = track[start : start + int(round(spec.seconds * MUSIC_SAMPLE_RATE_HZ))]
-    style = dance_style(params.timbre, rng_style)
-    camera = random_camera(rng_camera, width, height)
+    if classic:
+        style = dance_style(params.timbre, rng_style)
+        camera = random_camera(rng_camera, width, height)
+    else:
+        style = family_style(family, params.timbre, rng_style)
+        camera = family_camera(family, rng_camera, width, height)
     gaps = random_gaps(rng_gaps, spec.seconds)
 
     def figure(times_s: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Pixel keypoints [T,17,2] float32 and scores [T,17] float32 at ``times_s``."""
-        body = body_pose(score, style, times_s + offset_s)
+        if classic:
+            body = body_pose(score, style, times_s + offset_s)
+        else:
+            body = family_pose(score, family, style, times_s + offset_s)
         body = body + rng_noise.normal(0.0, JITTER_BODY_UNITS, size=body.shape)
         pixels = camera.project(body, times_s).astype(np.float32)
         visible = visible_at(gaps, times_s) & spec.draw_dancer
@@ -102,6 +127,12 @@ def make_video(spec: VideoSpec, out_dir: str) -> Dict:
     # video shows the same motion at its own irregular times.
     npz_times = frame_times(rng_format, spec.seconds, fps, vfr=False)
     keypoints, scores = figure(npz_times)
+    # The video shows the dancer; the keypoint file is what a detector saw (jitter, misses).
+    npz_keypoints, npz_scores = (
+        (keypoints, scores)
+        if classic
+        else detector_noise(family, rng_detector, keypoints, scores, camera.scale_px)
+    )
     video_path = os.path.join(out_dir, f"{spec.video_id}.mp4")
     npz_path = os.path.join(out_dir, f"{spec.video_id}.npz")
     audio = soundtrack if spec.include_audio else None
@@ -147,8 +178,8 @@ def make_video(spec: VideoSpec, out_dir: str) -> Dict:
         )
     np.savez_compressed(
         npz_path,
-        keypoints=keypoints,
-        scores=scores,
+        keypoints=npz_keypoints,
+        scores=npz_scores,
         fps=np.float32(fps),
         width=np.int32(width),
         height=np.int32(height),
@@ -169,6 +200,7 @@ def make_video(spec: VideoSpec, out_dir: str) -> Dict:
         "height": height,
         "num_keypoint_frames": int(len(npz_times)),
         "seed": spec.seed,
+        "family": spec.family,
         "music": {
             **params.to_json(),
             "track_file": music_file,
@@ -176,5 +208,6 @@ def make_video(spec: VideoSpec, out_dir: str) -> Dict:
             "offset_s": offset_s,
         },
         "style": style.to_json(),
+        "camera": camera.to_json(),
         "gaps_s": gaps.tolist(),
     }

@@ -5,7 +5,8 @@ Layout of ``out_dir`` (a local path or any fsspec URI such as ``s3://``)::
     dance_0000.mp4, dance_0000.npz, ...     videos and their keypoint files
     broken_<kind>_NN.mp4 (+ .npz)           bad inputs (``broken=M``)
     music/dance_0000.wav, ...               whole tracks (``write_music=True``)
-    synth.json                              per video: music parameters, style, framing
+    synth.json                              per video: family, music parameters, style,
+                                            framing
 
 Deterministic for a seed: keypoints and audio samples are identical run to run, whatever
 the number of worker processes.
@@ -20,11 +21,14 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from dvamn import storage
 from dvamn.synth.broken import BROKEN_KINDS, make_broken
 from dvamn.synth.clip import MUSIC_SAMPLE_RATE_HZ, VideoSpec, make_video, video_seed
+from dvamn.synth.families import DEFAULT_FAMILY, FAMILIES
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +74,11 @@ def plan(
     broken: int = 0,
     track_seconds: Optional[float] = None,
     write_music: bool = False,
+    families: Sequence[str] = (DEFAULT_FAMILY,),
 ) -> List[_Job]:
     """The files of a run, in order: videos then broken files."""
     track_s = max(track_seconds or seconds, seconds)
+    assigned = assign_families(videos, families, seed)
     jobs = [
         _Job(
             "video",
@@ -83,6 +89,7 @@ def plan(
                 track_seconds=float(track_s),
                 variable_frame_rate=i % VFR_EVERY == 1,
                 write_music=write_music,
+                family=assigned[i],
             ),
         )
         for i in range(videos)
@@ -99,6 +106,21 @@ def plan(
     return jobs
 
 
+def assign_families(videos: int, families: Sequence[str], seed: int = 0) -> List[str]:
+    """Each video's choreography family: one family for all, or, for several, as equal
+    shares as ``videos`` allows in an order shuffled by ``seed``."""
+    unknown = [f for f in families if f not in FAMILIES]
+    if not families or unknown:
+        raise ValueError(
+            f"unknown choreography families {unknown or list(families)}; choose from "
+            f"{', '.join(FAMILIES)}"
+        )
+    if len(families) == 1:
+        return [families[0]] * videos
+    order = np.random.default_rng([seed, 3]).permutation(videos)
+    return [families[int(k) % len(families)] for k in order]
+
+
 def synthesize(
     out_dir: str,
     videos: int,
@@ -110,6 +132,7 @@ def synthesize(
     write_music: bool = False,
     workers: int = 1,
     progress: Optional[ProgressCallback] = None,
+    families: Sequence[str] = (DEFAULT_FAMILY,),
 ) -> SynthResult:
     """Write ``videos`` dance videos of ``seconds`` s and ``broken`` bad files.
 
@@ -120,6 +143,8 @@ def synthesize(
             a ``seconds`` long cut at a random offset (recorded in the manifest).
         write_music: also write each whole track as ``music/<id>.wav`` (16-bit PCM).
         workers: processes writing videos in parallel (1: in this process).
+        families: choreography families (``dvamn.synth.families.FAMILIES``); with several,
+            each video gets one (``assign_families``), recorded in its manifest entry.
         progress: called after each file as progress(done, total, what, entry, seconds).
 
     Returns:
@@ -133,7 +158,8 @@ def synthesize(
     remote = storage.is_remote(out_dir)
     local_dir = tempfile.mkdtemp(prefix="dvamn-synth-") if remote else out_dir
     os.makedirs(local_dir, exist_ok=True)
-    jobs = plan(videos, seconds, seed, broken, track_seconds, write_music)
+    families = tuple(families)
+    jobs = plan(videos, seconds, seed, broken, track_seconds, write_music, families)
     entries: Dict[str, Dict] = {}
     try:
         for done, (job, entry, took_s) in enumerate(_run_all(jobs, local_dir, workers), 1):
@@ -146,6 +172,7 @@ def synthesize(
             "seconds": float(seconds),
             "track_seconds": float(max(track_seconds or seconds, seconds)),
             "music_sample_rate_hz": MUSIC_SAMPLE_RATE_HZ,
+            "families": list(families),
             "keypoint_format": (
                 "npz beside each video: keypoints float32 [T,17,2] pixels (COCO-17 order), "
                 "scores float32 [T,17] (0 where the dancer is not visible), fps (frame k at "

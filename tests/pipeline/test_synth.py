@@ -154,3 +154,146 @@ def test_motion_is_locked_to_the_music_beats(synth_dir, manifest):
         at_beat = beat_locking(speed, fps, beat_s)
         off_tempo = max(beat_locking(speed, fps, beat_s * f) for f in (0.87, 1.13))
         assert at_beat > off_tempo + 0.05, f"{video['id']}: {at_beat:.2f} vs {off_tempo:.2f}"
+
+
+# What the original generator (before choreography families) wrote for the fixture's
+# videos (seed 7, 13 s): the default family must reproduce it.
+ORIGINAL_OUTPUT = {
+    "dance_0000": {
+        "kp_sum": 1669059.3641376495,
+        "kp_motion": 18341.256942749023,
+        "scores_sum": 5795.362636446953,
+        "kp": {(3, 0): (106.436, 95.437), (40, 9): (172.025, 164.425),
+               (150, 15): (124.978, 284.027), (300, 10): (49.585, 173.887)},
+        "audio_abs_sum": 19026.519430942564,
+        "audio_len": 208051,
+    },
+    "dance_0001": {
+        "kp_sum": 1448969.3317070007,
+        "kp_motion": 19422.456882476807,
+        "scores_sum": 4764.692938029766,
+        "kp": {(3, 0): (110.939, 109.052), (40, 9): (175.834, 173.411),
+               (150, 15): (134.134, 264.121), (300, 10): (72.832, 186.578)},
+        "audio_abs_sum": 17706.859022437955,
+        "audio_len": 208051,
+    },
+}  # fmt: skip
+
+
+def test_the_default_family_reproduces_the_original_generator(synth_dir, manifest):
+    assert manifest["families"] == ["classic"]
+    for name, want in ORIGINAL_OUTPUT.items():
+        z = np.load(synth_dir / f"{name}.npz")
+        kp = z["keypoints"].astype(np.float64)
+        assert kp.sum() == pytest.approx(want["kp_sum"], rel=1e-9)
+        assert np.abs(np.diff(kp, axis=0)).sum() == pytest.approx(want["kp_motion"], rel=1e-9)
+        assert z["scores"].astype(np.float64).sum() == pytest.approx(want["scores_sum"], rel=1e-9)
+        for (frame, joint), xy in want["kp"].items():
+            np.testing.assert_allclose(kp[frame, joint], xy, atol=1e-3)
+        audio = read_audio(str(synth_dir / f"{name}.mp4"))[0].astype(np.float64)
+        assert len(audio) == want["audio_len"]
+        assert np.abs(audio).sum() == pytest.approx(want["audio_abs_sum"], rel=1e-6)
+    assert all(v["family"] == "classic" for v in manifest["videos"])
+
+
+FAMILY_FPS = 50.0
+
+
+@pytest.fixture(scope="module")
+def rock_score():
+    """A 4/4 rock beat at 100 BPM: kicks on beats 1 and 3, snares on 2 and 4."""
+    params = MusicParams(
+        tempo_bpm=100.0, meter=4, key=0, scale="major", timbre="square", drum_pattern=0,
+        section_bars=4, seed=1,
+    )  # fmt: skip
+    return compose(params, 40.0)
+
+
+def dance(score, family_name):
+    from dvamn.synth.dancer import body_pose, dance_style
+    from dvamn.synth.families import FAMILIES, family_pose, family_style
+
+    t = np.arange(int(40 * FAMILY_FPS)) / FAMILY_FPS
+    rng = np.random.default_rng(0)
+    if family_name == "classic":
+        return body_pose(score, dance_style("square", rng), t)
+    family = FAMILIES[family_name]
+    return family_pose(score, family, family_style(family, "square", rng), t)
+
+
+def part_motion(joints):
+    """Rectified motion [T-1] of body parts relative to the body: wrists rising above the
+    shoulders, the pelvis dropping, the nose dropping towards the shoulders."""
+    y = joints[..., 1]
+    shoulders, hips = y[:, [5, 6]].mean(1), y[:, [11, 12]].mean(1)
+    return {
+        "arms": np.maximum(-np.diff(y[:, [9, 10]] - shoulders[:, None], axis=0), 0).sum(1),
+        "dip": np.maximum(np.diff(hips), 0),
+        "head": np.maximum(np.diff(y[:, 0] - shoulders), 0),
+    }
+
+
+def answer(motion, times_s, gains, lags_s):
+    """Best correlation of ``motion`` with an event train over motion lags ``lags_s``
+    (negative: the motion comes before the event)."""
+    events = np.zeros(len(motion))
+    np.add.at(
+        events, np.clip(np.round(times_s * FAMILY_FPS).astype(int), 0, len(motion) - 1), gains
+    )
+    best = -1.0
+    for lag in range(int(round(lags_s[0] * FAMILY_FPS)), int(round(lags_s[1] * FAMILY_FPS)) + 1):
+        a = motion[max(lag, 0) : len(motion) + min(lag, 0)]
+        b = events[max(-lag, 0) : len(events) - max(lag, 0)]
+        best = max(best, float(np.corrcoef(a, b)[0, 1]))
+    return best
+
+
+def test_families_answer_the_drums_with_different_body_parts(rock_score):
+    on_beat = (-0.25, 0.05)  # a move rises in the tau before its event
+    kick = (rock_score.kick_times_s, rock_score.kick_gains)
+    snare = (rock_score.snare_times_s, rock_score.snare_gains)
+    classic = part_motion(dance(rock_score, "classic"))
+    swap = part_motion(dance(rock_score, "swap"))
+    # classic: snares punch the arms, kicks dip the body
+    assert answer(classic["arms"], *snare, on_beat) > answer(classic["arms"], *kick, on_beat) + 0.3
+    assert answer(classic["dip"], *kick, on_beat) > answer(classic["dip"], *snare, on_beat) + 0.3
+    # swap: the other way round
+    assert answer(swap["arms"], *kick, on_beat) > answer(swap["arms"], *snare, on_beat) + 0.3
+    assert answer(swap["dip"], *snare, on_beat) > answer(swap["dip"], *kick, on_beat) + 0.3
+
+
+def test_the_swing_family_answers_half_a_beat_late(rock_score):
+    snare = (rock_score.snare_times_s, rock_score.snare_gains)
+    on_beat, late = (-0.25, 0.05), (0.15, 0.45)  # half a beat is 0.3 s at 100 BPM
+    swing = part_motion(dance(rock_score, "swing"))["head"]  # snares nod the head
+    assert answer(swing, *snare, late) > answer(swing, *snare, on_beat) + 0.3
+
+
+def test_mixed_families_are_assigned_by_seed_recorded_and_noisier(tmp_path):
+    from dvamn.synth.cli import FAMILY_NAMES
+    from dvamn.synth.families import FAMILIES
+    from dvamn.synth.generate import assign_families
+
+    assert FAMILY_NAMES == tuple(FAMILIES)
+    shares = assign_families(9, ("swap", "swing", "melodic"), seed=3)
+    assert sorted(shares) == sorted(["swap", "swing", "melodic"] * 3)
+    assert shares == assign_families(9, ("swap", "swing", "melodic"), seed=3)
+    assert shares != assign_families(9, ("swap", "swing", "melodic"), seed=4)
+    with pytest.raises(ValueError, match="unknown choreography famil.*'disco'"):
+        assign_families(2, ("swap", "disco"))
+
+    result = synthesize(str(tmp_path), videos=2, seconds=SECONDS, seed=SEED, families=("melodic",))
+    m = json.loads(Path(result.manifest).read_text())
+    assert m["families"] == ["melodic"] and [v["family"] for v in m["videos"]] == ["melodic"] * 2
+    z = np.load(tmp_path / "dance_0000.npz")
+    scores, keypoints = z["scores"], z["keypoints"]
+    missed_joints = (scores == 0) & (scores.max(axis=1, keepdims=True) > 0)
+    assert missed_joints.any()  # single joints dropped by the detector
+    seen = keypoints[scores > 0]
+    assert seen[:, 0].min() >= 0 and seen[:, 0].max() < m["videos"][0]["width"]
+    assert seen[:, 1].min() >= 0 and seen[:, 1].max() < m["videos"][0]["height"]
+    # Same seed, another family: the same music, another dance.
+    classic = synthesize(str(tmp_path / "c"), videos=1, seconds=SECONDS, seed=SEED)
+    classic_entry = json.loads(Path(classic.manifest).read_text())["videos"][0]
+    assert classic_entry["music"] == m["videos"][0]["music"]
+    assert not np.allclose(np.load(Path(classic.keypoints[0]))["keypoints"], keypoints)
