@@ -94,8 +94,19 @@ def list_inputs(spec: str, extensions: Iterable[str] = VIDEO_EXTENSIONS) -> List
 
 
 def relative_id(uri: str, root: str) -> str:
-    """A stable id for ``uri``: its path below ``root`` without extension (or its stem)."""
+    """A stable id for ``uri``: its path below ``root`` without extension (or its stem).
+
+    Never empty: trailing slashes do not count (``s3://b/x/`` is ``x``), and a URI with no
+    path at all (``s3://bucket/``) is called by its host. Raises ``ValueError`` naming the
+    URI when nothing is left to call it by (``/``).
+    """
     uri_path = urllib.parse.urlparse(uri).path if is_remote(uri) else os.path.abspath(uri)
+    uri_path = uri_path.rstrip("/")
+    if not uri_path:
+        host = urllib.parse.urlparse(uri).netloc if is_remote(uri) else ""
+        if not host:
+            raise ValueError(f"input {uri!r} has no file name to derive an id from")
+        return host
     root_path = urllib.parse.urlparse(root).path if is_remote(root) else os.path.abspath(root)
     stem_path = os.path.splitext(uri_path)[0]
     root_dir = root_path if not os.path.splitext(root_path)[1] else os.path.dirname(root_path)

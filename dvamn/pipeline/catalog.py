@@ -17,7 +17,6 @@ Every input ends up either in ``tracks/`` or in ``errors/``. A rebuild redoes ev
 
 import dataclasses
 import datetime as dt
-import io
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from dvamn.catalog_format import (
     catalog_version,
     embedding_sha256,
 )
-from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, SAMPLE_RATE_HZ
+from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, MAX_DURATION_S, SAMPLE_RATE_HZ
 from dvamn.pipeline.config import AUDIO_KINDS
 from dvamn.schema import rows_to_table, sequence_to_numpy
 
@@ -74,10 +73,13 @@ class CatalogConfig:
     num_cpus_per_actor: float = 1.0
     tracks_per_batch: int = 2
     limit: Optional[int] = None  # only the first N inputs (smoke runs)
+    max_duration_s: float = MAX_DURATION_S  # longer audio files become error rows
 
     def __post_init__(self) -> None:
         if self.audio not in AUDIO_KINDS:
             raise ValueError(f"--audio must be one of {', '.join(AUDIO_KINDS)}, not {self.audio!r}")
+        if not self.max_duration_s > 0:
+            raise ValueError(f"--max-duration must be > 0 seconds, not {self.max_duration_s}")
 
 
 @dataclass
@@ -106,17 +108,6 @@ def is_extraction_output(music: str) -> bool:
         return fs.isdir(path) and any(p.endswith(".parquet") for p in fs.find(path))
     except (OSError, ValueError):
         return False
-
-
-def read_title_tag(container: Any) -> Optional[str]:
-    """The ``title`` tag of an open PyAV container (container or first audio stream)."""
-    sources = [container.metadata]
-    sources += [s.metadata for s in container.streams.audio[:1]]
-    for metadata in sources:
-        for key, value in (metadata or {}).items():
-            if key.lower() == "title" and value and value.strip():
-                return value.strip()
-    return None
 
 
 def _error_row(track_id: str, uri: str, stage: str, exc: BaseException) -> Dict[str, Any]:
@@ -175,6 +166,7 @@ class TrackEmbedder:
         vggish_pca: Optional[str],
         device: str,
         num_cpus: float = 1.0,
+        max_duration_s: float = MAX_DURATION_S,
     ) -> None:
         import torch
 
@@ -183,20 +175,16 @@ class TrackEmbedder:
         # Keep each actor within its CPU share: oversubscribed threads are many times slower.
         torch.set_num_threads(max(1, int(round(num_cpus))))
         self.embedder = make_audio_embedder(audio, vggish_weights, vggish_pca, device)
+        self.max_duration_s = max_duration_s
 
     def _decode(self, uri: str) -> tuple:
         """(waveform float32 [N] at 16 kHz, duration_s, title or None) of one file."""
-        import av
-
         from dvamn.media import read_audio
 
-        with storage.open_uri(uri) as f:
-            data = f.read()  # read once: remote files are not fetched twice
-        waveform, _info = read_audio(io.BytesIO(data), name=uri)
-        with av.open(io.BytesIO(data)) as container:
-            title = read_title_tag(container)
+        # One streaming pass (remote files too): the file is never held in memory whole.
+        waveform, info = read_audio(uri, name=uri, max_duration_s=self.max_duration_s)
         # The decoded length, not the header's: it is what the embedding covers.
-        return waveform, len(waveform) / SAMPLE_RATE_HZ, title
+        return waveform, len(waveform) / SAMPLE_RATE_HZ, info.title or None
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> pa.Table:
         rows: List[Dict[str, Any]] = []
@@ -355,6 +343,7 @@ def _stage_dataset(config: CatalogConfig) -> tuple:
             vggish_pca=config.vggish_pca,
             device=config.device,
             num_cpus=config.num_cpus_per_actor,
+            max_duration_s=config.max_duration_s,
         ),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, config.max_actors)),
         batch_size=config.tracks_per_batch,

@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from dvamn.constants import MAX_DURATION_S
 from dvamn.pipeline.config import AUDIO_KINDS
 from dvamn.ray_setup import add_address_argument
 
@@ -37,6 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--cpus-per-actor", type=float, default=1.0, help="Ray CPUs per actor (may be < 1)"
     )
+    parser.add_argument(
+        "--max-duration",
+        type=float,
+        default=MAX_DURATION_S,
+        metavar="S",
+        help="audio files longer than S seconds are recorded as errors (default: %(default)g)",
+    )
     parser.add_argument("--limit", type=int, help="only the first N inputs (smoke runs)")
     add_address_argument(parser)
     parser.set_defaults(func=run_catalog)
@@ -57,6 +65,7 @@ def run_catalog(args: argparse.Namespace) -> int:
             max_actors=args.actors,
             num_cpus_per_actor=args.cpus_per_actor,
             limit=args.limit,
+            max_duration_s=args.max_duration,
         )
         ensure_ray(args.address)
         summary = build_catalog(config)

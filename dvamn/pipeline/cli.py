@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from dvamn.audio import add_audio_arguments
+from dvamn.constants import MAX_DURATION_S
 from dvamn.media import DEFAULT_MAX_FRAME_PIXELS
 from dvamn.pipeline.config import (
     DEFAULT_MAX_GAP_FRAMES,
@@ -97,6 +98,13 @@ def register(subparsers) -> None:
         default=DEFAULT_MAX_FRAME_PIXELS,
         help=f"refuse videos whose frames have more pixels (default {DEFAULT_MAX_FRAME_PIXELS})",
     )
+    tuning.add_argument(
+        "--max-duration",
+        type=float,
+        default=MAX_DURATION_S,
+        metavar="S",
+        help=f"videos longer than S seconds become error rows (default {MAX_DURATION_S:g})",
+    )
     tuning.add_argument("--limit", type=int, help="only the first N inputs (smoke runs)")
     for stage, defaults in (
         ("pose", StageResources()),
@@ -161,6 +169,7 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         frame_batch_size=args.frame_batch,
         max_gap_frames=args.max_gap,
         max_frame_pixels=args.max_pixels,
+        max_duration_s=args.max_duration,
         limit=args.limit,
         pose_stage=stage("pose"),
         audio_stage=stage("audio"),

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from dvamn.audio import AUDIO_KINDS
+from dvamn.constants import MAX_DURATION_S
 from dvamn.media import DEFAULT_MAX_FRAME_PIXELS
 
 POSE_SOURCES = ("rtmo", "rtmpose", "keypoints")
@@ -42,6 +43,7 @@ class ExtractConfig:
     max_gap_frames: int = DEFAULT_MAX_GAP_FRAMES
     max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
     min_duration_s: float = 12.0
+    max_duration_s: float = MAX_DURATION_S  # longer videos become error rows
     limit: Optional[int] = None  # only the first N inputs (smoke runs)
     pose_stage: StageResources = dataclasses.field(default_factory=StageResources)
     # With --pose keypoints the audio actors do the whole job, so they get whole CPUs.
@@ -56,6 +58,8 @@ class ExtractConfig:
             raise ValueError(f"--audio must be one of {', '.join(AUDIO_KINDS)}, not {self.audio!r}")
         if self.frame_batch_size < 1:
             raise ValueError("--frame-batch must be at least 1")
+        if not self.max_duration_s > 0:
+            raise ValueError(f"--max-duration must be > 0 seconds, not {self.max_duration_s}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

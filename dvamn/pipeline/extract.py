@@ -106,8 +106,9 @@ def _table_rows(table: pa.Table) -> list[dict[str, Any]]:
 class PoseStage:
     """Ray Data actor: loads the pose model once, then turns uris into pose parts."""
 
-    def __init__(self, config: ExtractConfig):
-        threads = _limit_threads(config.pose_stage)
+    def __init__(self, config: ExtractConfig, resources: Optional[StageResources] = None):
+        """``resources``: the CPU share it runs with (default: the pose stage's)."""
+        threads = _limit_threads(resources or config.pose_stage)
         self.extract = VideoPoseExtractor(config, num_threads=threads)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -278,11 +279,20 @@ class ExtractPlan:
     stale_error_files: list[str]  # error parts of earlier runs, replaced by this run's
 
 
+def _video_id(uri: str, root: str) -> str:
+    """The input's id; a URI without a file name (``/``) keeps itself as its id, and its
+    error row says what is wrong with it."""
+    try:
+        return storage.relative_id(uri, root)
+    except ValueError:
+        return uri
+
+
 def plan(config: ExtractConfig) -> ExtractPlan:
     uris = storage.list_inputs(config.input)
     if config.limit is not None:
         uris = uris[: config.limit]
-    inputs = [(uri, storage.relative_id(uri, config.input)) for uri in uris]
+    inputs = [(uri, _video_id(uri, config.input)) for uri in uris]
     ids = [video_id for _, video_id in inputs]
     if len(set(ids)) != len(ids):  # same stem in two folders: fall back to full uris
         inputs = [(uri, uri) for uri in uris]
@@ -310,8 +320,9 @@ def _pool(resources: StageResources):
 
 
 def pose_from_keypoint_files(batch: pa.Table, config: ExtractConfig) -> pa.Table:
-    """The pose stage as a Ray task, for ``--pose keypoints`` (no model to keep loaded)."""
-    return PoseStage(config)(batch)
+    """The pose stage as a Ray task, for ``--pose keypoints`` (no model to keep loaded);
+    it runs inside the audio actors, so with their CPU share."""
+    return PoseStage(config, config.audio_stage)(batch)
 
 
 def _stage_args(resources: StageResources) -> dict[str, Any]:

@@ -85,9 +85,16 @@ class VideoPoseExtractor:
         from dvamn.pose import NoPersonError
 
         config = self.config
+        if uri.endswith("/"):
+            raise VideoError(
+                "input", f"{uri} ends in '/': it names a directory, not a video file", "NotAFile"
+            )
         try:
             with MediaReader(
-                uri, max_frame_pixels=config.max_frame_pixels, decode_threads=self.decode_threads
+                uri,
+                max_frame_pixels=config.max_frame_pixels,
+                max_duration_s=config.max_duration_s,
+                decode_threads=self.decode_threads,
             ) as reader:
                 info = reader.info
                 if info.duration_s < config.min_duration_s:
@@ -108,7 +115,8 @@ class VideoPoseExtractor:
                     waveform = reader.audio()
                     width, height = info.width, info.height
         except MediaError as error:
-            raise VideoError("decode", str(error), "MediaError") from error
+            # MediaError, MediaLimitError (too long, too large), InconsistentMediaError.
+            raise VideoError("decode", str(error), type(error).__name__) from error
         except NoPersonError as error:
             raise VideoError("pose", f"nobody in any frame: {error}", "NoPerson") from error
         return self._pose_part(
