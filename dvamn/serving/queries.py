@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from dvamn.constants import NUM_JOINTS, POSE_FPS
+from dvamn.constants import MAX_NOMINAL_FPS, NUM_JOINTS, POSE_FPS
 from dvamn.serving.matcher import QueryError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,12 @@ class QueryLimits:
     max_query_s: float = 600.0
     max_gap_frames: int = DEFAULT_MAX_GAP_FRAMES
     max_frame_pixels: int = 3840 * 2160
+    # Uploaded videos: a higher nominal (or decoded) frame rate is refused; at most
+    # max_video_frames are decoded (None: the video's duration at max_video_fps); past
+    # video_timeout_s of decoding and pose estimation the query gets a 503.
+    max_video_fps: float = MAX_NOMINAL_FPS
+    max_video_frames: Optional[int] = None
+    video_timeout_s: float = 120.0
 
 
 def check_duration(duration_s: float, limits: QueryLimits, what: str) -> None:
@@ -121,7 +127,16 @@ class VideoPose:
         pose: "rtmo" or "rtmpose" (``dvamn.pose.load_pose_estimator`` kinds).
         pose_model / pose_detector: ONNX path or URI (None: rtmlib's default URL).
         device: "auto", "cpu" or "cuda".
-        num_threads: ONNX Runtime CPU threads (None: its default, all cores).
+        num_threads: ONNX Runtime CPU threads and FFmpeg decoder threads: the replica's
+            CPU share (None: each library's default, all cores).
+
+    Refusals (``QueryError``): 413 for a video over a limit (frame size, duration, frame
+    rate, decoded frames), 422 for one whose frames contradict its header (another size,
+    or a size that changes mid-stream) or that shows nobody, 415 for one that is not
+    usable video, and 503 when decoding and pose estimation outrun
+    ``limits.video_timeout_s``: the request arrived whole (408 would blame the client's
+    sending), the service ran out of the time it grants a query; a 503 tells clients
+    and load balancers that the replica did not complete it and may be retried later.
     """
 
     def __init__(
@@ -145,27 +160,62 @@ class VideoPose:
         )
         self.limits = limits or QueryLimits()
         self.frame_batch = frame_batch
+        self.decode_threads = num_threads or 0  # 0: FFmpeg's default
         self.source = f"video:{getattr(self.estimator, 'name', pose)}"
 
-    def __call__(self, data: bytes, name: str = "upload") -> Tuple[np.ndarray, Dict[str, Any]]:
-        """The video file's bytes -> (features (T, 68) at POSE_FPS, description)."""
-        from dvamn.media import MediaError, MediaReader
+    def __call__(
+        self, data: bytes, name: str = "upload", deadline: Optional[float] = None
+    ) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """The video file's bytes -> (features (T, 68) at POSE_FPS, description).
+
+        ``deadline``: a ``time.monotonic()`` instant (default: ``limits.video_timeout_s``
+        from now) past which the query is refused with a 503.
+        """
+        from dvamn.media import (
+            InconsistentMediaError,
+            MediaDeadlineError,
+            MediaError,
+            MediaLimitError,
+            MediaReader,
+        )
         from dvamn.pose import NoPersonError, fill_gaps, pose_features, track_main_dancer
 
         started = time.perf_counter()
+        limits = self.limits
+        if deadline is None:
+            deadline = time.monotonic() + limits.video_timeout_s
+        out_of_time = QueryError(
+            503,
+            f"{name} could not be decoded and posed within the "
+            f"{limits.video_timeout_s:g} s a video query may take: send a "
+            "shorter or smaller video, or keypoints",
+        )
         try:
             with MediaReader(
                 data,
                 name=name,
                 require_audio=False,
                 require_video=True,
-                max_frame_pixels=self.limits.max_frame_pixels,
+                max_frame_pixels=limits.max_frame_pixels,
+                max_duration_s=limits.max_query_s,
+                max_fps=limits.max_video_fps,
+                max_decoded_frames=limits.max_video_frames,
+                deadline=deadline,
+                decode_threads=self.decode_threads,
             ) as reader:
                 info = reader.info
-                check_duration(info.duration_s, self.limits, f"video {name}")
+                check_duration(info.duration_s, limits, f"video {name}")
                 per_frame = []
                 for frames, _times_s in reader.frame_batches(self.frame_batch):
                     per_frame.extend(self.estimator(frames))
+                    if time.monotonic() > deadline:
+                        raise out_of_time
+        except MediaDeadlineError as error:
+            raise out_of_time from error
+        except MediaLimitError as error:
+            raise QueryError(413, f"cannot use {name} as a video: {error}") from error
+        except InconsistentMediaError as error:
+            raise QueryError(422, f"cannot use {name} as a video: {error}") from error
         except MediaError as error:
             raise QueryError(415, f"cannot use {name} as a video: {error}") from error
         decode_pose_ms = 1000 * (time.perf_counter() - started)
@@ -174,7 +224,7 @@ class VideoPose:
             if not np.any(present):
                 raise NoPersonError("nobody was found in any frame of the video")
             filled, _, missing_fraction = fill_gaps(
-                keypoints, scores, present, max_gap_frames=self.limits.max_gap_frames
+                keypoints, scores, present, max_gap_frames=limits.max_gap_frames
             )
         except NoPersonError as error:
             raise QueryError(422, f"no person found in {name}: {error}") from error

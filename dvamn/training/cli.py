@@ -242,6 +242,17 @@ def format_metrics(m: dict) -> str:
                 f"{r['pool100_r_at_10']:6.3f} {r['pool100_median_rank']:8.1f}"
             )
         lines.append(f"{'chance':>11}  {m['pool100_chance_r_at_1']:6.3f}")
+    rhythm = m.get("rhythm_baseline")
+    if rhythm and rhythm.get("available"):
+        lines.append(
+            f"rhythm baseline (no training, same queries): R@1 {rhythm['r_at_1']:.3f}  R@5 "
+            f"{rhythm['r_at_5']:.3f}  R@10 {rhythm['r_at_10']:.3f}  median rank "
+            f"{rhythm['median_rank']:.1f} of {rhythm['pool_size']}; pool of "
+            f"{rhythm['pool100_size']}: R@1 {rhythm['pool100_r_at_1']:.3f}  R@5 "
+            f"{rhythm['pool100_r_at_5']:.3f}  median rank {rhythm['pool100_median_rank']:.1f}"
+        )
+    elif rhythm:
+        lines.append(f"rhythm baseline: not available ({rhythm['reason']})")
     if m.get("plots"):
         lines.append("plots: " + ", ".join(m["plots"]))
     return "\n".join(lines)

@@ -23,6 +23,7 @@ import torch
 
 from dvamn.constants import AUDIO_HOP_S, POSE_FRAMES_PER_AUDIO_FRAME, WINDOW_POSE_FRAMES
 from dvamn.model import DVAMN, log_cosh
+from dvamn.rhythm import RhythmBank, motion_accents, onset_dims, track_onsets
 from dvamn.scoring import (
     DEFAULT_DISTANCE,
     DEFAULT_SCORING,
@@ -263,6 +264,7 @@ def evaluate_videos(
     max_logcosh_queries: int = 100,
     padding: Sequence[Video] = (),
     padding_source: str = "",
+    audio_embedding_kind: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Regression and retrieval metrics of ``model`` on validation ``videos``.
 
@@ -271,7 +273,9 @@ def evaluate_videos(
     standardised; log-cosh, being slow, on at most ``max_logcosh_queries`` evenly spread
     queries). Each also has the ``pool100_*`` figures (``fixed_pool_retrieval``): the
     validation soundtracks padded with the soundtracks of ``padding`` (videos that are
-    not queried; ``padding_source`` says what they are) up to ``FIXED_POOL_SIZE``."""
+    not queried; ``padding_source`` says what they are) up to ``FIXED_POOL_SIZE``.
+    With ``audio_embedding_kind``, ``rhythm_baseline`` holds the no-training matcher's
+    figures on the same queries and pools (``rhythm_baseline``)."""
     if not videos:
         raise ValueError("no validation videos to evaluate on")
     queries = build_queries(videos, query_stride, max_queries)
@@ -325,6 +329,67 @@ def evaluate_videos(
     out["query_stride_frames"] = query_stride
     out["query_true_tracks"] = main["true_tracks"]
     out["pool100_padding"] = describe_padding(len(videos), main["pool100_size"], padding_source)
+    if audio_embedding_kind is not None:
+        out["rhythm_baseline"] = rhythm_baseline(videos, queries, padding, audio_embedding_kind)
+    return out
+
+
+def rhythm_baseline(
+    videos: Sequence[Video],
+    queries: Sequence[Tuple[int, int]],
+    padding: Sequence[Video],
+    audio_embedding_kind: str,
+) -> Dict[str, Any]:
+    """The no-training rhythm matcher (``dvamn.rhythm``) on the same queries (video index,
+    pose start) and candidates as the model: all validation soundtracks (``r_at_k``,
+    ``median_rank``, ...) and the fixed pool (``pool100_*``). ``available`` is False,
+    with the reason, for embeddings without onset-rate dimensions (VGGish)."""
+    dims = onset_dims(audio_embedding_kind)
+    if dims is None:
+        return {
+            "available": False,
+            "reason": (
+                f"the {audio_embedding_kind!r} embedding has no onset-rate dimensions; the "
+                "rhythm baseline needs features extracted with --audio logmel"
+            ),
+        }
+    needed = max(0, FIXED_POOL_SIZE - len(videos))
+    candidates = [v.audio for v in videos] + [v.audio for v in padding[:needed]]
+    bank = RhythmBank([track_onsets(a, dims) for a in candidates])
+    scores, offsets = [], []
+    for i, start in queries:
+        accents = motion_accents(videos[i].pose[start : start + WINDOW_POSE_FRAMES])
+        distance, offset = bank.score(accents)
+        scores.append(distance)
+        offsets.append(offset)
+    scores_arr = np.stack(scores) if scores else np.zeros((0, len(candidates)))
+    true_tracks = [i for i, _ in queries]
+    own = np.arange(len(videos))
+    ranks = ranks_in_pools(scores_arr, true_tracks, [own] * len(queries))
+    out: Dict[str, Any] = {
+        "available": True,
+        "method": (
+            "Pearson correlation, at every offset, of the query's motion accents (rectified "
+            "rise of summed joint speed, averaged over 0.96 s at 5 Hz) with each track's "
+            "summed logmel onset rates (dims 64-79); no training"
+        ),
+        "num_queries": len(queries),
+    }
+    out.update({k: v for k, v in pool_metrics(ranks, len(videos), 0, prefix="").items()})
+    out["pool_size"] = out.pop("size")
+    out.pop("padding_tracks")
+    for k in RECALL_KS:
+        out[f"chance_r_at_{k}"] = min(1.0, k / len(videos))
+    hits = [
+        abs(int(offsets[q][i]) - start // POSE_FRAMES_PER_AUDIO_FRAME) * AUDIO_HOP_S
+        <= OFFSET_TOLERANCE_S + 1e-9
+        for q, (i, start) in enumerate(queries)
+    ]
+    out["offset_within_0_5s"] = float(np.mean(hits)) if hits else float("nan")
+    pools, used = fixed_pools(true_tracks, len(videos), len(candidates) - len(videos))
+    out.update(
+        pool_metrics(ranks_in_pools(scores_arr, true_tracks, pools), used, used - len(videos))
+    )
     return out
 
 
@@ -499,6 +564,7 @@ def evaluate(
         keep_scores=plots_dir is not None,
         padding=padding,
         padding_source=padding_source,
+        audio_embedding_kind=provenance.get("audio_embedding_kind"),
     )
     metrics["checkpoint"] = metadata["checkpoint_uri"]
     metrics["layer"] = model.config.layer
