@@ -382,10 +382,10 @@ class MediaReader:
         if info.has_video and info.width * info.height > self.max_frame_pixels:
             raise MediaLimitError(self._pixels_message(info.width, info.height, "has a"))
         if info.has_video and min(info.width, info.height) <= 0:
+            # FFmpeg's probe is held to the limit: a first frame over it leaves no size.
             raise MediaError(
-                f"{self.name} has a video stream without a readable frame size (its "
-                f"first frame is over the limit of {self.max_frame_pixels:,} pixels, or "
-                "corrupt)"
+                f"{self.name} has no readable frame size: its frames are over the limit of "
+                f"{self.max_frame_pixels:,} pixels, or it is corrupt"
             )
         if info.has_video and info.nominal_fps and info.nominal_fps > self.max_fps:
             raise MediaLimitError(
