@@ -357,6 +357,7 @@ def _serve_and_query(plan, trained, catalog, held_out, pose_kind):
 
     from dvamn.pose import load_keypoint_file
     from dvamn.serving.app import build_app
+    from dvamn.serving.auth import API_TOKEN_ENV, bearer_headers
 
     port = plan.port or _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -372,7 +373,9 @@ def _serve_and_query(plan, trained, catalog, held_out, pose_kind):
     url = f"http://127.0.0.1:{port}"
     say(f"   service up at {url} (OpenAPI at {url}/docs)")
     answers = []
-    with httpx.Client(base_url=url, timeout=120) as client:
+    # A DVAMN_API_TOKEN in the environment reaches the local replicas: send it too.
+    headers = bearer_headers(os.environ.get(API_TOKEN_ENV))
+    with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
         info = client.get("/catalog").json()
         pool = int(info["num_tracks"])
         for video in held_out:

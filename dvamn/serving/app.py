@@ -5,7 +5,11 @@
                         '-- MatchModel      (@serve.batch: DVAMN + scorer over the catalog)
 
 Routes: ``POST /match`` (multipart video upload, ``top_k``), ``POST /match/keypoints``
-(JSON keypoints), ``GET /healthz``, ``GET /catalog``, OpenAPI at ``/docs``.
+(JSON keypoints), ``GET /healthz``, ``GET /catalog``, OpenAPI at ``/docs`` (Swagger UI
+served from the package ``fastapi-offline``'s files, no CDN). With ``DVAMN_API_TOKEN`` set
+on the ingress replica, the matching routes and ``/catalog`` need that bearer token
+(``dvamn.serving.auth``). Answers carry content versions of the model, the catalog and the
+weights, never where they were loaded from.
 
 Build it with ``build_app({"checkpoint": ..., "catalog": ...})``: the import path
 ``dvamn.serving.app:build_app`` is what ``serve_config.yaml`` names for ``serve run`` /
@@ -19,11 +23,16 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,6 +45,8 @@ from ray import serve
 
 from dvamn.constants import MIN_DURATION_S, NUM_JOINTS
 from dvamn.scoring import DEFAULT_SCORING
+from dvamn.serving.auth import API_TOKEN_ENV, api_token_from_env, token_matches
+from dvamn.serving.catalog_store import weights_version
 from dvamn.serving.matcher import DEFAULT_TOP_K, MAX_TOP_K, QueryError
 from dvamn.serving.queries import QueryLimits
 
@@ -107,6 +118,13 @@ class ServeSettings:
         return int(self.max_upload_mb * 2**20)
 
 
+VIDEO_UNAVAILABLE = (
+    "video queries are unavailable on this service: its pose model could not be loaded "
+    "(the service's log says why; it needs --pose-model PATH, or pose_model in "
+    "serve_config.yaml); POST /match/keypoints still answers"
+)
+
+
 def _error(exc: QueryError) -> Dict[str, Any]:
     """Errors cross deployment boundaries as values: the ingress maps them to HTTP."""
     return {"error": {"status": exc.status, "detail": exc.detail}}
@@ -127,7 +145,7 @@ class PoseEstimation:
         from dvamn.serving.queries import VideoPose
 
         self.video_pose: Optional[VideoPose] = None
-        self.unavailable = ""
+        self.pose_version = ""
         try:
             self.video_pose = VideoPose(
                 pose=settings.pose,
@@ -138,22 +156,30 @@ class PoseEstimation:
                 num_threads=settings.threads,
             )
         except PoseWeightsError as exc:
-            # Keypoint queries need no pose model: keep serving them, and say why video
-            # queries cannot be answered.
-            self.unavailable = (
-                f"video queries are unavailable: {exc}; restart the service with "
-                "--pose-model PATH (or pose_model in serve_config.yaml)"
+            # Keypoint queries need no pose model: keep serving them. The operator reads
+            # why in the log (the weights' source and the error); clients get a plain
+            # message, which names no location.
+            log.error(
+                "video queries are unavailable: %s; restart the service with --pose-model "
+                "PATH (or pose_model in serve_config.yaml)",
+                exc,
             )
-            log.error(self.unavailable)
+        else:
+            self.pose_version = weights_version(getattr(self.video_pose.estimator, "weights", ""))
 
     def features(self, data: bytes, name: str) -> Dict[str, Any]:
         if self.video_pose is None:
-            return _error(QueryError(503, self.unavailable))
+            return _error(QueryError(503, VIDEO_UNAVAILABLE))
         try:
             features, description = self.video_pose(data, name)
         except QueryError as exc:
             return _error(exc)
-        return {"features": features, "pose": description, "source": self.video_pose.source}
+        return {
+            "features": features,
+            "pose": description,
+            "source": self.video_pose.source,
+            "pose_version": self.pose_version,
+        }
 
 
 @serve.deployment(name="MatchModel", max_ongoing_requests=32)
@@ -243,6 +269,51 @@ app = FastAPI(
         "fit it best, each with the offset in the track where the dance fits."
     ),
     version="1.0",
+    docs_url=None,  # FastAPI's own pages load Swagger UI and ReDoc from a CDN: see below
+    redoc_url=None,
+)
+
+# Swagger UI and ReDoc from the files that the package fastapi-offline ships, mounted on
+# the service itself: the documentation pages load nothing from another host, so they
+# work on offline and locked-down deployments.
+DOCS_ASSETS_URL = "/docs-assets"
+app.mount(
+    DOCS_ASSETS_URL,
+    StaticFiles(directory=str(resources.files("fastapi_offline") / "static")),
+    name="docs-assets",
+)
+
+
+@app.get("/docs", include_in_schema=False)
+async def swagger_ui(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")  # the route prefix under Serve
+    return get_swagger_ui_html(
+        openapi_url=f"{root}{app.openapi_url}",
+        title=f"{app.title} - Swagger UI",
+        swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
+    )
+
+
+@app.get("/redoc", include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return get_redoc_html(
+        openapi_url=f"{root}{app.openapi_url}",
+        title=f"{app.title} - ReDoc",
+        redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+        redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+        with_google_fonts=False,
+    )
+
+
+# Optional bearer token (dvamn.serving.auth): read here, checked by MatchAPI._authorize,
+# so that a missing token is a 401 with WWW-Authenticate, and Swagger UI offers "Authorize".
+_bearer = HTTPBearer(
+    auto_error=False,
+    description=f"the token set in {API_TOKEN_ENV} on the service (when one is set)",
 )
 
 _UPLOAD_OPENAPI = {
@@ -310,6 +381,31 @@ class MatchAPI:
         self.matcher = match_handle
         self.settings = settings
         self._info: Optional[Dict[str, Any]] = None
+        # Read once, on this replica; an unusable value stops the replica (never open).
+        self._api_token = api_token_from_env()
+        log.info(
+            "bearer-token authentication is %s",
+            f"on ({API_TOKEN_ENV})" if self._api_token else f"off ({API_TOKEN_ENV} unset)",
+        )
+
+    def _authorize(self, credentials: Optional[HTTPAuthorizationCredentials]) -> None:
+        """401 unless no token is configured or the request carries it (before any of
+        the body is read)."""
+        if self._api_token is None:
+            return
+        if credentials is None:
+            raise HTTPException(
+                401,
+                "this service needs a bearer token: send the header "
+                "'Authorization: Bearer <token>' (dvamn match --token)",
+                headers={"WWW-Authenticate": 'Bearer realm="dvamn"'},
+            )
+        if not token_matches(credentials.credentials, self._api_token):
+            raise HTTPException(
+                401,
+                "the bearer token is not this service's",
+                headers={"WWW-Authenticate": 'Bearer realm="dvamn", error="invalid_token"'},
+            )
 
     async def _service_info(self) -> Dict[str, Any]:
         if self._info is None:
@@ -317,7 +413,13 @@ class MatchAPI:
         return self._info
 
     async def _answer(
-        self, features: np.ndarray, top_k: int, source: str, timings: Dict[str, float], **extra
+        self,
+        features: np.ndarray,
+        top_k: int,
+        source: str,
+        timings: Dict[str, float],
+        pose_version: str = "",
+        **extra,
     ) -> Dict[str, Any]:
         started = time.perf_counter()
         result = await self.matcher.match.remote(features, top_k)
@@ -326,10 +428,11 @@ class MatchAPI:
         return {
             "matches": result["matches"],
             "model": info["model"],
-            "catalog": {k: info["catalog"][k] for k in ("uri", "version", "num_tracks")},
+            "catalog": {k: info["catalog"][k] for k in ("version", "num_tracks")},
             "timings_ms": {**timings, **result["timings_ms"]},
             "batch_size": result["batch_size"],
             "pose_source": source,
+            "pose_version": pose_version,  # the pose model files' SHA-256 ("" for keypoints)
             **extra,
         }
 
@@ -344,8 +447,11 @@ class MatchAPI:
         }
 
     @app.get("/catalog")
-    async def catalog(self) -> Dict[str, Any]:
+    async def catalog(
+        self, credentials: Optional[HTTPAuthorizationCredentials] = Security(_bearer)
+    ) -> Dict[str, Any]:
         """Catalog size, embedding kind and version."""
+        self._authorize(credentials)
         return (await self._service_info())["catalog"]
 
     @app.post("/match", openapi_extra=_UPLOAD_OPENAPI)
@@ -353,8 +459,10 @@ class MatchAPI:
         self,
         request: Request,
         top_k: Optional[int] = Query(None, ge=1, le=MAX_TOP_K),
+        credentials: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
     ) -> Dict[str, Any]:
         """Multipart upload ``video`` (any format PyAV decodes; its audio is ignored)."""
+        self._authorize(credentials)
         started = time.perf_counter()
         body = await _read_limited(request, self.settings.max_upload_bytes)
         try:
@@ -382,12 +490,22 @@ class MatchAPI:
         timings["pose_call"] = round(1000 * (time.perf_counter() - started), 2)
         timings["decode_pose"] = pose["pose"].pop("decode_pose_ms")
         return await self._answer(
-            pose["features"], top_k, pose["source"], timings, query=pose["pose"]
+            pose["features"],
+            top_k,
+            pose["source"],
+            timings,
+            pose_version=pose["pose_version"],
+            query=pose["pose"],
         )
 
     @app.post("/match/keypoints", openapi_extra=_KEYPOINTS_OPENAPI)
-    async def match_keypoints(self, request: Request) -> Dict[str, Any]:
+    async def match_keypoints(
+        self,
+        request: Request,
+        credentials: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
+    ) -> Dict[str, Any]:
         """2D keypoints [T][17][2] in pixels at ``fps`` (COCO-17), JSON (``KeypointQuery``)."""
+        self._authorize(credentials)
         from dvamn.serving.queries import keypoint_features
 
         started = time.perf_counter()

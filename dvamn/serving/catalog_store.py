@@ -7,6 +7,7 @@ allocation, not 10,000 Python objects; ``track_embedding(i)`` is a view.
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -25,6 +26,24 @@ from dvamn.catalog_format import (
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM
 
 log = logging.getLogger(__name__)
+
+
+_DIGEST = re.compile(r"sha256:([0-9a-f]{8,64})")
+
+
+def weights_version(provenance: Optional[str]) -> str:
+    """The content version of weight files from their provenance string.
+
+    Provenance strings (``"SOURCE sha256:HEX; pca SOURCE sha256:HEX"``, written where the
+    weights are loaded) name where the files came from; answers carry only the files'
+    SHA-256 prefixes, joined by ``+`` in the order the files are named. ``""`` when there
+    are no weights (``logmel``, keypoint files); ``"unhashed"`` when the provenance names
+    weights without a digest (outputs of older versions).
+    """
+    if not provenance:
+        return ""
+    digests = _DIGEST.findall(provenance)
+    return "+".join(digests) if digests else "unhashed"
 
 
 class CatalogMismatchError(ValueError):
@@ -69,14 +88,14 @@ class Catalog:
         return int(self.embeddings.nbytes + self.offsets.nbytes)
 
     def summary(self) -> Dict[str, Any]:
-        """What ``GET /catalog`` answers."""
+        """What ``GET /catalog`` answers: content versions, never locations (the catalog's
+        URI and the embedding weights' sources stay in the service's log)."""
         return {
-            "uri": self.uri,
             "version": self.version,
             "num_tracks": len(self),
             "total_duration_s": round(float(self.durations_s.sum()), 3),
             "audio_embedding_kind": self.audio_embedding_kind,
-            "audio_weights": self.audio_weights,
+            "audio_weights_version": weights_version(self.audio_weights),
             "embedding_dim": EMBEDDING_DIM,
             "audio_hop_s": AUDIO_HOP_S,
             "memory_mb": round(self.nbytes / 2**20, 2),

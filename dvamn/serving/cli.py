@@ -69,6 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     match_parser.add_argument("--top-k", type=int, default=10)
     match_parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
     match_parser.add_argument("--timeout-s", type=float, default=300.0)
+    match_parser.add_argument(
+        "--token",
+        help="bearer token of a service that has DVAMN_API_TOKEN set (default: "
+        "$DVAMN_API_TOKEN; prefer the variable, a flag shows in the process list)",
+    )
     match_parser.set_defaults(func=run_match)
 
 
@@ -96,6 +101,16 @@ def run_serve(args: argparse.Namespace) -> int:
     }
     if args.min_query_s is not None:
         app_args["min_query_s"] = args.min_query_s
+    from dvamn.serving.auth import TokenConfigError, api_token_from_env, exposure_warning
+
+    try:
+        # The local Ray started below passes this process's environment to the replicas.
+        warning = exposure_warning(args.host, args.port, api_token_from_env())
+    except TokenConfigError as exc:
+        print(f"dvamn serve: {exc}", file=sys.stderr)
+        return 2
+    if warning:
+        print(f"dvamn serve: warning: {warning}", file=sys.stderr)
     ensure_ray(args.address)
     serve.start(http_options={"host": args.host, "port": args.port})
     try:
@@ -173,7 +188,10 @@ def run_match(args: argparse.Namespace) -> int:
     import httpx
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request
+    from dvamn.serving.auth import API_TOKEN_ENV, bearer_headers
+
     url = args.url.rstrip("/")
+    headers = bearer_headers(args.token or os.environ.get(API_TOKEN_ENV))
     if not os.path.isfile(args.query):
         print(f"dvamn match: {args.query} is not a file", file=sys.stderr)
         return 2
@@ -182,6 +200,7 @@ def run_match(args: argparse.Namespace) -> int:
             response = httpx.post(
                 f"{url}/match/keypoints",
                 json=keypoint_request(args.query, args.top_k),
+                headers=headers,
                 timeout=args.timeout_s,
             )
         else:
@@ -190,6 +209,7 @@ def run_match(args: argparse.Namespace) -> int:
                     f"{url}/match",
                     params={"top_k": args.top_k},
                     files={"video": (os.path.basename(args.query), f)},
+                    headers=headers,
                     timeout=args.timeout_s,
                 )
     except httpx.HTTPError as exc:

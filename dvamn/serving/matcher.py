@@ -16,7 +16,12 @@ import torch
 
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, POSE_FEATURES, POSE_FPS
 from dvamn.scoring import DEFAULT_SCORING, TrackBank, best_offsets, scoring_parts, standardise
-from dvamn.serving.catalog_store import Catalog, check_compatible, load_catalog
+from dvamn.serving.catalog_store import (
+    Catalog,
+    check_compatible,
+    load_catalog,
+    weights_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +92,8 @@ class Matcher:
 
     Args:
         model: a DVAMN (``dvamn.model``) with ``predict(pose (B, T, 68)) -> (B, A, 128)``.
-        model_metadata: the checkpoint's metadata (feature provenance, ``checkpoint_uri``).
+        model_metadata: the checkpoint's metadata (feature provenance, ``checkpoint_uri``;
+            logged, never answered).
         catalog: the loaded catalog; its packed embeddings are released once the scorer's
             bank is built (the bank holds them), keeping one copy in memory.
         device: "auto", "cpu" or "cuda" for the model and the scorer.
@@ -122,16 +128,24 @@ class Matcher:
         self.catalog_info["memory_mb"] = round(self.bank.nbytes() / 2**20, 2)
         catalog.embeddings = np.zeros((0, EMBEDDING_DIM), np.float32)  # the bank has them
         config = getattr(model, "config", None)
+        # Answers carry content versions, never locations: the checkpoint's path or URI and
+        # the weights' sources are logged here, once, for the operator to look up.
         self.model_info = {
-            "checkpoint": model_metadata.get("checkpoint_uri"),
             "version": state_dict_version(self.model),
             "layer": getattr(config, "layer", None),
             "audio_embedding_kind": model_metadata.get("audio_embedding_kind"),
-            "audio_weights": model_metadata.get("audio_weights"),
+            "audio_weights_version": weights_version(model_metadata.get("audio_weights")),
             "pose_model": model_metadata.get("pose_model"),
             "epoch": model_metadata.get("epoch"),
             "device": self.device,
         }
+        log.info(
+            "model version %s is %s; catalog version %s is %s",
+            self.model_info["version"],
+            model_metadata.get("checkpoint_uri", "an in-memory model"),
+            self.catalog_info["version"],
+            catalog.uri,
+        )
 
     @classmethod
     def from_uris(

@@ -7,9 +7,11 @@ own track first, not that DVAMN generalises (that is training's evaluation).
 """
 
 import os
+import secrets
+import socket
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import numpy as np
 import pytest
@@ -20,6 +22,19 @@ NUM_DANCES = 6
 DANCE_S = 13.0
 TRACK_S = 30.0
 TRAIN_STEPS = 250
+
+# The service under test: limits small enough to reach in a test.
+MIN_QUERY_S = 4.0  # the tests' dances are 5 or 13 s; the service default is 12 s
+MAX_UPLOAD_MB = 1.0
+
+# The service's tests decide themselves whether a token is configured: one exported in the
+# developer's shell would otherwise reach every replica (they inherit the environment of
+# the process that starts Ray, which happens after this module is imported).
+os.environ.pop("DVAMN_API_TOKEN", None)
+
+# Session-wide objects, built once per process even where another directory's conftest
+# imports these fixtures (pytest then holds one fixture definition per conftest).
+_SESSION: Dict[str, Any] = {}
 
 
 @dataclass
@@ -92,6 +107,12 @@ def _train_tiny_model(features: List[np.ndarray], targets: List[np.ndarray]):
 
 @pytest.fixture(scope="session")
 def serving_assets(ray_local, tmp_path_factory) -> ServingAssets:
+    if "assets" not in _SESSION:
+        _SESSION["assets"] = _build_serving_assets(tmp_path_factory)
+    return _SESSION["assets"]
+
+
+def _build_serving_assets(tmp_path_factory) -> ServingAssets:
     from dvamn.model import save_checkpoint
     from dvamn.pipeline.catalog import CatalogConfig, build_catalog
     from dvamn.serving.catalog_store import load_catalog
@@ -115,7 +136,7 @@ def serving_assets(ray_local, tmp_path_factory) -> ServingAssets:
     blank = np.full((120, 160, 3), 90, np.uint8)
     encode_mp4(blank_video, [(blank, k / 10) for k in range(50)], 160, 120, 10.0)
 
-    catalog = os.path.join(root, "catalog")
+    catalog = os.path.join(root, "catalog-q7x")  # names no answer can hold by chance
     build_catalog(CatalogConfig(music=os.path.join(root, "music"), out=catalog, audio="logmel"))
     tracks = load_catalog(catalog)
 
@@ -130,7 +151,7 @@ def serving_assets(ray_local, tmp_path_factory) -> ServingAssets:
         offset = int(round(entry["music"]["offset_s"] / AUDIO_HOP_S))
         targets.append(track[offset:])
     model = _train_tiny_model(features, targets)
-    checkpoint = os.path.join(root, "checkpoint")
+    checkpoint = os.path.join(root, "checkpoint-q7x")
     save_checkpoint(
         checkpoint,
         model,
@@ -143,7 +164,7 @@ def serving_assets(ray_local, tmp_path_factory) -> ServingAssets:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's note on the TorchScript exporter
-        pose_model = export_rtmo_standin(os.path.join(root, "rtmo-standin.onnx"))
+        pose_model = export_rtmo_standin(os.path.join(root, "rtmo-standin-q7x.onnx"))
     return ServingAssets(
         root=root,
         catalog=catalog,
@@ -167,3 +188,79 @@ def keypoint_body(assets: ServingAssets, entry: Dict, **extra) -> Dict:
     }
     body.update(extra)
     return body
+
+
+@dataclass
+class Service:
+    """The Ray Serve application under test, on loopback.
+
+    ``url``: ``build_app`` with the tests' limits and no token (DVAMN_API_TOKEN unset).
+    ``auth_url``: a second ingress (``MatchAPI`` only, under the route prefix ``/auth``)
+    whose replica has ``DVAMN_API_TOKEN`` = ``token`` in its environment, as a deployment
+    given the token would; it calls the first application's MatchModel, and its own
+    PoseEstimation has no pose weights (``missing_pose_model`` does not exist), so that
+    video queries there get the 503 of a service without them.
+    """
+
+    url: str
+    auth_url: str
+    token: str
+    missing_pose_model: str
+    app_args: Dict[str, Any]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def service(serving_assets):
+    """Started once per session (``serve.run`` with FastAPI costs seconds); Serve's
+    ``_local_testing_mode`` cannot run ``@serve.batch`` (DESIGN.md), so this is the real
+    ``serve.run`` over HTTP; replicas take ``num_cpus: 0`` so that they never wait for CPUs."""
+    if "service" in _SESSION:
+        yield _SESSION["service"]
+        return
+    from ray import serve
+
+    from dvamn.serving.app import MatchAPI, PoseEstimation, ServeSettings, build_app
+    from dvamn.serving.auth import API_TOKEN_ENV
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "checkpoint": serving_assets.checkpoint,
+        "catalog": serving_assets.catalog,
+        "pose": "rtmo",
+        "pose_model": serving_assets.pose_model,
+        "device": "cpu",
+        "num_cpus": 0,
+        "min_query_s": MIN_QUERY_S,
+        "max_upload_mb": MAX_UPLOAD_MB,
+        "default_top_k": 5,
+        "batch_wait_timeout_s": 0.02,
+    }
+    token = "test-" + secrets.token_urlsafe(24)
+    missing = os.path.join(serving_assets.root, "pose-weights-q7x", "rtmo-absent-q7x.onnx")
+    try:
+        serve.run(build_app(args), name="dvamn-test", route_prefix="/")
+        settings = ServeSettings.from_args({**args, "pose_model": missing})
+        no_pose = PoseEstimation.options(ray_actor_options={"num_cpus": 0}).bind(settings)
+        matcher = serve.get_deployment_handle("MatchModel", app_name="dvamn-test")
+        ingress = MatchAPI.options(
+            ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": {API_TOKEN_ENV: token}}}
+        ).bind(no_pose, matcher, settings)
+        serve.run(ingress, name="dvamn-test-auth", route_prefix="/auth")
+        _SESSION["service"] = Service(
+            url=f"http://127.0.0.1:{port}",
+            auth_url=f"http://127.0.0.1:{port}/auth",
+            token=token,
+            missing_pose_model=missing,
+            app_args=args,
+        )
+        yield _SESSION["service"]
+    finally:
+        _SESSION.pop("service", None)
+        serve.shutdown()

@@ -1,10 +1,6 @@
-"""The Ray Serve application over real HTTP on loopback (started once for this module).
+"""The Ray Serve application over real HTTP on loopback (the session's ``service``
+fixture of conftest.py, shared with tests/security)."""
 
-Serve's ``_local_testing_mode`` cannot run ``@serve.batch`` (DESIGN.md), so this is the
-real ``serve.run``; replicas take ``num_cpus: 0`` so that they never wait for CPUs.
-"""
-
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -12,47 +8,14 @@ import pytest
 
 from dvamn.serving.matcher import MAX_TOP_K
 
-from .conftest import NUM_DANCES, keypoint_body
+from .conftest import MAX_UPLOAD_MB, MIN_QUERY_S, NUM_DANCES, keypoint_body
 
 pytestmark = pytest.mark.ray
 
-MIN_QUERY_S = 4.0  # the tests' dances are 5 or 13 s; the service default is 12 s
-MAX_UPLOAD_MB = 1.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def url(serving_assets):
-    from ray import serve
-
-    from dvamn.serving.app import build_app
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app(
-        {
-            "checkpoint": serving_assets.checkpoint,
-            "catalog": serving_assets.catalog,
-            "pose": "rtmo",
-            "pose_model": serving_assets.pose_model,
-            "device": "cpu",
-            "num_cpus": 0,
-            "min_query_s": MIN_QUERY_S,
-            "max_upload_mb": MAX_UPLOAD_MB,
-            "default_top_k": 5,
-            "batch_wait_timeout_s": 0.02,
-        }
-    )
-    serve.run(app, name="dvamn-test", route_prefix="/")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
+def url(service) -> str:
+    return service.url
 
 
 def post_video(url: str, path: str, name: str = "dance.mp4", **params) -> httpx.Response:

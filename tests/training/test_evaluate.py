@@ -154,7 +154,7 @@ def test_padding_makes_a_perfect_predictor_stay_first_and_a_random_one_fall_to_c
 
 def test_a_padding_track_that_matches_better_pushes_the_true_track_down():
     tracks = soundtracks(num_tracks=10, seed=6)
-    query = tracks[2][10:70]
+    query = tracks[2][10:70].copy()
     padding = [np.concatenate([tracks[7][:5], query, tracks[7][:20]])]  # holds the query
     tracks[2][10:70] += np.random.default_rng(7).normal(0, 20, size=(60, 128)).astype(np.float32)
     m = fixed_pool_retrieval([query], [2], tracks, padding, "l2")
