@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "dvamn.demo",
     "dvamn.synth.cli",
     "dvamn.pipeline.cli",
+    "dvamn.pose.convert_cli",
     "dvamn.training.cli",
     "dvamn.pipeline.catalog_cli",
     "dvamn.serving.cli",

@@ -1,9 +1,14 @@
 """Keypoint files: our .npz format, AIST++ pickles, finding them, resampling to 10 fps."""
 
+import io
+import os
 import pickle
 
+import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dvamn.pose import (
     KeypointFileError,
@@ -16,6 +21,7 @@ from dvamn.pose import (
     resample_track,
     save_keypoint_file,
 )
+from dvamn.pose.keypoint_files import MAX_KEYPOINT_FRAMES
 
 
 def _track(num_frames: int = 30, fps: float = 30.0) -> KeypointTrack:
@@ -132,7 +138,7 @@ def test_aist_pickle_refuses_foreign_objects(tmp_path):
     path = tmp_path / "evil.pkl"
     with open(path, "wb") as f:
         pickle.dump({"keypoints2d": KeypointTrack(None, None, 1.0)}, f)
-    with pytest.raises(KeypointFileError, match="refusing"):
+    with pytest.raises(KeypointFileError, match="refused to unpickle"):
         load_aist_keypoints(str(path))
 
 
@@ -157,3 +163,249 @@ def test_find_keypoint_files_beside_the_video_in_a_dir_and_with_aist_names(tmp_p
     assert track.fps == 60.0 and track.keypoints[0, 0, 1] == 200.0  # view 2
     with pytest.raises(FileNotFoundError, match="--keypoints-dir"):
         find_keypoint_file(str(videos / "c.mp4"), str(keypoints_dir))
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_aist_pickles_of_every_protocol_numpy_writes_are_read(tmp_path, protocol):
+    # AIST++ wrote its pickles with pickle.HIGHEST_PROTOCOL: 4 (Python 3.7) or 5 (3.8+);
+    # protocol 5 pickles arrays through _frombuffer, 3 and 4 through _reconstruct.
+    points = np.zeros((9, 30, 17, 3), np.float32)
+    points[..., 0] = np.arange(30)[None, :, None]
+    points[..., 2] = 0.5
+    fortran = np.asfortranarray(np.ones((9, 30), np.float32))
+    path = tmp_path / "seq.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(
+            {"keypoints2d": points, "det_scores": fortran, "timestamps": np.arange(30) * 2},
+            f,
+            protocol=protocol,
+        )
+    track = load_aist_keypoints(str(path), view=4)
+    np.testing.assert_array_equal(track.keypoints[:, 0, 0], np.arange(30))
+    assert (track.scores == 0.5).all() and track.num_frames == 30
+
+
+def test_aist_pickle_with_a_big_endian_array_is_read(tmp_path):
+    points = np.full((9, 4, 17, 3), 2.0, dtype=">f8")
+    path = tmp_path / "seq.pkl"
+    path.write_bytes(pickle.dumps({"keypoints2d": points}, protocol=4))
+    track = load_aist_keypoints(str(path), view=0)
+    assert track.keypoints.dtype == np.float32 and (track.keypoints == 2.0).all()
+
+
+def test_keypoint_files_past_the_limits_are_refused(tmp_path):
+    path = tmp_path / "slow.npz"
+    np.savez(path, keypoints=np.zeros((10, 17, 2)), scores=np.ones((10, 17)), fps=1e-3)
+    with pytest.raises(KeypointFileError, match="longer than the 600 s limit"):
+        load_keypoint_file(str(path))
+    np.savez(path, keypoints=np.zeros((10, 17, 2)), scores=np.ones((10, 17)), fps=1000)
+    with pytest.raises(KeypointFileError, match="over the 240 fps limit"):
+        load_keypoint_file(str(path))
+    np.savez(path, keypoints=np.full((10, 17, 2), 1e300), scores=np.ones((10, 17)), fps=30)
+    with pytest.raises(KeypointFileError, match="NaN or infinite"):
+        load_keypoint_file(str(path))
+    np.savez(path, keypoints=np.full((10, 17, 2), 1e9), scores=np.ones((10, 17)), fps=30)
+    with pytest.raises(KeypointFileError, match="beyond"):
+        load_keypoint_file(str(path))
+
+
+def test_aist_timestamps_that_span_hours_are_refused(tmp_path):
+    path = tmp_path / "gaps.pkl"
+    stamps = np.arange(20)
+    stamps[-1] = 10**9  # one frame id far after the others: days at 60 fps
+    path.write_bytes(
+        pickle.dumps({"keypoints2d": np.ones((9, 20, 17, 3), np.float32), "timestamps": stamps})
+    )
+    with pytest.raises(KeypointFileError, match="longer than the 600 s limit"):
+        load_aist_keypoints(str(path))
+
+
+def test_convert_aist_pickle_writes_one_npz_per_view_named_like_the_videos(tmp_path):
+    from dvamn.pose import convert_aist_pickle
+
+    pkl = tmp_path / "keypoints2d" / "gBR_sBM_cAll_d04_mBR0_ch01.pkl"
+    pkl.parent.mkdir()
+    points = _aist_pickle(pkl)
+    out = tmp_path / "npz"
+    written = convert_aist_pickle(str(pkl), str(out))
+    assert [os.path.basename(p) for p in written] == [
+        f"gBR_sBM_c{camera:02d}_d04_mBR0_ch01.npz" for camera in range(1, 10)
+    ]
+    for view in range(9):
+        converted = load_keypoint_file(written[view])
+        direct = load_aist_keypoints(str(pkl), view=view)
+        assert converted.fps == 60.0 and (converted.width, converted.height) == (1920, 1080)
+        np.testing.assert_array_equal(converted.keypoints, direct.keypoints)
+        np.testing.assert_array_equal(converted.scores, direct.scores)
+    assert (load_keypoint_file(written[2]).keypoints[:, :, 1][points[2, :, :, 2] > 0] >= 0).all()
+    # extraction looks there by the video's own name
+    video = str(tmp_path / "videos" / "gBR_sBM_c03_d04_mBR0_ch01.mp4")
+    assert find_keypoint_file(video, str(out)) == str(out / "gBR_sBM_c03_d04_mBR0_ch01.npz")
+    only = convert_aist_pickle(str(pkl), str(tmp_path / "one"), view=5)
+    assert [os.path.basename(p) for p in only] == ["gBR_sBM_c06_d04_mBR0_ch01.npz"]
+
+
+def test_convert_aist_pickle_puts_frames_at_their_timestamps(tmp_path):
+    from dvamn.pose import convert_aist_pickle
+
+    pkl = tmp_path / "gBR_sBM_cAll_d04_mBR0_ch01.pkl"
+    points = np.ones((9, 4, 17, 3), np.float32)
+    points[..., 0] = np.arange(4)[None, :, None] + 1.0
+    stamps = np.array([0, 16, 32, 80])  # frames 3 and 4 missing in every view
+    pkl.write_bytes(pickle.dumps({"keypoints2d": points, "timestamps": stamps}, protocol=5))
+    (path,) = convert_aist_pickle(str(pkl), str(tmp_path / "out"), view=0)
+    track = load_keypoint_file(path)
+    assert track.num_frames == 6
+    np.testing.assert_array_equal(track.keypoints[:, 0, 0], [1, 2, 3, 0, 0, 4])
+    np.testing.assert_array_equal(track.scores[:, 0], [1, 1, 1, 0, 0, 1])
+
+
+def test_dvamn_convert_aist_reports_each_file_and_fails_when_one_is_bad(tmp_path, capsys):
+    from dvamn.cli import main
+
+    source = tmp_path / "keypoints2d"
+    source.mkdir()
+    _aist_pickle(source / "gBR_sBM_cAll_d04_mBR0_ch01.pkl")
+    _aist_pickle(source / "gJS_sFM_cAll_d01_mJS0_ch02.pkl", num_frames=30)
+    (source / "gPO_sBM_cAll_d10_mPO1_ch03.pkl").write_bytes(
+        b"\x80\x04cos\nsystem\n(S'touch x'\ntR."
+    )
+    out = tmp_path / "out"
+    assert main(["convert-aist", str(source), "--out", str(out), "--view", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "gPO_sBM_cAll_d10_mPO1_ch03.pkl: error: " in captured.err
+    assert "os.system" in captured.err and captured.err.count("error:") == 1
+    assert "[1/3]" in captured.out and "-> 1 .npz" in captured.out
+    assert "converted 2 of 3 pickles into 2 .npz files" in captured.out
+    assert sorted(os.listdir(out)) == [
+        "gBR_sBM_c02_d04_mBR0_ch01.npz",
+        "gJS_sFM_c02_d01_mJS0_ch02.npz",
+    ]
+    (source / "gPO_sBM_cAll_d10_mPO1_ch03.pkl").unlink()
+    assert main(["convert-aist", str(source), "--out", str(out)]) == 0
+    assert len(os.listdir(out)) == 18
+
+
+# --- property-based: any generated file is a valid track or a KeypointFileError ---------
+
+_DTYPES = st.sampled_from(
+    [np.float16, np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_, np.complex64]
+)
+
+
+# Each example overwrites the same file in tmp_path, so sharing the fixture is safe.
+_HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+
+
+def _valid_or_keypoint_file_error(load, path):
+    try:
+        track = load(str(path))
+    except KeypointFileError:
+        return None
+    assert track.keypoints.dtype == np.float32 and track.scores.dtype == np.float32
+    assert track.keypoints.ndim == 3 and track.keypoints.shape[1:] == (17, 2)
+    assert track.scores.shape == track.keypoints.shape[:2]
+    assert 1 <= track.num_frames <= MAX_KEYPOINT_FRAMES
+    assert np.isfinite(track.keypoints).all() and np.isfinite(track.scores).all()
+    assert 0 < track.fps <= 240 and track.duration_s <= 600
+    return track
+
+
+def _array(draw, shape_strategy):
+    shape = draw(shape_strategy)
+    dtype = draw(_DTYPES)
+    values = (
+        hnp.from_dtype(np.dtype(dtype), allow_nan=True, allow_infinity=True)
+        if np.dtype(dtype).kind in "fc"
+        else hnp.from_dtype(np.dtype(dtype))
+    )
+    return draw(hnp.arrays(dtype, shape, elements=values))
+
+
+_FRAME_SHAPES = st.one_of(
+    st.tuples(st.integers(0, 40), st.sampled_from([17, 16]), st.sampled_from([2, 3])),
+    hnp.array_shapes(min_dims=0, max_dims=4, max_side=5),
+)
+
+
+@st.composite
+def _npz_fields(draw):
+    fields = {}
+    if draw(st.booleans()) or draw(st.booleans()):
+        fields["keypoints"] = _array(draw, _FRAME_SHAPES)
+    if draw(st.booleans()) or draw(st.booleans()):
+        fields["scores"] = _array(
+            draw,
+            st.one_of(
+                st.tuples(st.integers(0, 40), st.sampled_from([17, 5])),
+                hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
+            ),
+        )
+    for name in ("fps", "width", "height"):
+        if draw(st.booleans()):
+            fields[name] = _array(draw, hnp.array_shapes(min_dims=0, max_dims=2, max_side=2))
+    return fields
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=_HEALTH)
+@given(fields=_npz_fields(), compressed=st.booleans())
+def test_property_any_npz_is_a_valid_track_or_a_keypoint_file_error(tmp_path, fields, compressed):
+    path = tmp_path / "generated.npz"
+    (np.savez_compressed if compressed else np.savez)(path, **fields)
+    track = _valid_or_keypoint_file_error(load_keypoint_file, path)
+    if track is not None:
+        assert track.num_frames == len(fields["keypoints"])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=_HEALTH)
+@given(
+    frames=st.integers(1, 200),
+    compressed=st.booleans(),
+    cut=st.integers(min_value=0, max_value=10**6),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=4),
+)
+def test_property_a_damaged_npz_is_a_valid_track_or_a_keypoint_file_error(
+    tmp_path, frames, compressed, cut, flips
+):
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(
+        buffer,
+        keypoints=np.random.default_rng(frames).random((frames, 17, 2)) * 640,
+        scores=np.ones((frames, 17), np.float32),
+        fps=np.float32(30),
+    )
+    raw = bytearray(buffer.getvalue())
+    for position, xor in flips:  # anywhere: headers, directory, compressed data
+        raw[position % len(raw)] ^= xor
+    path = tmp_path / "damaged.npz"
+    path.write_bytes(bytes(raw[: len(raw) - cut % len(raw)]))
+    _valid_or_keypoint_file_error(load_keypoint_file, path)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=_HEALTH)
+@given(
+    frames=st.integers(0, 30),
+    views=st.integers(0, 10),
+    dims=st.sampled_from([(17, 3), (17, 2), (16, 3)]),
+    dtype=st.sampled_from([np.float32, np.float64, np.int64, np.uint8]),
+    nan_fraction=st.floats(0, 1),
+    scale=st.sampled_from([1.0, 1e3, 1e30, 1e300]),
+    protocol=st.sampled_from([3, 4, 5]),
+    view=st.integers(-1, 9),
+)
+def test_property_any_numpy_pickle_is_a_valid_track_or_a_keypoint_file_error(
+    tmp_path, frames, views, dims, dtype, nan_fraction, scale, protocol, view
+):
+    rng = np.random.default_rng(frames * 31 + views)
+    points = rng.random((views, frames) + dims) * min(scale, 1e300)
+    if np.dtype(dtype).kind == "f":
+        points[rng.random(points.shape) < nan_fraction] = np.nan
+    with np.errstate(over="ignore", invalid="ignore"):
+        points = points.astype(dtype)
+    path = tmp_path / "generated.pkl"
+    path.write_bytes(
+        pickle.dumps(
+            {"keypoints2d": points, "timestamps": np.arange(frames) * 16}, protocol=protocol
+        )
+    )
+    _valid_or_keypoint_file_error(lambda p: load_aist_keypoints(p, view=view), path)
