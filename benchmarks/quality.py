@@ -1,0 +1,231 @@
+"""Retrieval quality in-family and on an unseen choreography family, beside the rhythm baseline.
+
+    python benchmarks/quality.py --work /tmp/quality --out benchmarks/results/quality-logcosh.json
+    python benchmarks/quality.py --work /tmp/quality --name contrastive -- --objective contrastive
+
+One configuration, end to end, with the `dvamn` commands a user would type (issue 13):
+
+1. ``dvamn synth`` the training families (default classic, swap, swing, halftime; 200
+   videos of 24 s, seed 1) into WORK/synth-train and the unseen family (default melodic,
+   100 videos, seed 2: other music too) into WORK/synth-unseen;
+2. ``dvamn extract`` both with ``--pose keypoints --audio logmel``;
+3. ``dvamn train`` on the training features with the README's small-network flags on 2
+   Ray Train workers (``--epochs 10 --lr 1e-3 --stride 10 --widths 32,64,128 --gru-hidden
+   128 --post-gru-widths 128,64 --fc-width 64``); anything after ``--`` is passed on to
+   ``dvamn train`` (e.g. ``--objective contrastive``), so objectives can be swept;
+4. ``dvamn evaluate`` in-family (the training features' own validation split, its fixed
+   pool of 100 padded with training-split soundtracks) and on the unseen family
+   (``--val-fraction 1.0``: every unseen video is a query; 100 unseen soundtracks make the
+   pool of 100, padded from the training features if there are fewer);
+5. prints a table of R@1/5/10 and median rank (all candidates and the fixed pool of 100)
+   for the model and the no-training rhythm matcher (``rhythm_baseline``), and writes JSON.
+
+Synth and extraction outputs are reused when WORK already has them for the same sizes;
+a finished run (WORK/runs/NAME/summary.json) is reused unless ``--retrain``. The default
+sizes keep one configuration near 10 minutes on 2 idle cores (about 3 min synth, 1 min
+extraction, the first time only; 4-5 min training; 1 min evaluation).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Sequence
+
+SMALL_NETWORK = [
+    "--lr", "1e-3", "--stride", "10", "--widths", "32,64,128", "--gru-hidden", "128",
+    "--post-gru-widths", "128,64", "--fc-width", "64",
+]  # fmt: skip
+FIGURES = ("r_at_1", "r_at_5", "r_at_10", "median_rank", "pool_size")
+POOL_FIGURES = ("pool100_r_at_1", "pool100_r_at_5", "pool100_r_at_10", "pool100_median_rank")
+
+
+def dvamn(args: Sequence[str], log_path: str) -> float:
+    """Run ``dvamn ARGS`` (this Python's), output appended to ``log_path``; seconds taken.
+    A failing command stops the benchmark naming it and the log."""
+    command = [sys.executable, "-m", "dvamn.cli", *args]
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write(f"\n$ dvamn {' '.join(args)}\n")
+        log.flush()
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise SystemExit(f"`dvamn {' '.join(args)}` failed with exit code {code}; see {log_path}")
+    return time.perf_counter() - start
+
+
+def synth_and_extract(
+    work: str, part: str, videos: int, seconds: float, seed: int, families: str, log: str
+) -> Dict[str, Any]:
+    """WORK/synth-PART and WORK/feat-PART, made unless a marker says they exist for these
+    settings. Returns the settings and the seconds each step took (0 when reused)."""
+    settings = {"videos": videos, "seconds": seconds, "seed": seed, "families": families}
+    synth_dir, feat_dir = os.path.join(work, f"synth-{part}"), os.path.join(work, f"feat-{part}")
+    marker = os.path.join(work, f"{part}.done.json")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            done = json.load(f)
+        if done["settings"] == settings:
+            return {**done, "synth_s": 0.0, "extract_s": 0.0, "reused": True}
+    for path in (synth_dir, feat_dir):
+        shutil.rmtree(path, ignore_errors=True)
+    synth_s = dvamn(
+        ["synth", synth_dir, "--videos", str(videos), "--seconds", str(seconds),
+         "--seed", str(seed), "--families", families, "--workers", "2"],
+        log,
+    )  # fmt: skip
+    extract_s = dvamn(
+        ["extract", synth_dir, "--out", feat_dir, "--pose", "keypoints", "--audio", "logmel"],
+        log,
+    )
+    done = {"settings": settings, "synth_dir": synth_dir, "features": feat_dir}
+    with open(marker, "w") as f:
+        json.dump({**done, "made_synth_s": synth_s, "made_extract_s": extract_s}, f, indent=1)
+    return {**done, "synth_s": synth_s, "extract_s": extract_s, "reused": False}
+
+
+def pick(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """The figures of one evaluation that the table and the JSON keep."""
+    keep = {k: metrics.get(k) for k in (*FIGURES, *POOL_FIGURES, "pool100_size")}
+    keep.update(
+        chance_r_at_1=metrics.get("chance_r_at_1"),
+        num_queries=metrics.get("num_queries"),
+        pool100_padding=metrics.get("pool100_padding"),
+        loss=metrics.get("loss"),
+        epoch=metrics.get("epoch"),
+        offset_within_0_5s=metrics.get("offset_within_0_5s"),
+    )
+    rhythm = metrics.get("rhythm_baseline") or {}
+    keep["rhythm_baseline"] = (
+        {k: rhythm.get(k) for k in (*FIGURES, *POOL_FIGURES, "pool100_size")}
+        if rhythm.get("available")
+        else {"available": False, "reason": rhythm.get("reason")}
+    )
+    return keep
+
+
+def table(results: Dict[str, Dict[str, Any]]) -> str:
+    head = (
+        f"{'evaluation':<28} {'pool':>4} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'med':>5}   "
+        f"{'pool':>4} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'med':>5}"
+    )
+    lines = [head, "-" * len(head)]
+
+    def row(label: str, m: Dict[str, Any]) -> str:
+        return (
+            f"{label:<28} {m['pool_size']:>4} {m['r_at_1']:6.3f} {m['r_at_5']:6.3f} "
+            f"{m['r_at_10']:6.3f} {m['median_rank']:5.1f}   {m['pool100_size']:>4} "
+            f"{m['pool100_r_at_1']:6.3f} {m['pool100_r_at_5']:6.3f} {m['pool100_r_at_10']:6.3f} "
+            f"{m['pool100_median_rank']:5.1f}"
+        )
+
+    for name, m in results.items():
+        lines.append(row(f"{name}: model", m))
+        if m["rhythm_baseline"].get("available", True):
+            lines.append(row(f"{name}: rhythm baseline", m["rhythm_baseline"]))
+    lines.append("(left: all candidates of the evaluation; right: the fixed pool of 100)")
+    return "\n".join(lines)
+
+
+def main(argv: List[str]) -> int:
+    extra: List[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Arguments after -- go to `dvamn train` unchanged.",
+    )
+    p.add_argument("--work", required=True, help="working folder (synth, features, runs, logs)")
+    p.add_argument("--name", default="default", help="run name under WORK/runs (default: default)")
+    p.add_argument("--train-families", default="classic,swap,swing,halftime")
+    p.add_argument("--unseen-family", default="melodic")
+    p.add_argument("--train-videos", type=int, default=200)
+    p.add_argument("--unseen-videos", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=24.0)
+    p.add_argument("--seed", type=int, default=1, help="training set seed; unseen: seed + 1")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
+    p.add_argument("--layer", choices=("mfc", "fc"), default="mfc")
+    p.add_argument("--retrain", action="store_true", help="train again even if the run exists")
+    p.add_argument("--out", help="write the results as JSON here (e.g. benchmarks/results/...)")
+    args = p.parse_args(argv)
+    if args.unseen_family in args.train_families.split(","):
+        p.error(f"--unseen-family {args.unseen_family} is one of --train-families")
+
+    os.makedirs(os.path.join(args.work, "runs"), exist_ok=True)
+    log = os.path.join(args.work, f"{args.name}.log")
+    start = time.perf_counter()
+    train_data = synth_and_extract(
+        args.work, "train", args.train_videos, args.seconds, args.seed, args.train_families, log
+    )
+    unseen_data = synth_and_extract(
+        args.work, "unseen", args.unseen_videos, args.seconds, args.seed + 1,
+        args.unseen_family, log,
+    )  # fmt: skip
+    run = os.path.join(args.work, "runs", args.name)
+    train_args = [
+        "train", train_data["features"], "--out", run, "--workers", str(args.workers),
+        "--epochs", str(args.epochs), "--layer", args.layer, *SMALL_NETWORK, *extra,
+    ]  # fmt: skip
+    train_s = 0.0
+    if args.retrain or not os.path.exists(os.path.join(run, "summary.json")):
+        shutil.rmtree(run, ignore_errors=True)
+        train_s = dvamn(train_args, log)
+    results, eval_s = {}, {}
+    for label, features, flags in (
+        ("in-family", train_data["features"], []),
+        (
+            f"unseen ({args.unseen_family})",
+            unseen_data["features"],
+            ["--val-fraction", "1.0", "--pad-features", train_data["features"]],
+        ),
+    ):
+        path = os.path.join(run, f"eval-{label.split()[0]}.json")
+        eval_s[label] = dvamn(["evaluate", run, features, "--json", path, *flags], log)
+        with open(path) as f:
+            results[label] = pick(json.load(f))
+    print(table(results))
+    report = {
+        "benchmark": "quality",
+        "name": args.name,
+        "train_families": args.train_families.split(","),
+        "unseen_family": args.unseen_family,
+        "sizes": {
+            "train_videos": args.train_videos,
+            "unseen_videos": args.unseen_videos,
+            "seconds": args.seconds,
+            "epochs": args.epochs,
+            "workers": args.workers,
+            "layer": args.layer,
+        },
+        "train_command": "dvamn " + " ".join(train_args),
+        "extra_train_flags": extra,
+        "results": results,
+        "timings_s": {
+            "synth_train": round(train_data["synth_s"], 1),
+            "extract_train": round(train_data["extract_s"], 1),
+            "synth_unseen": round(unseen_data["synth_s"], 1),
+            "extract_unseen": round(unseen_data["extract_s"], 1),
+            "train": round(train_s, 1),
+            **{f"evaluate {k}": round(v, 1) for k, v in eval_s.items()},
+            "total": round(time.perf_counter() - start, 1),
+        },
+        "cpu_count": os.cpu_count(),
+        "log": log,
+    }
+    print(f"times (s): {report['timings_s']}; log {log}")
+    if args.out:
+        if os.path.dirname(args.out):
+            os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
