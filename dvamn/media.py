@@ -304,6 +304,10 @@ class MediaReader:
         head = self._peek(fileobj, 512)
         if not head:
             raise MediaError(f"{self.name} is empty (0 bytes): re-copy or re-download it")
+        if _looks_like_text(head) and not _looks_like_media(head):
+            # Refused before FFmpeg sees it: text formats FFmpeg probes (HLS and DASH
+            # playlists, SDP, ...) name other files and URLs that it would open.
+            raise MediaError(f"{self.name} is not a media file: it is text")
         try:
             # The limit also binds the frames FFmpeg decodes to probe the streams, so
             # that a header that lies cannot make the probe allocate a huge frame.
