@@ -465,10 +465,33 @@ MAX_PICKLE_ARRAY_ELEMENTS = AIST_NUM_VIEWS * MAX_KEYPOINT_FRAMES * NUM_JOINTS * 
 
 class _NdarrayToken:
     """What ``numpy.ndarray`` resolves to: only an argument of ``_reconstruct``. Not
-    callable, so a pickle cannot allocate an array of a shape of its choice."""
+    callable, so a pickle cannot allocate an array of a shape of its choice; no state
+    (BUILD) can be given to it."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state) -> None:
+        raise _Refused("a state for numpy.ndarray")
 
     def __repr__(self) -> str:
         return "numpy.ndarray (argument only)"
+
+
+class _StandIn:
+    """A checking stand-in for an allowed numpy function. Calls go to ``build``; a state
+    (BUILD) is refused, so a pickle cannot change the stand-in (for example its
+    function's defaults) for later files read by the same process."""
+
+    __slots__ = ("_build",)
+
+    def __init__(self, build):
+        self._build = build
+
+    def __call__(self, *args):
+        return self._build(*args)
+
+    def __setstate__(self, state) -> None:
+        raise _Refused("a state for a numpy function")
 
 
 _NDARRAY = _NdarrayToken()
@@ -556,19 +579,22 @@ def _frombuffer(data, dtype, shape, order) -> np.ndarray:
     if order not in ("C", "F"):
         raise _Refused("an array order other than 'C' or 'F'")
     shape, real_dtype = _checked_size(shape, dtype, data)
-    return np.frombuffer(data, dtype=real_dtype).reshape(shape, order=order)
+    array = np.frombuffer(data, dtype=real_dtype).reshape(shape, order=order)
+    array = array.view(_PickledArray)  # so that a later BUILD on it is refused too
+    array._built = True
+    return array
 
 
 # Exactly the globals numpy's own pickling of arrays refers to, under numpy 1.x
 # (numpy.core) and 2.x (numpy._core) names, as AIST++'s pickles (written with
 # pickle.HIGHEST_PROTOCOL: 4 or 5) hold them. dict, list and tuple are opcodes, not globals.
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy.core.multiarray", "_reconstruct"): _StandIn(_reconstruct),
+    ("numpy._core.multiarray", "_reconstruct"): _StandIn(_reconstruct),
+    ("numpy.core.numeric", "_frombuffer"): _StandIn(_frombuffer),
+    ("numpy._core.numeric", "_frombuffer"): _StandIn(_frombuffer),
     ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _dtype,
+    ("numpy", "dtype"): _StandIn(_dtype),
 }
 
 # The opcodes of protocols 3-5 that plain containers, numbers, strings, bytes and those

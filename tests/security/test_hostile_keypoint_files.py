@@ -247,6 +247,30 @@ def test_a_dtype_state_with_fields_is_refused(tmp_path):
     _assert_refused(path, "a dtype state other than a plain byte order")
 
 
+@pytest.mark.parametrize(
+    "target,match",
+    [
+        (_text("numpy") + _text("dtype") + b"\x93", "a state for a numpy function"),
+        (_text("numpy") + _text("ndarray") + b"\x93", "a state for numpy.ndarray"),
+    ],
+)
+def test_a_state_for_an_allowed_global_is_refused(tmp_path, target, match):
+    # BUILD (None, {'__defaults__': ...}) would setattr on the object the global names,
+    # changing it for every later file this process reads.
+    slotstate = b"N}" + _text("__defaults__") + _tuple(b"\x88\x89") + b"s\x86"
+    path = tmp_path / "state.pkl"
+    path.write_bytes(b"\x80\x04" + target + slotstate + b"b.")
+    _assert_refused(path, match)
+
+
+def test_a_second_state_for_an_array_is_refused(tmp_path):
+    raw = pickle.dumps(np.zeros(4, np.float32), protocol=5)[:-1]  # drop STOP
+    state = _tuple(_int(1), _tuple(_int(1)), _dtype_f4(), b"\x89", _bytes(b"\0" * 4))
+    path = tmp_path / "second_state.pkl"
+    path.write_bytes(raw + state + b"b.")
+    _assert_refused(path, "a second state for one array")
+
+
 def test_protocol_5_out_of_band_buffers_are_refused(tmp_path):
     buffers = []
     raw = pickle.dumps(
