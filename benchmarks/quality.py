@@ -145,7 +145,10 @@ def main(argv: List[str]) -> int:
     p.add_argument("--unseen-family", default="melodic")
     p.add_argument("--train-videos", type=int, default=200)
     p.add_argument("--unseen-videos", type=int, default=100)
-    p.add_argument("--seconds", type=float, default=24.0)
+    p.add_argument("--seconds", type=float, default=24.0, help="training videos' length")
+    p.add_argument(
+        "--unseen-seconds", type=float, default=None, help="unseen videos' (default --seconds)"
+    )
     p.add_argument("--seed", type=int, default=1, help="training set seed; unseen: seed + 1")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
@@ -163,7 +166,7 @@ def main(argv: List[str]) -> int:
         args.work, "train", args.train_videos, args.seconds, args.seed, args.train_families, log
     )
     unseen_data = synth_and_extract(
-        args.work, "unseen", args.unseen_videos, args.seconds, args.seed + 1,
+        args.work, "unseen", args.unseen_videos, args.unseen_seconds or args.seconds, args.seed + 1,
         args.unseen_family, log,
     )  # fmt: skip
     run = os.path.join(args.work, "runs", args.name)
@@ -198,6 +201,7 @@ def main(argv: List[str]) -> int:
             "train_videos": args.train_videos,
             "unseen_videos": args.unseen_videos,
             "seconds": args.seconds,
+            "unseen_seconds": args.unseen_seconds or args.seconds,
             "epochs": args.epochs,
             "workers": args.workers,
             "layer": args.layer,
