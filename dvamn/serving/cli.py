@@ -18,8 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve music matching over HTTP with Ray Serve",
         description=(
             "Start the matching service: POST /match (video upload), POST /match/keypoints "
-            "(JSON), GET /healthz, GET /catalog, OpenAPI at /docs. For a cluster deployment "
-            "use `serve deploy serve_config.yaml` instead (same application)."
+            "(JSON), GET /healthz, GET /catalog, OpenAPI at /docs. With DVAMN_API_TOKEN set "
+            "in the environment, /match, /match/keypoints and /catalog need that bearer token. "
+            "For a cluster deployment use `serve deploy serve_config.yaml` instead (same "
+            "application)."
         ),
     )
     serve_parser.add_argument(
@@ -27,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     serve_parser.add_argument("--catalog", required=True, help="`dvamn catalog` output, local/s3")
     serve_parser.add_argument(
-        "--host", default="127.0.0.1", help="bind address (default %(default)s)"
+        "--host",
+        default="127.0.0.1",
+        help="bind address (default %(default)s; another one without DVAMN_API_TOKEN warns)",
     )
     serve_parser.add_argument(
         "--port", type=int, default=8000, help="HTTP port (default %(default)s)"
