@@ -19,6 +19,7 @@ load everything from local files or ``s3://`` in their constructor; nothing is f
 from URLs named in requests.
 """
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -33,22 +34,15 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
 from ray import serve
 
-from dvamn.constants import MIN_DURATION_S, NUM_JOINTS
+from dvamn.constants import MIN_DURATION_S
 from dvamn.scoring import DEFAULT_SCORING
 from dvamn.serving.auth import API_TOKEN_ENV, api_token_from_env, token_matches
 from dvamn.serving.catalog_store import weights_version
+from dvamn.serving.keypoint_json import KeypointQuery, keypoint_query_features
 from dvamn.serving.matcher import DEFAULT_TOP_K, MAX_TOP_K, QueryError
-from dvamn.serving.queries import QueryLimits
+from dvamn.serving.queries import QueryFieldError, QueryLimits, check_top_k
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +63,7 @@ class ServeSettings:
     scoring: str = DEFAULT_SCORING  # how candidates are compared (dvamn.scoring.SCORINGS)
     min_query_s: float = MIN_DURATION_S
     max_query_s: float = 600.0
+    max_keypoint_fps: float = 60.0  # highest fps of a keypoint query
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     default_top_k: int = DEFAULT_TOP_K
     replicas: Optional[int] = None  # matching replicas; None: Serve's default or the
@@ -105,7 +100,11 @@ class ServeSettings:
 
     @property
     def limits(self) -> QueryLimits:
-        return QueryLimits(min_query_s=self.min_query_s, max_query_s=self.max_query_s)
+        return QueryLimits(
+            min_query_s=self.min_query_s,
+            max_query_s=self.max_query_s,
+            max_keypoint_fps=self.max_keypoint_fps,
+        )
 
     @property
     def threads(self) -> int:
@@ -116,6 +115,12 @@ class ServeSettings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def max_keypoint_body_bytes(self) -> int:
+        """The /match/keypoints body limit: the longest keypoint query as JSON
+        (``QueryLimits.max_keypoint_body_bytes``), never above ``max_upload_mb``."""
+        return min(self.limits.max_keypoint_body_bytes, self.max_upload_bytes)
 
 
 VIDEO_UNAVAILABLE = (
@@ -208,58 +213,6 @@ class MatchModel:
 
     def info(self) -> Dict[str, Any]:
         return {"model": self.matcher.model_info, "catalog": self.matcher.catalog_info}
-
-
-class KeypointQuery(BaseModel):
-    """``POST /match/keypoints`` body. Coordinates are pixels of the frame; a joint with
-    score 0 is missing. Without width/height, the frame size is derived from the keypoints'
-    extent (``min + max`` of x and of y: a dancer centred on average). Unknown fields
-    (a ``url`` to fetch, say) are refused: the service only reads what is sent."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    keypoints: List[List[List[float]]] = Field(
-        ..., description=f"[T][{NUM_JOINTS}][2] x, y pixel coordinates, COCO-17 joint order"
-    )
-    fps: float = Field(..., gt=0, le=1000, description="frames per second of the keypoints")
-    scores: Optional[List[List[float]]] = Field(
-        None, description=f"[T][{NUM_JOINTS}] confidence per joint (0 = missing); default all 1"
-    )
-    width: Optional[float] = Field(None, gt=0, description="frame width in pixels")
-    height: Optional[float] = Field(None, gt=0, description="frame height in pixels")
-    top_k: Optional[int] = Field(None, ge=1, le=MAX_TOP_K, description="tracks to return")
-
-    @field_validator("keypoints")
-    @classmethod
-    def _keypoints_shape(cls, value: List[List[List[float]]]) -> List[List[List[float]]]:
-        if not value:
-            raise ValueError(f"keypoints is empty; expected [T][{NUM_JOINTS}][2]")
-        for t, frame in enumerate(value):
-            if len(frame) != NUM_JOINTS or any(len(point) != 2 for point in frame):
-                raise ValueError(
-                    f"keypoints[{t}] must hold {NUM_JOINTS} [x, y] pairs (COCO-17), got "
-                    f"{len(frame)} entries of lengths {sorted({len(p) for p in frame})}"
-                )
-        if not np.all(np.isfinite(np.asarray(value, np.float64))):
-            raise ValueError(
-                "keypoints holds NaN or infinite values; mark missing joints with score 0"
-            )
-        return value
-
-    @field_validator("scores")
-    @classmethod
-    def _scores_shape(cls, value: Optional[List[List[float]]]) -> Optional[List[List[float]]]:
-        if value is not None and any(len(frame) != NUM_JOINTS for frame in value):
-            raise ValueError(f"each scores frame must hold {NUM_JOINTS} values")
-        return value
-
-    @model_validator(mode="after")
-    def _same_length(self) -> "KeypointQuery":
-        if self.scores is not None and len(self.scores) != len(self.keypoints):
-            raise ValueError(
-                f"scores has {len(self.scores)} frames but keypoints has {len(self.keypoints)}"
-            )
-        return self
 
 
 app = FastAPI(
@@ -355,6 +308,31 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _form_top_k(query_value: Optional[int], form_value: Any, default: int) -> int:
+    """``top_k`` of an upload: the query string's (already checked by FastAPI) or the form
+    field's, checked the same way (a form ``top_k=0`` is a 422, as ``?top_k=0`` is)."""
+    if form_value is None:
+        return default if query_value is None else query_value
+    if query_value is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ["body", "top_k"],
+                    "msg": "top_k is given both in the query string and in the form; send one",
+                }
+            ]
+        )
+    if not isinstance(form_value, str):
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ["body", "top_k"], "msg": "top_k must be text"}]
+        )
+    try:
+        return check_top_k(form_value, default)
+    except QueryFieldError as exc:
+        raise RequestValidationError([exc.validation_error()]) from None
 
 
 async def _replay(request: Request, body: bytes) -> Request:
@@ -474,14 +452,7 @@ class MatchAPI:
         upload = form.get("video")
         if upload is None or isinstance(upload, str):
             raise HTTPException(422, "multipart field 'video' (a file) is missing")
-        if top_k is None and form.get("top_k") is not None:
-            try:
-                top_k = int(str(form.get("top_k")))
-            except ValueError as exc:
-                raise HTTPException(422, "top_k must be an integer") from exc
-        top_k = top_k or self.settings.default_top_k
-        if not 1 <= top_k <= MAX_TOP_K:
-            raise HTTPException(422, f"top_k must be between 1 and {MAX_TOP_K}")
+        top_k = _form_top_k(top_k, form.get("top_k"), self.settings.default_top_k)
         data = await upload.read()
         name = upload.filename or "upload"
         timings = {"receive": round(1000 * (time.perf_counter() - started), 2)}
@@ -506,30 +477,24 @@ class MatchAPI:
     ) -> Dict[str, Any]:
         """2D keypoints [T][17][2] in pixels at ``fps`` (COCO-17), JSON (``KeypointQuery``)."""
         self._authorize(credentials)
-        from dvamn.serving.queries import keypoint_features
-
         started = time.perf_counter()
-        # Parsed here rather than by FastAPI, so that the size limit applies before parsing.
-        body = await _read_limited(request, self.settings.max_upload_bytes)
+        # Read here rather than by FastAPI, so that this endpoint's own limit (the longest
+        # query as JSON) applies to the bytes received, before any parsing.
+        body = await _read_limited(request, self.settings.max_keypoint_body_bytes)
         try:
-            query = KeypointQuery.model_validate_json(body)
-        except ValidationError as exc:
-            raise RequestValidationError(
-                exc.errors(include_url=False, include_context=False, include_input=False)
-            ) from exc
-        try:
-            features, description = keypoint_features(
-                np.asarray(query.keypoints, np.float32),
-                query.fps,
-                None if query.scores is None else np.asarray(query.scores, np.float32),
-                query.width,
-                query.height,
-                self.settings.limits,
+            # Parsing, checks and features in a thread: the event loop goes on answering
+            # the replica's other requests meanwhile (a 600 s query takes about a second).
+            features, description, top_k = await asyncio.to_thread(
+                keypoint_query_features, body, self.settings.limits
             )
+        except QueryFieldError as exc:
+            raise RequestValidationError([exc.validation_error()]) from None
         except QueryError as exc:
-            raise HTTPException(exc.status, exc.detail) from exc
+            raise HTTPException(exc.status, exc.detail) from None
+        finally:
+            del body
         timings = {"features": round(1000 * (time.perf_counter() - started), 2)}
-        top_k = query.top_k or self.settings.default_top_k
+        top_k = top_k or self.settings.default_top_k
         return await self._answer(features, top_k, "keypoints", timings, query=description)
 
 

@@ -3,13 +3,45 @@
 import argparse
 import json
 import os
+import re
 import sys
+import unicodedata
 from typing import Any, Dict, List
 
 from dvamn.ray_setup import add_address_argument
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEYPOINT_SUFFIXES = (".npz", ".json")
+MAX_DETAIL_CHARS = 2000  # of a server's error message printed
+
+# Terminal escape sequences, removed whole: CSI (ESC [ or 0x9b, parameters, a final
+# byte), the string commands OSC / DCS / SOS / PM / APC up to their terminator (BEL or
+# ST) or the end of the text, and the other two- or three-character ESC sequences.
+_ESCAPE_SEQUENCE = re.compile(
+    r"(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c|$)"
+    r"|\x1b[\x20-\x2f]*[\x30-\x7e]?",
+    re.DOTALL,
+)
+# Invisible characters that reorder the text around them (bidirectional controls).
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def printable(text: Any) -> str:
+    """A server-provided string made safe for a terminal: escape sequences removed, tabs
+    and line breaks turned into spaces, every other control character (C0, DEL, C1),
+    line/paragraph separator and bidirectional control removed."""
+    text = _ESCAPE_SEQUENCE.sub("", str(text))
+    return "".join(
+        " "
+        if ch in "\t\n\r\v\f"
+        else ""
+        if ch in _BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+        else ch
+        for ch in text
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -156,34 +188,43 @@ def keypoint_request(path: str, top_k: int) -> Dict[str, Any]:
 
 
 def format_matches(answer: Dict[str, Any]) -> str:
-    """A readable table of a /match answer."""
+    """A readable table of a /match answer. Every string in it comes from the server (a
+    catalog title can hold anything): each goes through ``printable``."""
     lines = [f"{'rank':>4}  {'score':>10}  {'offset':>8}  track"]
     for rank, m in enumerate(answer["matches"], 1):
-        minutes, seconds = divmod(m["offset_s"], 60)
-        title = m["title"] if m["title"] == m["track_id"] else f"{m['title']} ({m['track_id']})"
-        lines.append(f"{rank:>4}  {m['score']:>10.4f}  {int(minutes):>3}:{seconds:04.1f}  {title}")
-    timings = ", ".join(f"{k} {v:.0f} ms" for k, v in answer.get("timings_ms", {}).items())
+        minutes, seconds = divmod(float(m["offset_s"]), 60)
+        title, track_id = printable(m["title"]), printable(m["track_id"])
+        title = title if title == track_id else f"{title} ({track_id})"
+        score = float(m["score"])
+        lines.append(f"{rank:>4}  {score:>10.4f}  {int(minutes):>3}:{seconds:04.1f}  {title}")
+    timings = ", ".join(
+        f"{printable(k)} {float(v):.0f} ms" for k, v in answer.get("timings_ms", {}).items()
+    )
     catalog = answer.get("catalog", {})
     lines.append(
-        f"pose from {answer.get('pose_source')}; catalog {catalog.get('version')} "
-        f"({catalog.get('num_tracks')} tracks); model {answer.get('model', {}).get('version')}"
+        f"pose from {printable(answer.get('pose_source'))}; catalog "
+        f"{printable(catalog.get('version'))} ({printable(catalog.get('num_tracks'))} tracks); "
+        f"model {printable(answer.get('model', {}).get('version'))}"
     )
     lines.append(f"timings: {timings}")
     return "\n".join(lines)
 
 
 def _detail(response: Any) -> str:
+    """The error message of a refused request, printable and at most MAX_DETAIL_CHARS."""
     try:
         detail = response.json().get("detail")
-    except ValueError:
-        return response.text
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        detail = response.text
     if isinstance(detail, list):  # FastAPI validation errors: name each field
         parts: List[str] = []
         for item in detail:
+            item = item if isinstance(item, dict) else {"msg": item}
             where = ".".join(str(x) for x in item.get("loc", []) if x != "body")
             parts.append(f"{where}: {item.get('msg')}")
-        return "; ".join(parts)
-    return str(detail)
+        detail = "; ".join(parts)
+    text = printable(detail)
+    return text if len(text) <= MAX_DETAIL_CHARS else text[:MAX_DETAIL_CHARS] + "..."
 
 
 def run_match(args: argparse.Namespace) -> int:
@@ -217,11 +258,16 @@ def run_match(args: argparse.Namespace) -> int:
                     timeout=args.timeout_s,
                 )
     except httpx.HTTPError as exc:
-        print(f"dvamn match: cannot reach {url}: {exc}", file=sys.stderr)
+        print(f"dvamn match: cannot reach {url}: {printable(exc)}", file=sys.stderr)
         return 1
     if response.status_code != 200:
         print(f"dvamn match: {response.status_code}: {_detail(response)}", file=sys.stderr)
         return 1
-    answer = response.json()
-    print(json.dumps(answer, indent=2) if args.json else format_matches(answer))
+    try:
+        answer = response.json()
+        # --json: json.dumps escapes every control character (ensure_ascii).
+        print(json.dumps(answer, indent=2) if args.json else format_matches(answer))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        print(f"dvamn match: {url} did not answer with matches", file=sys.stderr)
+        return 1
     return 0

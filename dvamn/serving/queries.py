@@ -5,29 +5,49 @@ Plain Python, used by the Serve deployments and testable without Ray. Every refu
 """
 
 import logging
+import math
+import re
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from dvamn.constants import MAX_NOMINAL_FPS, NUM_JOINTS, POSE_FPS
-from dvamn.serving.matcher import QueryError
+from dvamn.serving.matcher import MAX_TOP_K, QueryError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_GAP_FRAMES = 5  # as extraction: gaps up to 0.5 s are interpolated
 DEFAULT_FRAME_BATCH = 16
 
+# Bytes of JSON one keypoint frame may take in a /match/keypoints body. The longest
+# number JSON holds for a float64 is 24 characters (``-2.2250738585072014e-308``), so a
+# frame written by ``json.dumps`` takes at most 17 x ``[x, y]`` = 17 x 52 + 16 x 2 + 2 =
+# 918 bytes of keypoints, 17 x 24 + 16 x 2 + 2 = 442 of scores and 4 of separators:
+# 1,364. 1,536 leaves room for some whitespace; a pretty-printed body (a number per
+# line) can take more: send compact JSON.
+KEYPOINT_FRAME_JSON_BYTES = 1536
+KEYPOINT_BODY_SLACK_BYTES = 64 * 1024  # the other fields, whitespace
+
 
 @dataclass
 class QueryLimits:
-    """What the service accepts. ``min_query_s`` defaults to one training window (12 s)."""
+    """What the service accepts. ``min_query_s`` defaults to one training window (12 s).
+
+    Keypoint queries: ``fps`` in [min_keypoint_fps, max_keypoint_fps] (the service
+    resamples to 10 fps; AIST++ and most cameras give at most 60), coordinates within
+    +-``max_coordinate_px`` pixels (also the largest frame width/height), which bounds
+    the frames (``max_keypoint_frames``) and the body (``max_keypoint_body_bytes``).
+    """
 
     min_query_s: float = 12.0
     max_query_s: float = 600.0
     max_gap_frames: int = DEFAULT_MAX_GAP_FRAMES
     max_frame_pixels: int = 3840 * 2160
+    min_keypoint_fps: float = 1.0
+    max_keypoint_fps: float = 60.0
+    max_coordinate_px: float = 1e6
     # Uploaded videos: a higher nominal (or decoded) frame rate is refused; at most
     # max_video_frames are decoded (None: the video's duration at max_video_fps); past
     # video_timeout_s of decoding and pose estimation the query gets a 503.
@@ -35,17 +55,77 @@ class QueryLimits:
     max_video_frames: Optional[int] = None
     video_timeout_s: float = 120.0
 
+    @property
+    def max_keypoint_frames(self) -> int:
+        """Frames of the longest keypoint query: ``max_query_s`` at ``max_keypoint_fps``."""
+        return int(math.floor(self.max_query_s * self.max_keypoint_fps + 1e-6))
+
+    @property
+    def max_keypoint_body_bytes(self) -> int:
+        """The /match/keypoints body limit: the longest query as JSON (see above)."""
+        return self.max_keypoint_frames * KEYPOINT_FRAME_JSON_BYTES + KEYPOINT_BODY_SLACK_BYTES
+
+
+def format_number(value: float) -> str:
+    """A number for a message: at most 6 significant digits (a client's 1e-300 must not
+    become a message hundreds of digits long)."""
+    return f"{float(value):.6g}"
+
+
+Loc = Tuple[Union[str, int], ...]
+
+
+def field_name(loc: Loc) -> str:
+    """("keypoints", 3, 5) -> "keypoints[3][5]"; () -> "body"."""
+    if not loc:
+        return "body"
+    return str(loc[0]) + "".join(f"[{part}]" for part in loc[1:])
+
+
+class QueryFieldError(QueryError):
+    """A refused value of one request field; ``loc`` is its path, as FastAPI's validation
+    errors give it (``("keypoints", 3, 5)``), and the message names it too."""
+
+    def __init__(self, loc: Sequence[Union[str, int]], message: str, status: int = 422):
+        super().__init__(status, message)
+        self.loc: Loc = tuple(loc)
+
+    def validation_error(self, where: str = "body") -> Dict[str, Any]:
+        """The error in FastAPI's ``RequestValidationError`` shape."""
+        return {"type": "value_error", "loc": [where, *self.loc], "msg": self.detail}
+
+
+_TOP_K_TEXT = re.compile(r"[0-9]{1,6}")
+
+
+def check_top_k(value: Any, default: int) -> int:
+    """``top_k`` of a request (a JSON integer, or the text of a form field; None: the
+    default) -> an int in [1, MAX_TOP_K], or a QueryFieldError naming ``top_k``."""
+    if value is None:
+        return default
+    if isinstance(value, str) and _TOP_K_TEXT.fullmatch(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise QueryFieldError(("top_k",), f"top_k must be an integer from 1 to {MAX_TOP_K}")
+    if not 1 <= value <= MAX_TOP_K:
+        raise QueryFieldError(
+            ("top_k",), f"top_k must be from 1 to {MAX_TOP_K}, got {format_number(value)}"
+        )
+    return value
+
 
 def check_duration(duration_s: float, limits: QueryLimits, what: str) -> None:
     if duration_s < limits.min_query_s:
         raise QueryError(
             422,
-            f"{what} is {duration_s:.1f} s long; at least {limits.min_query_s:g} s of dancing "
-            "is needed",
+            f"{what} is {format_number(duration_s)} s long; at least {limits.min_query_s:g} s "
+            "of dancing is needed",
         )
     if duration_s > limits.max_query_s:
         raise QueryError(
-            413, f"{what} is {duration_s:.1f} s long; at most {limits.max_query_s:g} s is accepted"
+            413,
+            f"{what} is {format_number(duration_s)} s long; at most {limits.max_query_s:g} s "
+            "is accepted",
         )
 
 
@@ -57,10 +137,83 @@ def frame_size_from_keypoints(keypoints: np.ndarray, scores: np.ndarray) -> Tupl
     sides), and as high as ``min y + max y``. The size only scales the motion features
     (the normalised pose does not depend on it), so a rough guess costs little.
     """
-    points = keypoints[scores > 0] if np.any(scores > 0) else keypoints.reshape(-1, 2)
-    low, high = points.min(axis=0), points.max(axis=0)
+    confident = scores > 0  # (T, J)
+    where = confident[..., None] if confident.any() else np.ones((1, 1, 1), bool)
+    # Reductions under a mask rather than a copy of the confident points: (2,) each.
+    low = np.min(keypoints, axis=(0, 1), where=where, initial=np.inf)
+    high = np.max(keypoints, axis=(0, 1), where=where, initial=-np.inf)
     size = np.maximum(np.maximum(low + high, high - low), 1.0)
     return float(size[0]), float(size[1])
+
+
+def check_keypoint_fps(fps: Any, limits: QueryLimits) -> float:
+    """``fps`` of keypoints -> float in [min_keypoint_fps, max_keypoint_fps], or a 422."""
+    value = _finite_number(fps)
+    if value is None or not limits.min_keypoint_fps <= value <= limits.max_keypoint_fps:
+        raise QueryFieldError(
+            ("fps",),
+            f"fps must be from {limits.min_keypoint_fps:g} to {limits.max_keypoint_fps:g} "
+            f"frames per second, got {_describe_number(fps)}",
+        )
+    return value
+
+
+def check_frame_size(size: Any, name: str, limits: QueryLimits) -> Optional[float]:
+    """A frame ``width`` or ``height`` (None: derived later) -> float in [1, max px]."""
+    if size is None:
+        return None
+    value = _finite_number(size)
+    if value is None or not 1.0 <= value <= limits.max_coordinate_px:
+        raise QueryFieldError(
+            (name,),
+            f"{name} must be from 1 to {limits.max_coordinate_px:g} pixels, got "
+            f"{_describe_number(size)}",
+        )
+    return value
+
+
+def check_keypoint_values(keypoints: np.ndarray, scores: np.ndarray, limits: QueryLimits) -> None:
+    """Coordinates finite and within +-max_coordinate_px, scores finite and >= 0: else a
+    422 naming the first joint at fault (``keypoints[t][j]``, ``scores[t][j]``)."""
+    bound = limits.max_coordinate_px
+    # (T, J); NaN compares False. Two bool arrays rather than a float copy (np.abs).
+    bad = ~((keypoints >= -bound) & (keypoints <= bound)).all(axis=2)
+    if bad.any():
+        t, j = (int(i) for i in np.argwhere(bad)[0])
+        raise QueryFieldError(
+            ("keypoints", t, j),
+            f"keypoints[{t}][{j}] holds a coordinate that is not a finite number within "
+            f"+-{bound:g} pixels: [{format_number(keypoints[t, j, 0])}, "
+            f"{format_number(keypoints[t, j, 1])}] (as float32)",
+        )
+    bad = ~(np.isfinite(scores) & (scores >= 0))
+    if bad.any():
+        t, j = (int(i) for i in np.argwhere(bad)[0])
+        raise QueryFieldError(
+            ("scores", t, j),
+            f"scores[{t}][{j}] is {format_number(scores[t, j])}: scores must be finite and "
+            ">= 0 (0 = missing joint)",
+        )
+
+
+def _finite_number(value: Any) -> Optional[float]:
+    """A real, finite number as float, else None (bools, strings, NaN and inf are not)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _describe_number(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return f"a {type(value).__name__}"
+    try:
+        return format_number(value)
+    except OverflowError:
+        return "a number too large for a float"
 
 
 def keypoint_features(
@@ -75,15 +228,17 @@ def keypoint_features(
 
     ``scores`` (T, 17): confidence per joint, 0 = missing (default: all present). Missing
     frames are interpolated over gaps up to ``limits.max_gap_frames``. Returns the
-    features and a description (frame size used, missing fraction).
+    features and a description (frame size used, missing fraction). Values outside
+    ``limits`` (see ``QueryLimits``) raise a ``QueryFieldError`` naming the field.
     """
     from dvamn.pose import KeypointTrack, NoPersonError, fill_gaps, pose_features, resample_track
 
     limits = limits or QueryLimits()
     keypoints = np.asarray(keypoints, np.float32)
     if keypoints.ndim != 3 or keypoints.shape[1:] != (NUM_JOINTS, 2):
-        raise QueryError(
-            422, f"keypoints must be [T][{NUM_JOINTS}][2], got {list(keypoints.shape)}"
+        raise QueryFieldError(
+            ("keypoints",),
+            f"keypoints must be [T][{NUM_JOINTS}][2], got {list(keypoints.shape)}",
         )
     scores = (
         np.ones(keypoints.shape[:2], np.float32)
@@ -91,10 +246,15 @@ def keypoint_features(
         else np.asarray(scores, np.float32)
     )
     if scores.shape != keypoints.shape[:2]:
-        raise QueryError(
-            422, f"scores must be [T][{NUM_JOINTS}] like keypoints, got {list(scores.shape)}"
+        raise QueryFieldError(
+            ("scores",),
+            f"scores must be [T][{NUM_JOINTS}] like keypoints, got {list(scores.shape)}",
         )
-    track = KeypointTrack(keypoints=keypoints, scores=scores, fps=float(fps))
+    fps = check_keypoint_fps(fps, limits)
+    width = check_frame_size(width, "width", limits)
+    height = check_frame_size(height, "height", limits)
+    check_keypoint_values(keypoints, scores, limits)
+    track = KeypointTrack(keypoints=keypoints, scores=scores, fps=fps)
     check_duration(track.duration_s, limits, "the keypoint sequence")
     if not np.any(scores > 0):
         raise QueryError(422, "no person: every keypoint score is 0")
@@ -111,6 +271,8 @@ def keypoint_features(
     except NoPersonError as error:
         raise QueryError(422, f"no person: {error}") from error
     features = pose_features(filled, width, height)
+    if not np.isfinite(features).all():  # bounded inputs give finite features: a backstop
+        raise QueryFieldError(("keypoints",), "keypoints give non-finite pose features")
     return features.astype(np.float32), {
         "frames": int(len(features)),
         "width": float(width),
