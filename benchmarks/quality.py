@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 SMALL_NETWORK = [
     "--lr", "1e-3", "--stride", "10", "--widths", "32,64,128", "--gru-hidden", "128",
@@ -43,18 +43,25 @@ FIGURES = ("r_at_1", "r_at_5", "r_at_10", "median_rank", "pool_size")
 POOL_FIGURES = ("pool100_r_at_1", "pool100_r_at_5", "pool100_r_at_10", "pool100_median_rank")
 
 
-def dvamn(args: Sequence[str], log_path: str) -> float:
+def dvamn(
+    args: Sequence[str], log_path: str, clean: Optional[str] = None, attempts: int = 2
+) -> float:
     """Run ``dvamn ARGS`` (this Python's), output appended to ``log_path``; seconds taken.
-    A failing command stops the benchmark naming it and the log."""
+    A failure is retried once (on a busy machine a local Ray can time out starting),
+    after removing ``clean`` (a partial output the command would refuse); a second
+    failure stops the benchmark naming the command and the log."""
     command = [sys.executable, "-m", "dvamn.cli", *args]
     start = time.perf_counter()
-    with open(log_path, "a") as log:
-        log.write(f"\n$ dvamn {' '.join(args)}\n")
-        log.flush()
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-    if code != 0:
-        raise SystemExit(f"`dvamn {' '.join(args)}` failed with exit code {code}; see {log_path}")
-    return time.perf_counter() - start
+    for attempt in range(1, attempts + 1):
+        if clean and attempt > 1:
+            shutil.rmtree(clean, ignore_errors=True)
+        with open(log_path, "a") as log:
+            log.write(f"\n$ dvamn {' '.join(args)}   # attempt {attempt}\n")
+            log.flush()
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        if code == 0:
+            return time.perf_counter() - start
+    raise SystemExit(f"`dvamn {' '.join(args)}` failed with exit code {code}; see {log_path}")
 
 
 def synth_and_extract(
@@ -64,27 +71,31 @@ def synth_and_extract(
     settings. Returns the settings and the seconds each step took (0 when reused)."""
     settings = {"videos": videos, "seconds": seconds, "seed": seed, "families": families}
     synth_dir, feat_dir = os.path.join(work, f"synth-{part}"), os.path.join(work, f"feat-{part}")
-    marker = os.path.join(work, f"{part}.done.json")
-    if os.path.exists(marker):
-        with open(marker) as f:
-            done = json.load(f)
-        if done["settings"] == settings:
-            return {**done, "synth_s": 0.0, "extract_s": 0.0, "reused": True}
-    for path in (synth_dir, feat_dir):
-        shutil.rmtree(path, ignore_errors=True)
-    synth_s = dvamn(
-        ["synth", synth_dir, "--videos", str(videos), "--seconds", str(seconds),
-         "--seed", str(seed), "--families", families, "--workers", "2"],
-        log,
-    )  # fmt: skip
-    extract_s = dvamn(
-        ["extract", synth_dir, "--out", feat_dir, "--pose", "keypoints", "--audio", "logmel"],
-        log,
-    )
-    done = {"settings": settings, "synth_dir": synth_dir, "features": feat_dir}
-    with open(marker, "w") as f:
-        json.dump({**done, "made_synth_s": synth_s, "made_extract_s": extract_s}, f, indent=1)
-    return {**done, "synth_s": synth_s, "extract_s": extract_s, "reused": False}
+    took = {}
+    for step, out in (("synth", synth_dir), ("extract", feat_dir)):
+        marker = os.path.join(work, f"{part}.{step}.done.json")
+        if os.path.exists(marker):
+            with open(marker) as f:
+                if json.load(f)["settings"] == settings:
+                    took[step] = 0.0
+                    continue
+        shutil.rmtree(out, ignore_errors=True)
+        if step == "synth":
+            args = ["synth", synth_dir, "--videos", str(videos), "--seconds", str(seconds),
+                    "--seed", str(seed), "--families", families, "--workers", "2"]  # fmt: skip
+        else:
+            args = ["extract", synth_dir, "--out", feat_dir, "--pose", "keypoints",
+                    "--audio", "logmel"]  # fmt: skip
+        took[step] = dvamn(args, log, clean=out)
+        with open(marker, "w") as f:
+            json.dump({"settings": settings, "seconds_taken": took[step]}, f)
+    return {
+        "settings": settings,
+        "synth_dir": synth_dir,
+        "features": feat_dir,
+        "synth_s": took["synth"],
+        "extract_s": took["extract"],
+    }
 
 
 def pick(metrics: Dict[str, Any]) -> Dict[str, Any]:
@@ -177,7 +188,7 @@ def main(argv: List[str]) -> int:
     train_s = 0.0
     if args.retrain or not os.path.exists(os.path.join(run, "summary.json")):
         shutil.rmtree(run, ignore_errors=True)
-        train_s = dvamn(train_args, log)
+        train_s = dvamn(train_args, log, clean=run)
     results, eval_s = {}, {}
     for label, features, flags in (
         ("in-family", train_data["features"], []),
