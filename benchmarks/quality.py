@@ -3,7 +3,9 @@
     python benchmarks/quality.py --work /tmp/quality --out benchmarks/results/quality-logcosh.json
     python benchmarks/quality.py --work /tmp/quality --name contrastive -- --objective contrastive
 
-One configuration, end to end, with the `dvamn` commands a user would type (issue 13):
+One configuration, end to end, with the `dvamn` commands a user would type (issue 13),
+run in this process on one local Ray (started once, with retries: on a busy machine a
+starting Ray can time out):
 
 1. ``dvamn synth`` the training families (default classic, swap, swing, halftime; 200
    videos of 24 s, seed 1) into WORK/synth-train and the unseen family (default melodic,
@@ -30,10 +32,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SMALL_NETWORK = [
     "--lr", "1e-3", "--stride", "10", "--widths", "32,64,128", "--gru-hidden", "128",
@@ -43,25 +46,38 @@ FIGURES = ("r_at_1", "r_at_5", "r_at_10", "median_rank", "pool_size")
 POOL_FIGURES = ("pool100_r_at_1", "pool100_r_at_5", "pool100_r_at_10", "pool100_median_rank")
 
 
-def dvamn(
-    args: Sequence[str], log_path: str, clean: Optional[str] = None, attempts: int = 2
-) -> float:
-    """Run ``dvamn ARGS`` (this Python's), output appended to ``log_path``; seconds taken.
-    A failure is retried once (on a busy machine a local Ray can time out starting),
-    after removing ``clean`` (a partial output the command would refuse); a second
-    failure stops the benchmark naming the command and the log."""
-    command = [sys.executable, "-m", "dvamn.cli", *args]
-    start = time.perf_counter()
+def start_ray(attempts: int = 5) -> None:
+    """One local Ray for every step, as ``dvamn`` would start it; retried, because on a
+    busy machine a starting Ray can time out (its raylet must register within 30 s)."""
+    import ray
+
+    from dvamn.ray_setup import ensure_ray
+
     for attempt in range(1, attempts + 1):
-        if clean and attempt > 1:
-            shutil.rmtree(clean, ignore_errors=True)
-        with open(log_path, "a") as log:
-            log.write(f"\n$ dvamn {' '.join(args)}   # attempt {attempt}\n")
-            log.flush()
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-        if code == 0:
-            return time.perf_counter() - start
-    raise SystemExit(f"`dvamn {' '.join(args)}` failed with exit code {code}; see {log_path}")
+        try:
+            ensure_ray()
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on timeout
+            print(f"Ray did not start (attempt {attempt}/{attempts}): {exc}", flush=True)
+            ray.shutdown()
+            time.sleep(10)
+    raise SystemExit(f"Ray did not start in {attempts} attempts")
+
+
+def dvamn(args: Sequence[str], log_path: str) -> float:
+    """Run ``dvamn ARGS`` in this process (on the Ray that ``start_ray`` started); seconds
+    taken. A failing command stops the benchmark naming it; its messages are in this
+    process's output, and the command line is appended to ``log_path``."""
+    from dvamn.cli import main as dvamn_main
+
+    with open(log_path, "a") as log:
+        log.write(f"$ dvamn {' '.join(args)}\n")
+    print(f"\n$ dvamn {' '.join(args)}", flush=True)
+    start = time.perf_counter()
+    code = dvamn_main(list(args))
+    if code != 0:
+        raise SystemExit(f"`dvamn {' '.join(args)}` failed with exit code {code}")
+    return time.perf_counter() - start
 
 
 def synth_and_extract(
@@ -86,7 +102,7 @@ def synth_and_extract(
         else:
             args = ["extract", synth_dir, "--out", feat_dir, "--pose", "keypoints",
                     "--audio", "logmel"]  # fmt: skip
-        took[step] = dvamn(args, log, clean=out)
+        took[step] = dvamn(args, log)
         with open(marker, "w") as f:
             json.dump({"settings": settings, "seconds_taken": took[step]}, f)
     return {
@@ -171,8 +187,9 @@ def main(argv: List[str]) -> int:
         p.error(f"--unseen-family {args.unseen_family} is one of --train-families")
 
     os.makedirs(os.path.join(args.work, "runs"), exist_ok=True)
-    log = os.path.join(args.work, f"{args.name}.log")
+    log = os.path.join(args.work, f"{args.name}.commands.txt")
     start = time.perf_counter()
+    start_ray()
     train_data = synth_and_extract(
         args.work, "train", args.train_videos, args.seconds, args.seed, args.train_families, log
     )
@@ -188,7 +205,7 @@ def main(argv: List[str]) -> int:
     train_s = 0.0
     if args.retrain or not os.path.exists(os.path.join(run, "summary.json")):
         shutil.rmtree(run, ignore_errors=True)
-        train_s = dvamn(train_args, log, clean=run)
+        train_s = dvamn(train_args, log)
     results, eval_s = {}, {}
     for label, features, flags in (
         ("in-family", train_data["features"], []),
@@ -230,9 +247,9 @@ def main(argv: List[str]) -> int:
             "total": round(time.perf_counter() - start, 1),
         },
         "cpu_count": os.cpu_count(),
-        "log": log,
+        "commands": log,
     }
-    print(f"times (s): {report['timings_s']}; log {log}")
+    print(f"times (s): {report['timings_s']}; commands in {log}")
     if args.out:
         if os.path.dirname(args.out):
             os.makedirs(os.path.dirname(args.out), exist_ok=True)
