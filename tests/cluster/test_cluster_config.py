@@ -7,6 +7,7 @@ bootstrapping (key pairs, subnets, IAM roles) needs AWS and is not run here.
 """
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -137,3 +138,79 @@ def test_token_authentication_on_every_node(raw_config):
     run_options = " ".join(raw_config["docker"]["run_options"])
     assert "RAY_AUTH_MODE=token" in run_options
     assert raw_config["file_mounts"].get("/home/ray/.ray/auth_token") == "~/.ray/auth_token"
+
+
+def test_dashboard_listens_on_the_heads_loopback_only(raw_config):
+    """`ray dashboard cluster.yaml` reaches it through SSH; nothing else needs it."""
+    head = " ".join(raw_config["head_start_ray_commands"])
+    assert re.findall(r"--dashboard-host[= ](\S+)", head) == ["127.0.0.1"]
+    workers = " ".join(raw_config["worker_start_ray_commands"])
+    assert "--dashboard-host" not in workers and "--include-dashboard" not in workers
+    assert "0.0.0.0" not in json.dumps(raw_config), "something in cluster.yaml binds everything"
+
+
+def test_ssh_is_open_only_to_the_security_group_you_create(raw_config):
+    """Every node names the same user-made group, so Ray's launcher creates none; the group
+    it would create opens SSH to 0.0.0.0/0, which provider.security_group cannot narrow."""
+    from ray.autoscaler._private.aws.config import (
+        _configure_security_group,
+        _create_default_inbound_rules,
+    )
+
+    groups = {
+        name: tuple(node["node_config"].get("SecurityGroupIds", ()))
+        for name, node in raw_config["available_node_types"].items()
+    }
+    assert len(set(groups.values())) == 1 and all(groups.values()), groups
+    (group,) = next(iter(groups.values()))
+    assert re.fullmatch(r"sg-[0-9a-f]{8,17}", group), group
+    prepared = _prepared(raw_config)
+    assert _configure_security_group(copy.deepcopy(prepared)) == prepared  # no AWS call
+    ssh_rules = [r for r in _create_default_inbound_rules(set()) if r.get("FromPort") == 22]
+    assert {"CidrIp": "0.0.0.0/0"} in ssh_rules[0]["IpRanges"], "Ray's default changed"
+
+
+def test_the_runbook_creates_that_group_with_your_cidr():
+    """README / docs/cluster.md open SSH to a CIDR the user sets, never to anywhere."""
+    from tests.cluster.test_readme_commands import documented_commands
+
+    for path in (REPO / "docs" / "cluster.md", REPO / "README.md"):
+        ingress = [
+            c.argv
+            for c in documented_commands(path)
+            if c.argv[:3] == ("aws", "ec2", "authorize-security-group-ingress")
+        ]
+        ssh = [argv for argv in ingress if "--port" in argv and "22" in argv]
+        assert ssh, f"{path.name}: no `aws ec2 authorize-security-group-ingress --port 22`"
+        for argv in ssh:
+            cidr = argv[argv.index("--cidr") + 1]
+            assert cidr.startswith("$") and "0.0.0.0" not in cidr, f"{path.name}: {cidr}"
+        assert any("--source-group" in argv for argv in ingress), f"{path.name}: nodes isolated"
+
+
+def test_the_service_token_reaches_every_node(raw_config):
+    """The ingress replica reads DVAMN_API_TOKEN; every raylet (so every worker process)
+    starts with it, read from the file mounted from the user's machine."""
+    from dvamn.serving.auth import API_TOKEN_ENV
+
+    assert raw_config["file_mounts"].get("/home/ray/.dvamn/api_token") == "~/.dvamn/api_token"
+    for role in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in raw_config[role] if "ray start" in c]
+        export = f'export {API_TOKEN_ENV}="$(cat ~/.dvamn/api_token)"; ray start'
+        assert export in start, f"{role}: the token is not exported before `ray start`"
+
+
+def test_onnxruntime_gpu_is_pinned_to_one_version_everywhere(raw_config, pyproject):
+    """The GPU extra's minimum is the CPU onnxruntime's; the nodes and the KubeRay image
+    reinstall one exact version that satisfies it."""
+    from packaging.requirements import Requirement
+
+    deps = {Requirement(d).name: Requirement(d) for d in pyproject["project"]["dependencies"]}
+    (gpu,) = [Requirement(d) for d in pyproject["project"]["optional-dependencies"]["gpu"]]
+    assert gpu.name == "onnxruntime-gpu"
+    assert str(gpu.specifier) == str(deps["onnxruntime"].specifier)
+    pin = r'"onnxruntime-gpu==(?P<version>[\d.]+)"'
+    on_nodes = re.findall(pin, "\n".join(raw_config["setup_commands"]))
+    in_image = re.findall(pin, (REPO / "k8s" / "Dockerfile").read_text())
+    assert len(on_nodes) == 1 and on_nodes == in_image, (on_nodes, in_image)
+    assert Version(on_nodes[0]) in gpu.specifier

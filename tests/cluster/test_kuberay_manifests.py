@@ -69,13 +69,18 @@ def _cluster_specs(doc: dict) -> dict:
     return doc["spec"]["rayClusterSpec" if doc["kind"] == "RayJob" else "rayClusterConfig"]
 
 
-def _containers(doc: dict) -> list[dict]:
+def _pod_templates(doc: dict) -> list[dict]:
+    """Every pod template of a RayJob / RayService: head, worker groups, job submitter."""
     cluster = _cluster_specs(doc)
     templates = [cluster["headGroupSpec"]["template"]]
     templates += [group["template"] for group in cluster.get("workerGroupSpecs", [])]
     if "submitterPodTemplate" in doc["spec"]:
         templates.append(doc["spec"]["submitterPodTemplate"])
-    return [c for t in templates for c in t["spec"]["containers"]]
+    return templates
+
+
+def _containers(doc: dict) -> list[dict]:
+    return [c for t in _pod_templates(doc) for c in t["spec"]["containers"]]
 
 
 RAY_DOCS = [(name, doc) for name, doc in _documents() if doc.get("apiVersion") == "ray.io/v1"]
@@ -161,3 +166,117 @@ def test_rayservice_serve_config_is_valid_and_matches_serve_config_yaml():
     assert application["import_path"] == expected["import_path"]
     names = {d["name"] for d in application["deployments"]}
     assert names == {d["name"] for d in expected["deployments"]}, "deployments differ"
+
+
+# rayproject/ray images run as user ray: uid 1000, group users (100).
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 100,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _assert_unprivileged(context: dict, where: str) -> None:
+    assert context.get("allowPrivilegeEscalation") is False, f"{where}: privilege escalation"
+    assert context.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: capabilities kept"
+    assert not context.get("capabilities", {}).get("add"), f"{where}: capabilities added"
+    assert not context.get("privileged"), f"{where}: privileged"
+
+
+@pytest.mark.parametrize("name,doc", RAY_DOCS, ids=[name for name, _ in RAY_DOCS])
+def test_every_pod_runs_unprivileged_as_the_images_user(name, doc):
+    for template in _pod_templates(doc):
+        pod = template["spec"].get("securityContext", {})
+        for key, value in POD_SECURITY.items():
+            assert pod.get(key) == value, f"{name}: pod securityContext.{key} = {pod.get(key)!r}"
+        assert not template["spec"].get("hostNetwork") and not template["spec"].get("hostPID")
+        for container in template["spec"]["containers"]:
+            _assert_unprivileged(
+                container.get("securityContext", {}), f"{name}: {container['name']}"
+            )
+    cluster = _cluster_specs(doc)
+    if cluster.get("enableInTreeAutoscaling"):
+        sidecar = cluster.get("autoscalerOptions", {}).get("securityContext", {})
+        _assert_unprivileged(sidecar, f"{name}: autoscaler sidecar")
+
+
+def test_the_image_runs_as_the_uid_the_pods_declare():
+    users = re.findall(r"^USER\s+(\S+)", (K8S / "Dockerfile").read_text(), re.MULTILINE)
+    assert users and users[-1] == f"{POD_SECURITY['runAsUser']}:{POD_SECURITY['runAsGroup']}"
+
+
+def _labels_match(selector: dict, labels: dict) -> bool:
+    return set(selector.get("matchLabels", {}).items()) <= set(labels.items())
+
+
+def _admits(policy: dict, port: int, source: dict) -> bool:
+    """Whether ``policy``'s ingress rules let ``source`` (namespace, labels; an address
+    outside the cluster has neither) reach ``port``. Just the NetworkPolicy semantics
+    these manifests use: rules OR-ed; no ``ports`` = every port; no ``from`` = every
+    source; a podSelector alone = pods of the policy's namespace; with a namespaceSelector
+    {} = pods of any namespace."""
+    for rule in policy["spec"].get("ingress", []):
+        ports = rule.get("ports")
+        if ports is not None and all(p.get("port") != port for p in ports):
+            continue
+        peers = rule.get("from")
+        if not peers:
+            return True
+        for peer in peers:
+            if "ipBlock" in peer:
+                return True  # none here; an address range would need its own check
+            if "labels" not in source:
+                continue  # outside the cluster: matches no pod selector
+            same_namespace = source["namespace"] == "ray"
+            if "namespaceSelector" in peer:
+                if peer["namespaceSelector"] != {}:
+                    raise AssertionError("narrowed namespaceSelector: extend this check")
+            elif not same_namespace:
+                continue
+            if _labels_match(peer.get("podSelector", {}), source["labels"]):
+                return True
+    return False
+
+
+NETWORK_POLICIES = [doc for _, doc in _documents() if doc.get("kind") == "NetworkPolicy"]
+
+
+def test_network_policy_keeps_the_dashboard_cluster_internal_and_opens_serve():
+    (policy,) = NETWORK_POLICIES
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    selector = policy["spec"]["podSelector"]
+    for name, doc in RAY_DOCS:
+        for template in _pod_templates(doc):
+            labels = template.get("metadata", {}).get("labels", {})
+            assert _labels_match(selector, labels), f"{name}: a pod the policy does not select"
+    own_pod = {"namespace": "ray", "labels": dict(selector["matchLabels"])}
+    operator = {"namespace": "kuberay", "labels": {"app.kubernetes.io/name": "kuberay-operator"}}
+    other_pod = {"namespace": "ray", "labels": {"app": "something-else"}}
+    outside: dict = {}
+    for port in (8265, 6379, 10001):
+        assert _admits(policy, port, own_pod), f"the cluster's pods cannot reach {port}"
+        assert not _admits(policy, port, other_pod), f"any pod reaches {port}"
+        assert not _admits(policy, port, outside), f"anyone reaches {port}"
+    assert _admits(policy, 8265, operator), "the KubeRay operator cannot reach the dashboard"
+    assert not _admits(policy, 6379, operator)
+    for source in (own_pod, other_pod, outside):
+        assert _admits(policy, 8000, source), "the service port is closed"
+
+
+def test_the_service_gets_its_bearer_token_from_a_secret():
+    from dvamn.serving.auth import API_TOKEN_ENV
+
+    doc = next(d for _, d in RAY_DOCS if d["kind"] == "RayService")
+    cluster = _cluster_specs(doc)
+    templates = [cluster["headGroupSpec"]["template"]]
+    templates += [group["template"] for group in cluster["workerGroupSpecs"]]
+    for template in templates:
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            token = env.get(API_TOKEN_ENV, {})
+            assert "value" not in token, f"{container['name']}: a token in the manifest"
+            secret = token.get("valueFrom", {}).get("secretKeyRef", {})
+            assert secret == {"name": "dvamn-api-token", "key": "token"}, container["name"]
+    assert API_TOKEN_ENV not in doc["spec"]["serveConfigV2"]
