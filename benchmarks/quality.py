@@ -46,7 +46,7 @@ FIGURES = ("r_at_1", "r_at_5", "r_at_10", "median_rank", "pool_size")
 POOL_FIGURES = ("pool100_r_at_1", "pool100_r_at_5", "pool100_r_at_10", "pool100_median_rank")
 
 
-def start_ray(attempts: int = 5) -> None:
+def start_ray(attempts: int = 20) -> None:
     """One local Ray for every step, as ``dvamn`` would start it; retried, because on a
     busy machine a starting Ray can time out (its raylet must register within 30 s)."""
     import ray
@@ -60,7 +60,7 @@ def start_ray(attempts: int = 5) -> None:
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on timeout
             print(f"Ray did not start (attempt {attempt}/{attempts}): {exc}", flush=True)
             ray.shutdown()
-            time.sleep(10)
+            time.sleep(15)
     raise SystemExit(f"Ray did not start in {attempts} attempts")
 
 
