@@ -28,13 +28,15 @@ actually decoded, before anything large is allocated:
   declares) are checked before its data is decompressed; the bytes actually decompressed
   are counted, so a lying zip header cannot exceed the cap;
 - ``.pkl``: before unpickling, every opcode is scanned (at most ``MAX_PICKLE_OPCODES`` of
-  a plain set, stack at most ``MAX_PICKLE_STACK_DEPTH`` deep, no out-of-band buffers); the
+  a plain set, stack at most ``MAX_PICKLE_STACK_DEPTH`` deep, no out-of-band buffers,
+  every declared length inside the file); the
   unpickler then resolves only the exact (module, name) pairs of numpy's own array
   pickling (``_ALLOWED_GLOBALS``), each to a checking stand-in that accepts only the
   arguments numpy writes and builds arrays from the bytes in the file itself.
 
 Every refusal is a ``KeypointFileError`` naming the file and what was wrong. Peak memory
-while reading a file is at most about 3 times its size plus a few MB (tested).
+while reading a file is at most 3 times its size plus 20 MB (tested; a real pickle takes
+about 2 times: the file's bytes and the arrays' bytes).
 """
 
 import io
@@ -625,29 +627,64 @@ def _refuse_global(module: str, name: str) -> None:
     )
 
 
+# Opcodes whose argument is a length-prefixed run of bytes: the scan checks that the run
+# is inside the file and skips it without copying (value: bytes of the length prefix).
+_BULK_ARGUMENT_LENGTH_BYTES = {
+    "SHORT_BINBYTES": 1, "BINBYTES": 4, "BINBYTES8": 8, "BYTEARRAY8": 8,
+    "SHORT_BINUNICODE": 1, "BINUNICODE": 4, "BINUNICODE8": 8,
+}  # fmt: skip
+_OPCODES_BY_CODE = {opcode.code.encode("latin-1"): opcode for opcode in pickletools.opcodes}
+
+
+class _Unreadable(ValueError):
+    """Bytes that are not a complete pickle (our own description, never the content)."""
+
+
 def _scan_pickle(raw: bytes) -> None:
     """Walk every opcode without running any; refuse what a keypoint pickle never has.
 
-    pickletools reads each argument from the bytes present (a declared length past the
-    end is an error, not an allocation). The stack is simulated to bound nesting.
+    Each opcode is checked before its argument is read (pickletools' opcode table and
+    argument readers); the long byte runs of data are checked to lie inside the file and
+    skipped, not copied, so a declared length is never an allocation. The stack is
+    simulated to bound nesting.
     """
+    stream = io.BytesIO(raw)
     opcodes = 0
     depth = 0
     marks: List[int] = []
-    for opcode, argument, position in pickletools.genops(io.BytesIO(raw)):
+    while True:
+        position = stream.tell()
+        code = stream.read(1)
+        opcode = _OPCODES_BY_CODE.get(code)
+        if opcode is None:
+            raise _Unreadable(
+                f"an unknown opcode at byte {position}" if code else "it ends before STOP"
+            )
         opcodes += 1
         if opcodes > MAX_PICKLE_OPCODES:
             raise _Refused(f"more than {MAX_PICKLE_OPCODES:,} opcodes")
         if opcode.name not in _ALLOWED_OPCODES:
             raise _Refused(f"the opcode {opcode.name} (at byte {position})")
-        if opcode.name == "GLOBAL":
-            module, _, name = str(argument).partition(" ")
-            _refuse_global(module, name)
+        if opcode.name in _BULK_ARGUMENT_LENGTH_BYTES:
+            prefix = stream.read(_BULK_ARGUMENT_LENGTH_BYTES[opcode.name])
+            length = int.from_bytes(prefix, "little")
+            if len(prefix) != _BULK_ARGUMENT_LENGTH_BYTES[opcode.name] or (
+                stream.tell() + length > len(raw)
+            ):
+                raise _Unreadable(
+                    f"{opcode.name} at byte {position} declares {length:,} bytes past the end"
+                )
+            stream.seek(length, io.SEEK_CUR)
+        elif opcode.arg is not None:
+            argument = opcode.arg.reader(stream)
+            if opcode.name == "GLOBAL":
+                module, _, name = str(argument).partition(" ")
+                _refuse_global(module, name)
         before, after = opcode.stack_before, opcode.stack_after
         if pickletools.markobject in before:
             if not marks:
-                raise _Refused(f"an opcode {opcode.name} without a MARK (at byte {position})")
-            depth = marks.pop() - (before.index(pickletools.markobject))
+                raise _Unreadable(f"{opcode.name} without a MARK at byte {position}")
+            depth = marks.pop() - before.index(pickletools.markobject)
         else:
             depth -= len(before)
         if pickletools.markobject in after:
@@ -655,6 +692,8 @@ def _scan_pickle(raw: bytes) -> None:
         depth = max(depth, 0) + len(after)
         if depth > MAX_PICKLE_STACK_DEPTH:
             raise _Refused(f"nesting deeper than {MAX_PICKLE_STACK_DEPTH} (at byte {position})")
+        if opcode.name == "STOP":
+            return
 
 
 class _KeypointUnpickler(pickle.Unpickler):
@@ -677,6 +716,10 @@ def _read_aist_pickle(uri: str) -> dict:
         data = _KeypointUnpickler(io.BytesIO(raw)).load()
     except _Refused as error:
         raise KeypointFileError(f"{uri}: refused to unpickle {error}") from error
+    except _Unreadable as error:
+        raise KeypointFileError(
+            f"{uri}: not a readable AIST++ keypoints2d pickle ({error})"
+        ) from error
     except Exception as error:  # a broken pickle fails in many ways: name the kind
         raise KeypointFileError(
             f"{uri}: not a readable AIST++ keypoints2d pickle ({_kind(error)})"
