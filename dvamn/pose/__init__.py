@@ -1,7 +1,8 @@
 """2D pose of the main dancer, 10 times a second, as DVAMN's 68 values per frame.
 
 - ``estimators``: rtmlib's RTMO (one stage) or YOLOX + RTMPose on ONNX Runtime, batched.
-- ``keypoint_files``: pre-extracted keypoints (our ``.npz`` format, AIST++ pickles).
+- ``keypoint_files``: pre-extracted keypoints (our ``.npz`` format, AIST++ pickles read with
+  every limit checked, and their one-time conversion to ``.npz``: ``dvamn convert-aist``).
 - ``tracking``: keep the main dancer over time; fill frames where nobody was found.
 - ``features``: normalised pose + motion, 68 values per frame.
 

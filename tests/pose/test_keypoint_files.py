@@ -3,6 +3,7 @@
 import io
 import os
 import pickle
+import zipfile
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
@@ -409,3 +410,65 @@ def test_property_any_numpy_pickle_is_a_valid_track_or_a_keypoint_file_error(
         )
     )
     _valid_or_keypoint_file_error(lambda p: load_aist_keypoints(p, view=view), path)
+
+
+def _npy_bytes(shape, descr: str, data: bytes) -> bytes:
+    """A .npy member with a header declaring ``shape`` / ``descr`` and ``data`` after it."""
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple(shape)}, }}"
+    header = header.encode("latin1")
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + data
+
+
+_DECLARED_SIZES = st.one_of(st.integers(0, 40), st.integers(0, 2**62))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=_HEALTH)
+@given(
+    members=st.dictionaries(
+        st.sampled_from(["keypoints", "scores", "fps", "width", "height", "other"]),
+        st.tuples(
+            st.lists(_DECLARED_SIZES, min_size=0, max_size=4).map(tuple),
+            st.sampled_from(["<f4", ">f8", "<f2", "<i8", "|u1", "|b1", "|O", "<c8", "|V8", "<U4"]),
+            st.integers(0, 4096),
+        ),
+        min_size=1,
+    ),
+    method=st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]),
+)
+def test_property_declared_npy_shapes_of_any_size_are_valid_or_a_keypoint_file_error(
+    tmp_path, members, method
+):
+    path = tmp_path / "declared.npz"
+    with zipfile.ZipFile(path, "w", method) as archive:
+        for name, (shape, descr, data_bytes) in members.items():
+            archive.writestr(f"{name}.npy", _npy_bytes(shape, descr, b"\x01" * data_bytes))
+    _valid_or_keypoint_file_error(load_keypoint_file, path)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=_HEALTH)
+@given(
+    shape=st.lists(_DECLARED_SIZES, min_size=0, max_size=5).map(tuple),
+    code=st.sampled_from(["f4", "f8", "i8", "u1", "b1", "O", "V8", "U4", "c8"]),
+    data_bytes=st.integers(0, 4096),
+    protocol5=st.booleans(),
+)
+def test_property_declared_pickle_shapes_of_any_size_are_valid_or_a_keypoint_file_error(
+    tmp_path, shape, code, data_bytes, protocol5
+):
+    # numpy's own pickling, with the shape, dtype and data length chosen by the test
+    template = np.zeros((9, 2, 17, 3), np.float32)
+    reduced = template.__reduce_ex__(5 if protocol5 else 4)
+    dtype = np.zeros(1, np.float32).dtype
+
+    class Crafted:
+        def __reduce__(self):
+            if protocol5:
+                return (reduced[0], (bytearray(data_bytes), dtype, shape, "C"))
+            return reduced[0], reduced[1], (1, shape, dtype, False, b"\0" * data_bytes)
+
+    raw = pickle.dumps({"keypoints2d": Crafted()}, protocol=5 if protocol5 else 4)
+    raw = raw.replace(b"\x8c\x02f4", b"\x8c" + bytes([len(code)]) + code.encode(), 1)
+    path = tmp_path / "declared.pkl"
+    path.write_bytes(raw)
+    _valid_or_keypoint_file_error(load_aist_keypoints, path)
