@@ -28,6 +28,23 @@ than full-length ones; a track with no frames is never returned (score +inf).
 
 Ties: tracks with equal scores are ordered by track index; within a track, the earliest
 best offset wins.
+
+Hubness correction (``"cosine-w+qb"``, ``"cosine-w+csls"``: any scoring name with a
+``+qb`` or ``+csls`` suffix): some tracks sit close to most queries ("hubs") and win too
+often. Both corrections compare each track with a bank of Qb training queries (the
+model's predictions for training windows, stored with the checkpoint), once per catalog
+(Qb scorer calls), and add a per-track constant to every query's score, so the best
+offsets stay those of the plain scoring and a query costs no more:
+
+- ``qb``: QB-Norm's inverted softmax (Bogolin et al. 2022) in distance form:
+  d'(q, g) = d(q, g) + (1 / beta) * log sum_b exp(-beta * d(b, g)); a track that every
+  bank query finds close is pushed back.
+- ``csls``: cross-domain similarity local scaling (Conneau et al. 2018):
+  d'(q, g) = d(q, g) - r(g) / 2 with r(g) the mean distance of g's k nearest bank queries.
+
+Training similarity: ``aligned_similarity`` is the cosine scorings' similarity at one
+aligned offset, differentiable, for the contrastive objective (1 - it is exactly the score
+``best_offsets`` gives a window at that offset).
 """
 
 import logging
@@ -49,13 +66,27 @@ DEFAULT_DISTANCE = "l2"
 # comparison in docs/training.md made "cosine-w" the default of evaluation and service.
 SCORINGS = tuple(d + suffix for suffix in ("-w", "-std", "") for d in DISTANCES)
 DEFAULT_SCORING = "cosine-w"
+# Hubness corrections (see the module docstring), appended to a scoring name: "cosine-w+qb".
+HUBNESS_METHODS = ("qb", "csls")
+HUBNESS_SCORINGS = tuple(f"{s}+{h}" for h in HUBNESS_METHODS for s in SCORINGS)
+ALL_SCORINGS = SCORINGS + HUBNESS_SCORINGS
+QB_BETA = 20.0  # QB-Norm's inverse temperature on similarities in [-1, 1] (its paper's value)
+CSLS_K = 10  # CSLS's neighbourhood size
+
+
+def split_scoring(scoring: str) -> tuple:
+    """``(base scoring, hubness method or None)``: "cosine-w+qb" -> ("cosine-w", "qb")."""
+    if scoring not in ALL_SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(ALL_SCORINGS)}, got {scoring!r}")
+    base, _, hubness = scoring.partition("+")
+    return base, hubness or None
 
 
 def scoring_parts(scoring: str, model=None) -> tuple:
-    """``(distance, center, scale)`` for a scoring name (``SCORINGS``): center/scale (128,)
-    from ``model.scoring_transform`` for "-std"/"-w", None for raw embeddings."""
-    if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    """``(distance, center, scale)`` for a scoring name (``ALL_SCORINGS``; a hubness suffix
+    does not change them): center/scale (128,) from ``model.scoring_transform`` for
+    "-std"/"-w", None for raw embeddings."""
+    scoring, _ = split_scoring(scoring)
     distance, _, kind = scoring.partition("-")
     if not kind:
         return distance, None, None
@@ -90,11 +121,14 @@ class TrackBank:
     scale: Optional[torch.Tensor] = None  # (D,)
     # Set by ``normalise_in_place``: ``tracks`` are unit frames, for the cosine distance only.
     unit_only: bool = False
+    # Hubness correction (``set_hubness``): a distance added to every query's score of
+    # each track, (N,) float64.
+    track_penalty: Optional[torch.Tensor] = None
 
     def transform_query(self, query: torch.Tensor) -> torch.Tensor:
         if self.center is None:
             return query
-        return (query - self.center) / self.scale
+        return transform_frames(query, self.center, self.scale)
 
     def window_squared_norms(self, idx: torch.Tensor, width: int) -> torch.Tensor:
         """(len(idx), L_max - width + 1): sum of ||x||^2 over every ``width`` frames, from
@@ -154,6 +188,73 @@ class Ranking:
 def _unit_frames(x: torch.Tensor) -> torch.Tensor:
     # Zero (padding) frames stay zero instead of becoming NaN.
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def transform_frames(x: torch.Tensor, center: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(…, D) frames -> (x - center) / scale, the standardised (and weighted) frames that
+    "-std"/"-w" scorings compare; scale is floored as ``standardise`` floors it."""
+    return (x - center) / scale.clamp_min(1e-6)
+
+
+def aligned_similarity(queries: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """Mean per-frame cosine similarity of every query with every window, aligned frame by
+    frame: queries (B, T, D), windows (M, T, D) -> (B, M). Differentiable (the contrastive
+    objective's similarity); ``1 - aligned_similarity`` is the cosine distance that
+    ``best_offsets`` gives the window at that offset. Inputs are frames as the scoring
+    compares them (``transform_frames``)."""
+    if queries.dim() != 3 or windows.dim() != 3 or queries.shape[1:] != windows.shape[1:]:
+        raise ValueError(
+            f"queries (B, T, D) and windows (M, T, D) must agree in T and D, got "
+            f"{tuple(queries.shape)} and {tuple(windows.shape)}"
+        )
+    q = _unit_frames(queries)  # (B, T, D)
+    x = _unit_frames(windows)  # (M, T, D)
+    # (B, T·D) @ (T·D, M): the sum over frames of per-frame dot products, one matmul.
+    return (q.flatten(1) @ x.flatten(1).T) / queries.shape[1]  # (B, M)
+
+
+def hubness_penalty(bank_scores: np.ndarray, method: str) -> np.ndarray:
+    """Per-track correction from the distances of Qb bank queries to N tracks,
+    ``bank_scores`` (Qb, N) (each track at its best offset; +inf where never comparable)
+    -> (N,) float64 to add to every query's distance (see the module docstring)."""
+    scores = np.asarray(bank_scores, np.float64)
+    if scores.ndim != 2 or scores.shape[0] < 1:
+        raise ValueError(f"bank scores must be (Qb >= 1, N), got {scores.shape}")
+    finite = np.isfinite(scores)
+    if method == "qb":
+        x = np.where(finite, -QB_BETA * scores, -np.inf)
+        top = np.max(x, axis=0)
+        safe_top = np.where(np.isfinite(top), top, 0.0)
+        lse = safe_top + np.log(np.sum(np.exp(x - safe_top), axis=0))
+        return np.where(np.isfinite(top), lse / QB_BETA, 0.0)
+    if method == "csls":
+        k = min(CSLS_K, scores.shape[0])
+        nearest = np.sort(np.where(finite, scores, np.inf), axis=0)[:k]  # (k, N)
+        mean = np.where(np.isfinite(nearest).all(axis=0), nearest.mean(axis=0), 0.0)
+        return -0.5 * mean
+    raise ValueError(f"hubness method must be one of {HUBNESS_METHODS}, got {method!r}")
+
+
+def set_hubness(
+    bank: TrackBank, query_bank: Optional[np.ndarray], method: Optional[str], distance: str
+) -> TrackBank:
+    """Score every bank query (Qb, T, D) (in the queries' own units, as a model predicts
+    them) against ``bank`` and store the per-track correction of ``method`` in
+    ``bank.track_penalty``; ``method`` None clears it. Costs Qb scorer calls."""
+    bank.track_penalty = None
+    if method is None:
+        return bank
+    if query_bank is None or len(query_bank) == 0:
+        raise ValueError(
+            f"hubness correction {method!r} needs a query bank of training predictions; "
+            "this checkpoint has none (it was written before query banks existed): use a "
+            "scoring without '+qb'/'+csls' or retrain"
+        )
+    scores = np.stack(
+        [best_offsets(q, bank, top_k=None, distance=distance).all_scores for q in query_bank]
+    )  # (Qb, N)
+    bank.track_penalty = torch.as_tensor(hubness_penalty(scores, method), dtype=torch.float64)
+    return bank
 
 
 def standardise(
@@ -356,6 +457,8 @@ def best_offsets(
         coverage = lengths[short].double() / t
         all_scores[short] = mean / coverage
 
+    if bank.track_penalty is not None:
+        all_scores = all_scores + bank.track_penalty.to(device)
     return _rank(all_scores.cpu().numpy(), all_offsets.cpu().numpy(), top_k)
 
 

@@ -2,12 +2,17 @@
 
 import numpy as np
 import pytest
+import torch
 
 from dvamn.scoring import (
     DISTANCES,
+    aligned_similarity,
     best_offsets,
     best_offsets_reference,
     prepare_tracks,
+    set_hubness,
+    split_scoring,
+    transform_frames,
 )
 
 
@@ -163,3 +168,71 @@ def test_a_bank_on_the_gpu_gives_the_cpu_ranking():
         b = best_offsets(torch.from_numpy(query).cuda(), gpu_bank, top_k=None, distance=distance)
         np.testing.assert_array_equal(a.indices, b.indices)
         np.testing.assert_array_equal(a.all_offsets, b.all_offsets)
+
+
+def test_training_similarity_is_the_cosine_scorings_score_at_the_aligned_offset():
+    rng = np.random.default_rng(7)
+    tracks = [rng.normal(2.0, 3.0, size=(int(n), 128)).astype(np.float32) for n in (70, 80, 90)]
+    center = rng.normal(size=128).astype(np.float32)
+    scale = rng.uniform(0.5, 2.0, size=128).astype(np.float32)
+    query = rng.normal(2.0, 3.0, size=(60, 128)).astype(np.float32)
+    ranking = best_offsets(
+        query, prepare_tracks(tracks, center=center, scale=scale), top_k=None, distance="cosine"
+    )
+    c, s = torch.from_numpy(center), torch.from_numpy(scale)
+    q = transform_frames(torch.from_numpy(query), c, s)[None]  # (1, 60, 128)
+    for i, track in enumerate(tracks):
+        o = int(ranking.all_offsets[i])
+        window = transform_frames(torch.from_numpy(track[o : o + 60]), c, s)[None]
+        similarity = aligned_similarity(q, window)[0, 0].item()
+        assert 1.0 - similarity == pytest.approx(ranking.all_scores[i], abs=1e-5)
+
+
+def hub_case(rng, num_tracks=12, length=80, t=20, dim=32):
+    """Tracks of random frames and one hub: a constant frame that every query leans to."""
+    hub_direction = rng.normal(size=dim)
+    hub_direction /= np.linalg.norm(hub_direction)
+    tracks = [rng.normal(size=(length, dim)) / np.sqrt(dim) for _ in range(num_tracks)]
+    tracks.append(np.tile(hub_direction, (length, 1)))  # the hub, index num_tracks
+
+    def queries(count):
+        out, truth = [], []
+        for _ in range(count):
+            i, o = int(rng.integers(num_tracks)), int(rng.integers(length - t))
+            q = tracks[i][o : o + t] * 0.8 + hub_direction + rng.normal(0, 0.05, (t, dim))
+            out.append(q.astype(np.float32))
+            truth.append(i)
+        return out, truth
+
+    return [x.astype(np.float32) for x in tracks], queries
+
+
+@pytest.mark.parametrize("method", ["qb", "csls"])
+def test_hubness_correction_stops_a_hub_from_winning_every_query(method):
+    rng = np.random.default_rng(11)
+    tracks, make_queries = hub_case(rng)
+    hub = len(tracks) - 1
+    queries, truth = make_queries(30)
+    bank_queries, _ = make_queries(40)  # other windows: the training predictions' stand-in
+    plain = prepare_tracks(tracks)
+    winners = [best_offsets(q, plain, top_k=1, distance="cosine").indices[0] for q in queries]
+    assert all(w == hub for w in winners)  # the hub wins every query under plain scoring
+    corrected = set_hubness(prepare_tracks(tracks), np.stack(bank_queries), method, "cosine")
+    assert corrected.track_penalty.shape == (len(tracks),)
+    rankings = [best_offsets(q, corrected, top_k=None, distance="cosine") for q in queries]
+    winners = [r.indices[0] for r in rankings]
+    assert sum(w == hub for w in winners) == 0
+    assert np.mean([w == i for w, i in zip(winners, truth)]) > 0.9
+    # The correction is one constant per track: best offsets are those of plain scoring.
+    plain_offsets = best_offsets(queries[0], plain, top_k=None, distance="cosine").all_offsets
+    np.testing.assert_array_equal(rankings[0].all_offsets, plain_offsets)
+
+
+def test_hubness_names_and_a_missing_bank_are_explained():
+    assert split_scoring("cosine-w+qb") == ("cosine-w", "qb")
+    assert split_scoring("cosine-w") == ("cosine-w", None)
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        split_scoring("cosine-w+magic")
+    bank = prepare_tracks([np.ones((30, 4), np.float32)])
+    with pytest.raises(ValueError, match="query bank"):
+        set_hubness(bank, None, "qb", "cosine")

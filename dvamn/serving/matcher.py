@@ -15,7 +15,15 @@ import numpy as np
 import torch
 
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, POSE_FEATURES, POSE_FPS
-from dvamn.scoring import DEFAULT_SCORING, TrackBank, best_offsets, scoring_parts, standardise
+from dvamn.scoring import (
+    DEFAULT_SCORING,
+    TrackBank,
+    best_offsets,
+    scoring_parts,
+    set_hubness,
+    split_scoring,
+    standardise,
+)
 from dvamn.serving.catalog_store import (
     Catalog,
     check_compatible,
@@ -124,6 +132,18 @@ class Matcher:
             self.bank = standardise(self.bank, center, scale)  # in place: one catalog copy
         if self.distance == "cosine":
             self.bank.normalise_in_place()  # and still one copy, instead of two
+        # Hubness correction ("+qb"/"+csls"): the checkpoint's query bank scored against
+        # the catalog once (Qb scorer calls), as evaluation does; queries then cost the same.
+        hubness = split_scoring(scoring)[1]
+        if hubness is not None:
+            started = time.perf_counter()
+            set_hubness(self.bank, getattr(model, "query_bank", None), hubness, self.distance)
+            log.info(
+                "hubness correction %s from %d bank queries in %.1f s",
+                hubness,
+                len(model.query_bank),
+                time.perf_counter() - started,
+            )
         self.catalog_info = catalog.summary()
         self.catalog_info["memory_mb"] = round(self.bank.nbytes() / 2**20, 2)
         catalog.embeddings = np.zeros((0, EMBEDDING_DIM), np.float32)  # the bank has them

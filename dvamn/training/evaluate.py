@@ -30,6 +30,8 @@ from dvamn.scoring import (
     best_offsets,
     prepare_tracks,
     scoring_parts,
+    set_hubness,
+    split_scoring,
 )
 from dvamn.training.data import Video, window_starts
 
@@ -84,9 +86,12 @@ def retrieval_from_predictions(
     keep_scores: bool = False,
     center: Optional[np.ndarray] = None,
     scale: Optional[np.ndarray] = None,
+    hubness: Optional[str] = None,
+    query_bank: Optional[np.ndarray] = None,
 ) -> Dict[str, Any]:
     """Rank every candidate track for each prediction (A, 128) and score the true ones
-    (frames standardised with ``center``/``scale`` (128,) when given).
+    (frames standardised with ``center``/``scale`` (128,) when given; hubness-corrected
+    with ``query_bank`` when ``hubness`` names a method, ``dvamn.scoring.set_hubness``).
 
     ``true_tracks[q]``: index into ``tracks`` of query q's own soundtrack;
     ``true_offsets[q]``: the audio frame where the query was cut. Returns r_at_1/5/10,
@@ -95,6 +100,7 @@ def retrieval_from_predictions(
     with ``keep_scores`` also ``scores`` (Q, N), the distance of every query to every track.
     """
     bank = prepare_tracks(list(tracks), center=center, scale=scale)
+    set_hubness(bank, query_bank, hubness, distance)
     pool = bank.num_tracks
     ranks, offset_hits, all_scores = [], [], []
     for prediction, track, offset in zip(predictions, true_tracks, true_offsets):
@@ -183,6 +189,8 @@ def fixed_pool_retrieval(
     center: Optional[np.ndarray] = None,
     scale: Optional[np.ndarray] = None,
     pool_size: int = FIXED_POOL_SIZE,
+    hubness: Optional[str] = None,
+    query_bank: Optional[np.ndarray] = None,
 ) -> Dict[str, Any]:
     """Recall@k and median rank among a fixed pool of ``pool_size`` candidates (see
     ``fixed_pools``): ``pool100_r_at_1/5/10``, ``pool100_median_rank``,
@@ -192,6 +200,7 @@ def fixed_pool_retrieval(
     candidates = list(tracks) + list(padding_tracks[:needed])
     pools, used = fixed_pools(true_tracks, len(tracks), len(candidates) - len(tracks), pool_size)
     bank = prepare_tracks(candidates, center=center, scale=scale)
+    set_hubness(bank, query_bank, hubness, distance)
     scores = (
         np.stack(
             [best_offsets(p, bank, top_k=None, distance=distance).all_scores for p in predictions]
@@ -294,6 +303,7 @@ def evaluate_videos(
     by_distance = {}
     for scoring in scorings:
         distance, center, scale = scoring_parts(scoring, model)
+        hubness = {"hubness": split_scoring(scoring)[1], "query_bank": model.query_bank}
         chosen = np.arange(len(queries))
         if distance == "logcosh" and len(queries) > max_logcosh_queries:
             # log-cosh has no matmul form (see dvamn.scoring): compare on a spread subset.
@@ -307,6 +317,7 @@ def evaluate_videos(
             keep_scores=keep_scores and scoring == scorings[0],
             center=center,
             scale=scale,
+            **hubness,
         )
         by_distance[scoring]["distance"] = scoring
         by_distance[scoring].update(
@@ -318,6 +329,7 @@ def evaluate_videos(
                 distance,
                 center=center,
                 scale=scale,
+                **hubness,
             )
         )
     main = by_distance[scorings[0]]
