@@ -38,6 +38,7 @@ run directory.
 """
 
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -52,7 +53,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dvamn import storage
-from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES, POSE_FRAMES_PER_AUDIO_FRAME
+from dvamn.constants import (
+    EMBEDDING_DIM,
+    NUM_JOINTS,
+    POSE_FEATURES,
+    POSE_FRAMES_PER_AUDIO_FRAME,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,40 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
 TRAINING_STATE_FILE = "training_state.pt"  # optimiser state, only needed to resume training
+# Predictions (Qb, A, 128) in target units for training windows: the query bank of the
+# hubness-correcting scorings (dvamn.scoring.set_hubness). float16, read without pickle.
+QUERY_BANK_FILE = "query_bank.npy"
+# How a run's best checkpoint is chosen, stored in every checkpoint's metadata
+# ("selection"): the lowest validation loss (the paper), or, when the objective includes
+# retrieval, the highest validation R@1 with ties broken by the lower loss.
+SELECT_BY_LOSS = {"metric": "val_loss", "mode": "min"}
+SELECT_BY_RECALL = {
+    "metric": "val_r_at_1",
+    "mode": "max",
+    "tie_metric": "val_loss",
+    "tie_mode": "min",
+}
+
+
+# Extra input channels per ``DVAMNConfig.rhythm`` setting (see ``rhythm_features``).
+RHYTHM_FEATURES = {"none": 0, "accel": 2 * NUM_JOINTS + NUM_JOINTS + 1}
+
+
+def rhythm_features(x: torch.Tensor) -> torch.Tensor:
+    """Timing the 68 features hold only implicitly, made explicit: x (B, T, 68)
+    standardised pose features ([normalised (34), motion (34)], joint-major x, y) ->
+    (B, T, 52): per-joint acceleration (the next frame's motion minus this one's, 34),
+    per-joint speed (the length of the motion vector, 17) and the motion onset (the
+    rise of summed joint speed over the last frame, rectified: the accents dance puts
+    on beats, 1). Computed on standardised motion, so every channel is of order 1; the
+    last frame's acceleration and the first frame's onset are 0."""
+    b, t, _ = x.shape
+    motion = x[:, :, 2 * NUM_JOINTS :]  # (B, T, 34)
+    accel = F.pad(motion[:, 1:] - motion[:, :-1], (0, 0, 0, 1))  # (B, T, 34)
+    speed = motion.reshape(b, t, NUM_JOINTS, 2).norm(dim=-1)  # (B, T, 17)
+    total = speed.sum(-1, keepdim=True) / math.sqrt(NUM_JOINTS)  # (B, T, 1)
+    onset = F.relu(F.pad(total[:, 1:] - total[:, :-1], (0, 0, 1, 0)))  # (B, T, 1)
+    return torch.cat([accel, speed, onset], dim=-1)
 
 
 @dataclass
@@ -76,18 +116,31 @@ class DVAMNConfig:
     output_kernel_size: int = 5  # the last MFC layer
     dropout: float = 0.1  # before the 3rd layer of blocks 2.. (authors: Keras Dropout(0.9))
     layer: str = "mfc"  # "mfc" or "fc" (kernel size 1 everywhere: the paper's ablation)
+    # Rhythm the network sees beside the 68 features, derived in the network from them
+    # (``rhythm_features``): "none" (the paper), or "accel": per-joint acceleration (34),
+    # speed (17) and the motion onset, the rectified rise of summed joint speed (1).
+    rhythm: str = "none"
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
         self.post_gru_widths = tuple(int(w) for w in self.post_gru_widths)
         if self.layer not in ("mfc", "fc"):
             raise ValueError(f"DVAMNConfig.layer must be 'mfc' or 'fc', got {self.layer!r}")
+        if self.rhythm not in RHYTHM_FEATURES:
+            raise ValueError(
+                f"DVAMNConfig.rhythm must be one of {sorted(RHYTHM_FEATURES)}, got {self.rhythm!r}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"DVAMNConfig.dropout must be in [0, 1), got {self.dropout}")
         for name in ("kernel_size", "output_kernel_size"):
             k = getattr(self, name)
             if k < 1 or k % 2 == 0:
                 raise ValueError(f"DVAMNConfig.{name} must be odd and >= 1 to keep T, got {k}")
+
+    @property
+    def input_features(self) -> int:
+        """Channels of the first MFC block: the 68 pose features and the rhythm ones."""
+        return self.pose_features + RHYTHM_FEATURES[self.rhythm]
 
     def kernel(self, k: int) -> int:
         """The kernel actually used: ``k`` for MFC, 1 for the frame-wise FC ablation."""
@@ -152,7 +205,7 @@ class DVAMN(nn.Module):
         self.config = config
         c = config
         k = c.kernel(c.kernel_size)
-        blocks, width = [], c.pose_features
+        blocks, width = [], c.input_features
         for i, w in enumerate(c.widths):
             # The authors drop out only in the wider blocks, not in the first.
             blocks.append(MFCBlock(width, w, k, c.dropout if i > 0 else 0.0))
@@ -175,6 +228,8 @@ class DVAMN(nn.Module):
         # on the training windows, clipped to [0, 1]; set by training): the scorer weighs
         # dimensions by it, so that what dance cannot tell (e.g. timbre) adds no noise.
         self.register_buffer("target_weight", torch.ones(c.audio_dim))
+        # Training predictions (Qb, A, 128) for hubness correction, set by load_model.
+        self.query_bank: Optional[np.ndarray] = None
 
     def set_scaling(
         self,
@@ -210,6 +265,8 @@ class DVAMN(nn.Module):
         """pose: raw features (B, T, 68) -> standardised audio embeddings (B, T // 2, 128)."""
         self._check_pose(pose)
         x = (pose - self.input_mean) / self.input_std  # (B, T, 68)
+        if self.config.rhythm != "none":
+            x = torch.cat([x, rhythm_features(x)], dim=-1)  # (B, T, 68 + 52)
         x = self.pose_blocks(x.transpose(1, 2))  # (B, 512, T)
         x = F.max_pool1d(x, POSE_FRAMES_PER_AUDIO_FRAME)  # (B, 512, A), odd T: last frame dropped
         x = x.transpose(1, 2)  # (B, A, 512)
@@ -243,15 +300,21 @@ class DVAMN(nn.Module):
             self.train(was_training)
         return out[0] if squeeze else out
 
-    def scoring_transform(self, weighted: bool = True) -> Tuple[np.ndarray, np.ndarray]:
-        """(center, scale), each (128,), for ``dvamn.scoring.prepare_tracks`` /
-        ``standardise``: frames become (x - target_mean) / target_std, times
-        ``target_weight`` when ``weighted``."""
-        center = self.target_mean.detach().cpu().numpy()
-        scale = self.target_std.detach().cpu().numpy()
+    def scoring_transform_tensors(self, weighted: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(center, scale), each (128,) on the model's device, without gradient: frames
+        become (x - target_mean) / target_std, times ``target_weight`` when ``weighted``.
+        Search (``scoring_transform``) and the contrastive objective both use it."""
+        center = self.target_mean.detach()
+        scale = self.target_std.detach()
         if weighted:
-            scale = scale / np.maximum(self.target_weight.detach().cpu().numpy(), 1e-3)
+            scale = scale / self.target_weight.detach().clamp_min(1e-3)
         return center, scale
+
+    def scoring_transform(self, weighted: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+        """``scoring_transform_tensors`` as numpy, for ``dvamn.scoring.prepare_tracks`` /
+        ``standardise``."""
+        center, scale = self.scoring_transform_tensors(weighted)
+        return center.cpu().numpy(), scale.cpu().numpy()
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -285,11 +348,13 @@ def save_checkpoint(
     model: DVAMN,
     metadata: Optional[Dict[str, Any]] = None,
     training_state: Optional[Dict[str, Any]] = None,
+    query_bank: Optional[np.ndarray] = None,
 ) -> str:
     """Write ``config.json``, ``model.pt`` and ``metadata.json`` (plus
-    ``training_state.pt`` with the optimiser state when given) to a local directory or
-    fsspec URI. ``metadata``: feature provenance, epoch, metrics, history... (JSON-able;
-    numpy values are converted). Returns ``dir_or_uri``."""
+    ``training_state.pt`` with the optimiser state, and ``query_bank.npy`` with the
+    model's predictions (Qb, A, 128) for training windows, when given) to a local
+    directory or fsspec URI. ``metadata``: feature provenance, epoch, metrics, history,
+    ``selection`` (JSON-able; numpy values are converted). Returns ``dir_or_uri``."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = dict(metadata or {})
@@ -304,6 +369,13 @@ def save_checkpoint(
             json.dump(_jsonable(meta), f, indent=2)
         if training_state is not None:
             torch.save(training_state, os.path.join(tmp, TRAINING_STATE_FILE))
+        if query_bank is not None:
+            bank = np.asarray(query_bank)
+            if bank.ndim != 3 or bank.shape[2] != model.config.audio_dim:
+                raise ValueError(
+                    f"query bank must be (Qb, A, {model.config.audio_dim}), got {bank.shape}"
+                )
+            np.save(os.path.join(tmp, QUERY_BANK_FILE), bank.astype(np.float16))
         for name in sorted(os.listdir(tmp)):
             storage.copy_file(os.path.join(tmp, name), storage.join(dir_or_uri, name))
     return dir_or_uri
@@ -335,21 +407,40 @@ def list_checkpoints(run_uri: str) -> List[str]:
     return found
 
 
-def best_checkpoint(run_uri: str, metric: str = "val_loss", mode: str = "min") -> str:
-    """The checkpoint of a run with the best ``metric`` in its metadata (ties: latest)."""
+def _sort_key(metrics: Dict[str, Any], metric: str, mode: str) -> float:
+    value = metrics.get(metric)
+    sign = 1.0 if mode == "min" else -1.0
+    return sign * float(value) if value is not None and math.isfinite(value) else math.inf
+
+
+def best_checkpoint(run_uri: str, metric: Optional[str] = None, mode: Optional[str] = None) -> str:
+    """The best checkpoint of a run. Without ``metric``, by the run's own rule (the
+    ``selection`` in its latest checkpoint's metadata: ``SELECT_BY_RECALL`` or
+    ``SELECT_BY_LOSS``; runs written before rules were stored: by loss), so that
+    evaluation and the service pick the checkpoint training chose. Remaining ties: the
+    latest."""
     checkpoints = list_checkpoints(run_uri)
     if not checkpoints:
         raise FileNotFoundError(
             f"{run_uri} is neither a DVAMN checkpoint (config.json + model.pt) nor a training "
             "run with checkpoint_* directories; pass the --out directory of `dvamn train`"
         )
-    sign = 1.0 if mode == "min" else -1.0
+    metas = [_read_json(storage.join(uri, METADATA_FILE)) for uri in checkpoints]
+    if metric is None:
+        rule = dict(metas[-1].get("selection") or SELECT_BY_LOSS)
+    else:
+        rule = {"metric": metric, "mode": mode or "min"}
     scored = []
-    for i, uri in enumerate(checkpoints):
-        value = _read_json(storage.join(uri, METADATA_FILE)).get("metrics", {}).get(metric)
-        key = sign * float(value) if value is not None and math.isfinite(value) else math.inf
-        scored.append((key, -i, uri))
-    return min(scored)[2]
+    for i, (uri, meta) in enumerate(zip(checkpoints, metas)):
+        metrics = meta.get("metrics", {})
+        key = _sort_key(metrics, rule["metric"], rule["mode"])
+        tie = (
+            _sort_key(metrics, rule["tie_metric"], rule["tie_mode"])
+            if "tie_metric" in rule
+            else 0.0
+        )
+        scored.append((key, tie, -i, uri))
+    return min(scored)[3]
 
 
 def resolve_checkpoint(uri: str) -> str:
@@ -371,11 +462,26 @@ def load_model(uri: str, map_location: str = "cpu") -> Tuple[DVAMN, Dict[str, An
     state.setdefault("target_weight", torch.ones(config.audio_dim))
     model.load_state_dict(state)
     model.eval()
+    # Not a buffer: the weights (and their version hash) stay what training wrote.
+    model.query_bank = load_query_bank(ckpt, config.audio_dim)
     metadata["checkpoint_uri"] = ckpt
     log.info(
         "loaded DVAMN (%s, %d parameters) from %s", config.layer, model.parameter_count(), ckpt
     )
     return model, metadata
+
+
+def load_query_bank(checkpoint_dir: str, dim: int = EMBEDDING_DIM) -> Optional[np.ndarray]:
+    """The checkpoint's query bank (Qb, A, 128) float32, or None (older checkpoints).
+    Read with ``allow_pickle=False``: a .npy of plain numbers, nothing executed."""
+    uri = storage.join(checkpoint_dir, QUERY_BANK_FILE)
+    if not storage.exists(uri):
+        return None
+    with storage.open_uri(uri, "rb") as f:
+        bank = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    if bank.ndim != 3 or bank.shape[2] != dim or not np.isfinite(bank).all():
+        raise ValueError(f"{uri}: expected a finite (Qb, A, {dim}) array, got {bank.shape}")
+    return bank.astype(np.float32)
 
 
 def load_training_state(checkpoint_dir: str) -> Optional[Dict[str, Any]]:

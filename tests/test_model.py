@@ -11,11 +11,13 @@ from dvamn.constants import num_audio_frames, num_pose_frames
 from dvamn.model import (
     DVAMN,
     MFC,
+    SELECT_BY_RECALL,
     DVAMNConfig,
     MFCBlock,
     best_checkpoint,
     load_model,
     log_cosh,
+    rhythm_features,
     save_checkpoint,
 )
 
@@ -140,6 +142,56 @@ def test_load_model_on_a_run_directory_picks_the_lowest_validation_loss(tmp_path
     assert meta["epoch"] == 2
     with pytest.raises(FileNotFoundError, match="dvamn train"):
         load_model(str(tmp_path / "nothing-here"))
+
+
+def test_a_retrieval_run_picks_the_highest_recall_ties_by_loss_as_its_metadata_says(tmp_path):
+    model = small_model()
+    # epoch 2 has the lowest loss, epochs 3 and 4 share the best R@1; 4 has the lower loss.
+    for epoch, r1, val_loss in ((1, 0.1, 3.0), (2, 0.2, 0.5), (3, 0.4, 2.0), (4, 0.4, 1.5)):
+        save_checkpoint(
+            str(tmp_path / f"checkpoint_epoch_{epoch:04d}"),
+            model,
+            {
+                "epoch": epoch,
+                "metrics": {"val_loss": val_loss, "val_r_at_1": r1},
+                "selection": SELECT_BY_RECALL,
+            },
+        )
+    assert best_checkpoint(str(tmp_path)).endswith("checkpoint_epoch_0004")
+    _, meta = load_model(str(tmp_path))  # what evaluation and the service load
+    assert meta["epoch"] == 4 and meta["selection"]["metric"] == "val_r_at_1"
+    # Asked explicitly, the loss rule still works.
+    assert best_checkpoint(str(tmp_path), "val_loss", "min").endswith("checkpoint_epoch_0002")
+
+
+def test_query_bank_travels_with_the_checkpoint_and_not_in_the_weights(tmp_path):
+    model = small_model()
+    bank = np.random.default_rng(0).normal(size=(5, 60, 128)).astype(np.float32)
+    save_checkpoint(str(tmp_path / "ckpt"), model, {"epoch": 0}, query_bank=bank)
+    loaded, _ = load_model(str(tmp_path / "ckpt"))
+    assert loaded.query_bank.shape == (5, 60, 128)
+    np.testing.assert_allclose(loaded.query_bank, bank, atol=2e-2)  # stored as float16
+    assert not any("query_bank" in k for k in loaded.state_dict())
+    with pytest.raises(ValueError, match="query bank"):
+        save_checkpoint(str(tmp_path / "bad"), model, {}, query_bank=bank[:, :, :5])
+    save_checkpoint(str(tmp_path / "none"), model, {"epoch": 0})
+    assert load_model(str(tmp_path / "none"))[0].query_bank is None
+
+
+def test_rhythm_features_expose_acceleration_speed_and_onsets():
+    x = torch.zeros(1, 6, 68)
+    x[0, 3, 34] = 2.0  # joint 0 moves right between frames 3 and 4 only
+    r = rhythm_features(x)  # (1, 6, 52)
+    assert r.shape == (1, 6, 52)
+    accel, speed, onset = r[0, :, :34], r[0, :, 34:51], r[0, :, 51]
+    assert accel[2, 0] == 2.0 and accel[3, 0] == -2.0  # motion starts, then stops
+    assert speed[3, 0] == 2.0 and speed[:, 1:].abs().sum() == 0
+    assert onset.argmax() == 3 and onset[3] > 0 and (onset >= 0).all()  # rectified rise
+    model = DVAMN(DVAMNConfig(rhythm="accel", dropout=0.0, **SMALL))
+    assert model.pose_blocks[0].first.conv.in_channels == 68 + 52
+    assert model(torch.randn(2, 40, 68)).shape == (2, 20, 128)
+    with pytest.raises(ValueError, match="rhythm"):
+        DVAMNConfig(rhythm="beats")
 
 
 def test_checkpoint_config_is_plain_json(tmp_path):

@@ -109,6 +109,60 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)"
     )
+    p.add_argument(
+        "--objective",
+        choices=("logcosh", "contrastive", "both"),
+        default=None,
+        help="logcosh: regress the embeddings (the paper); contrastive: InfoNCE over the "
+        "search similarity with hard negatives (other offsets of the same track); both: "
+        "log-cosh + --contrastive-weight x contrastive (default logcosh)",
+    )
+    p.add_argument(
+        "--contrastive-weight",
+        type=float,
+        default=1.0,
+        help="weight of the contrastive term (default 1)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="a fixed contrastive temperature (default: learnable, starting at 0.1)",
+    )
+    p.add_argument(
+        "--hard-negatives",
+        type=int,
+        default=4,
+        help="per window: its own soundtrack at other offsets, >= 0.6 s away (default 4)",
+    )
+    p.add_argument(
+        "--rhythm",
+        choices=("none", "accel"),
+        default=None,
+        help="rhythm features derived in the network from the pose: none (the paper) or "
+        "accel (joint accelerations, speeds and the motion onset; default none)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after this many epochs without a better checkpoint (default: never)",
+    )
+    aug = p.add_argument_group("pose augmentation (training windows only; default none)")
+    aug.add_argument(
+        "--aug-mirror", type=float, default=0.0, help="probability of a left-right mirror"
+    )
+    aug.add_argument("--aug-rotate", type=float, default=0.0, help="rotation up to +- degrees")
+    aug.add_argument("--aug-scale", type=float, default=0.0, help="scale by 1 +- this")
+    aug.add_argument(
+        "--aug-drop-frames",
+        type=float,
+        default=0.0,
+        help="fraction of frames where the dancer is lost, then gap-filled as at inference",
+    )
+    aug.add_argument(
+        "--aug-time-jitter", type=int, default=0, help="pose shifted by up to this many frames"
+    )
     add_address_argument(p)
     p.set_defaults(func=run_train)
 
@@ -151,15 +205,46 @@ def register(subparsers) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from dvamn.model import DVAMNConfig
     from dvamn.scoring import DEFAULT_SCORING, SCORINGS
-    from dvamn.training.train import TrainConfig, summary_table, train
+    from dvamn.training.data import AugmentConfig
+    from dvamn.training.train import DEFAULT_OBJECTIVE, summary_table, train
 
     network = {k: getattr(args, k) for k in NETWORK_FLAGS if getattr(args, k) is not None}
-    model = DVAMNConfig(layer=args.layer, **network)
+    if args.rhythm is not None:
+        network["rhythm"] = args.rhythm
     scoring = args.scoring or DEFAULT_SCORING
     if scoring not in SCORINGS:
         print(f"dvamn train: --scoring must be one of {', '.join(SCORINGS)}", file=sys.stderr)
         return 2
-    config = TrainConfig(
+    try:
+        model = DVAMNConfig(layer=args.layer, **network)
+        augment = AugmentConfig(
+            mirror=args.aug_mirror,
+            rotate_deg=args.aug_rotate,
+            scale=args.aug_scale,
+            drop_frames=args.aug_drop_frames,
+            time_jitter=args.aug_time_jitter,
+        )
+        config = _train_config(args, model, scoring, augment, args.objective or DEFAULT_OBJECTIVE)
+    except ValueError as exc:
+        print(f"dvamn train: {exc}", file=sys.stderr)
+        return 2
+    try:
+        ensure_ray(args.address)
+        result = train(config)
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as exc:
+        print(f"dvamn train: {exc}", file=sys.stderr)
+        return 2
+    print(summary_table(result.history))
+    rule = "highest val R@1, ties by loss" if config.retrieval_objective else "lowest val loss"
+    print(f"run: {result.run_uri}\nbest checkpoint ({rule}): {result.best_checkpoint}")
+    print(f"parameters: {result.parameter_count:,}; elapsed {result.elapsed_s:.0f} s")
+    return 0
+
+
+def _train_config(args, model, scoring, augment, objective):
+    from dvamn.training.train import TrainConfig
+
+    return TrainConfig(
         features=args.features,
         out=args.out,
         workers=args.workers,
@@ -176,17 +261,13 @@ def run_train(args: argparse.Namespace) -> int:
         cpus_per_worker=args.cpus_per_worker,
         scoring=scoring,
         max_steps_per_epoch=args.max_steps_per_epoch,
+        objective=objective,
+        contrastive_weight=args.contrastive_weight,
+        temperature=args.temperature,
+        hard_negatives=args.hard_negatives,
+        augment=augment,
+        patience=args.patience,
     )
-    try:
-        ensure_ray(args.address)
-        result = train(config)
-    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as exc:
-        print(f"dvamn train: {exc}", file=sys.stderr)
-        return 2
-    print(summary_table(result.history))
-    print(f"run: {result.run_uri}\nbest checkpoint (lowest val loss): {result.best_checkpoint}")
-    print(f"parameters: {result.parameter_count:,}; elapsed {result.elapsed_s:.0f} s")
-    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

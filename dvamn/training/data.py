@@ -17,10 +17,19 @@ a URI or as the Dataset the pipeline function returns. One row per video, pose (
   training set's mean/std (``feature_statistics``, stored as model buffers), computes the
   loss there, and every reported loss/RMSE/MAE is converted back to the targets' own units
   (comparable with the paper's Table 1 for quantised VGGish).
+- Hard negatives (the contrastive objective): each window can carry K target windows of
+  its own video at other offsets, at least ``MIN_NEGATIVE_SHIFT_AUDIO_FRAMES`` away
+  (``negatives`` (K, 60, 128) and ``negatives_valid`` (K,)), chosen by a seeded hash of
+  the video and start, so runs repeat.
+- Pose augmentation (``AugmentConfig``, ``augment_poses``): left-right mirroring, small
+  rotation and scale jitter, dropped frames filled by inference's own gap filling
+  (``dvamn.pose.tracking.fill_gaps``), and a frame or two of temporal jitter; applied to
+  training batches only, with a generator seeded per run, epoch and worker.
 """
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Tuple, Union
 
@@ -28,6 +37,7 @@ import numpy as np
 
 from dvamn.constants import (
     EMBEDDING_DIM,
+    NUM_JOINTS,
     POSE_FEATURES,
     POSE_FRAMES_PER_AUDIO_FRAME,
     WINDOW_POSE_FRAMES,
@@ -201,18 +211,194 @@ def split_by_video(ds, val_fraction: float = DEFAULT_VAL_FRACTION) -> Tuple[Any,
     return train, val
 
 
-def windows_dataset(ds, window_pose_frames: int = WINDOW_POSE_FRAMES, stride_pose_frames: int = 20):
+# Hard negatives lie at least this far from the true offset: 0.6 s, beyond the 0.5 s
+# within which evaluation counts an offset as found.
+MIN_NEGATIVE_SHIFT_AUDIO_FRAMES = 3
+
+
+def hard_negative_windows(
+    video: Video,
+    start: int,
+    count: int,
+    seed: int = 0,
+    window_pose_frames: int = WINDOW_POSE_FRAMES,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """``count`` target windows of ``video``'s own audio at other offsets than the window
+    at pose frame ``start``: (count, A, 128) float32 and a validity mask (count,) float32
+    (0 where the video has too few other offsets; those rows repeat the true window).
+    Offsets are drawn without replacement by a generator seeded with ``seed``, the video
+    id and the start."""
+    window_audio = window_pose_frames // POSE_FRAMES_PER_AUDIO_FRAME
+    true = start // POSE_FRAMES_PER_AUDIO_FRAME
+    candidates = [
+        a
+        for a in range(len(video.audio) - window_audio + 1)
+        if abs(a - true) >= MIN_NEGATIVE_SHIFT_AUDIO_FRAMES
+    ]
+    digest = int(hashlib.sha1(f"{seed}:{video.video_id}:{start}".encode()).hexdigest()[:8], 16)
+    rng = np.random.default_rng(digest)
+    chosen = list(rng.choice(candidates, min(count, len(candidates)), replace=False))
+    valid = np.zeros(count, np.float32)
+    valid[: len(chosen)] = 1.0
+    starts = chosen + [true] * (count - len(chosen))
+    windows = np.stack([video.audio[a : a + window_audio] for a in starts]).astype(np.float32)
+    return windows, valid
+
+
+def windows_dataset(
+    ds,
+    window_pose_frames: int = WINDOW_POSE_FRAMES,
+    stride_pose_frames: int = 20,
+    hard_negatives: int = 0,
+    seed: int = 0,
+):
     """Dataset of windows (pose (120, 68), audio (60, 128) float32 columns) cut from a
-    Dataset of videos; one flat_map call per video."""
+    Dataset of videos; one flat_map call per video. With ``hard_negatives`` K > 0 also
+    ``negatives`` (K, 60, 128) and ``negatives_valid`` (K,) (``hard_negative_windows``)."""
 
     def windows(row: Dict[str, Any]) -> List[Dict[str, Any]]:
         # Only the tensors: a string column would stop iter_torch_batches.
-        return [
-            {"pose": w["pose"], "audio": w["audio"]}
-            for w in cut_windows(row_to_video(row), window_pose_frames, stride_pose_frames)
-        ]
+        video = row_to_video(row)
+        out = []
+        for w in cut_windows(video, window_pose_frames, stride_pose_frames):
+            item = {"pose": w["pose"], "audio": w["audio"]}
+            if hard_negatives > 0:
+                item["negatives"], item["negatives_valid"] = hard_negative_windows(
+                    video, w["start"], hard_negatives, seed, window_pose_frames
+                )
+            out.append(item)
+        return out
 
     return ds.select_columns(["video_id", "pose", "audio_embedding"]).flat_map(windows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pose augmentation
+
+# COCO-17 joints after a left-right mirror: nose stays, each left joint trades with its
+# right twin (eyes 1/2, ears 3/4, shoulders 5/6, elbows 7/8, wrists 9/10, hips 11/12,
+# knees 13/14, ankles 15/16).
+COCO_MIRROR = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
+
+
+@dataclass
+class AugmentConfig:
+    """Pose augmentation of training windows; the defaults do nothing (the paper)."""
+
+    mirror: float = 0.0  # probability of a left-right mirror per window
+    rotate_deg: float = 0.0  # rotation uniform in +-this many degrees (image plane)
+    scale: float = 0.0  # scale factor uniform in 1 +- this
+    drop_frames: float = 0.0  # fraction of frames where the dancer is lost (then gap-filled)
+    time_jitter: int = 0  # pose shifted against the audio by up to this many frames
+
+    def __post_init__(self) -> None:
+        for name in ("mirror", "drop_frames"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"augmentation {name} must be in [0, 1], got {getattr(self, name)}"
+                )
+        if not 0.0 <= self.rotate_deg <= 45.0:
+            raise ValueError(f"augmentation rotate_deg must be in [0, 45], got {self.rotate_deg}")
+        if not 0.0 <= self.scale < 1.0:
+            raise ValueError(f"augmentation scale must be in [0, 1), got {self.scale}")
+        if not 0 <= self.time_jitter <= 10:
+            raise ValueError(
+                f"augmentation time_jitter must be 0..10 frames, got {self.time_jitter}"
+            )
+
+    @property
+    def active(self) -> bool:
+        return any((self.mirror, self.rotate_deg, self.scale, self.drop_frames, self.time_jitter))
+
+
+def _joint_xy(pose: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(…, 68) -> normalised (…, 17, 2) and motion (…, 17, 2) views' copies."""
+    lead = pose.shape[:-1]
+    half = 2 * NUM_JOINTS
+    return (
+        pose[..., :half].reshape(*lead, NUM_JOINTS, 2).copy(),
+        pose[..., half:].reshape(*lead, NUM_JOINTS, 2).copy(),
+    )
+
+
+def _join(normalised: np.ndarray, motion: np.ndarray) -> np.ndarray:
+    lead = normalised.shape[:-2]
+    return np.concatenate(
+        [normalised.reshape(*lead, 2 * NUM_JOINTS), motion.reshape(*lead, 2 * NUM_JOINTS)], -1
+    ).astype(np.float32)
+
+
+def mirror_poses(pose: np.ndarray) -> np.ndarray:
+    """Left-right mirror of pose features (…, 68): x of the normalised pose (centred on the
+    hips) and of the motion negated, COCO left/right joints swapped. Its own inverse."""
+    normalised, motion = _joint_xy(np.asarray(pose, np.float32))
+    perm = list(COCO_MIRROR)
+    normalised, motion = normalised[..., perm, :], motion[..., perm, :]
+    normalised[..., 0] *= -1.0
+    motion[..., 0] *= -1.0
+    return _join(normalised, motion)
+
+
+def drop_and_fill(pose: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Pose features (T, 68) of a window as they would be had the dancer been lost in the
+    frames where ``present`` (T,) is False, filled by inference's own ``fill_gaps``.
+
+    Motion: each joint's track (up to its starting point, which motion does not keep) is
+    rebuilt from the motion, filled, and differenced again; ``fill_gaps`` interpolates
+    every coordinate linearly, so this is exactly the motion of the filled keypoints. The
+    normalised pose of a lost frame is the same interpolation of the normalised poses
+    around it (the filled keypoints' own normalisation differs from it only as much as
+    the body's centre and size change across the gap)."""
+    from dvamn.pose.tracking import fill_gaps
+
+    if present.all() or not present.any():
+        return pose
+    normalised, motion = _joint_xy(pose)
+    t = len(pose)
+    ones = np.ones((t + 1, NUM_JOINTS), np.float32)
+    # Each joint's position / frame height, less its first: Q_0 = 0, Q_{i+1} = Q_i + M_i.
+    points = np.zeros((t + 1, NUM_JOINTS, 2), np.float64)
+    points[1:] = np.cumsum(motion.astype(np.float64), axis=0)
+    present_ext = np.append(present, True)  # the frame after the window stays
+    filled, _, _ = fill_gaps(points.astype(np.float32), ones, present_ext)
+    filled = filled.astype(np.float64)
+    motion = (filled[1:] - filled[:-1]).astype(np.float32)
+    normalised = fill_gaps(normalised, ones[:t], present)[0]
+    return _join(normalised, motion)
+
+
+def augment_poses(pose: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """A batch of training windows' pose features (B, T, 68), augmented as ``cfg`` says
+    (each window drawn independently from ``rng``). Returns a new float32 array."""
+    out = np.array(pose, np.float32, copy=True)
+    b, t, _ = out.shape
+    for i in range(b):
+        x = out[i]
+        if cfg.time_jitter:
+            shift = int(rng.integers(-cfg.time_jitter, cfg.time_jitter + 1))
+            x = x[np.clip(np.arange(t) + shift, 0, t - 1)]
+        if cfg.drop_frames:
+            x = drop_and_fill(x, _present_mask(t, cfg.drop_frames, rng))
+        if cfg.mirror and rng.random() < cfg.mirror:
+            x = mirror_poses(x)
+        if cfg.rotate_deg or cfg.scale:
+            angle = math.radians(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg))
+            factor = rng.uniform(1.0 - cfg.scale, 1.0 + cfg.scale)
+            c, s = math.cos(angle) * factor, math.sin(angle) * factor
+            transform = np.array([[c, -s], [s, c]], np.float32)  # (2, 2), rotation x scale
+            normalised, motion = _joint_xy(x)
+            x = _join(normalised @ transform.T, motion @ transform.T)
+        out[i] = x
+    return out
+
+
+def _present_mask(t: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """(T,) bool: False in runs of 1-3 frames covering about ``fraction`` of the window."""
+    present = np.ones(t, bool)
+    for _ in range(rng.binomial(t, fraction / 2.0)):  # runs of 2 frames on average
+        start = int(rng.integers(0, t))
+        present[start : start + int(rng.integers(1, 4))] = False
+    return present
 
 
 @dataclass

@@ -12,6 +12,22 @@ measures retrieval on the validation videos, writes the checkpoint and logs prog
 Defaults are the paper's: log-cosh loss (on standardised targets, see data.py), NAdam with
 lr 2e-4 and betas (0.9, 0.999), batch 64 (per worker), 12 s windows.
 
+Objectives (``--objective``): ``logcosh`` regresses the embeddings (the paper; this path is
+unchanged by everything below); ``contrastive`` trains retrieval directly: an InfoNCE
+loss over the similarity that search uses (``dvamn.scoring.aligned_similarity`` on frames
+transformed as the scoring transforms them, ``DVAMN.scoring_transform_tensors``), each
+window's prediction against the true target windows of the whole batch, gathered across
+DDP workers, and K hard negatives per window (its own soundtrack at other offsets), plus
+the symmetric term (each target window against every prediction of the batch);
+``both`` adds ``contrastive_weight`` times it to the log-cosh loss. The temperature is
+learnable (from ``INITIAL_TEMPERATURE``) or set. With retrieval in the objective, the
+best checkpoint (and early stopping, ``patience``) is chosen by validation R@1, ties by
+loss; the rule is stored in every checkpoint's metadata (``dvamn.model.best_checkpoint``).
+
+Every checkpoint also stores a query bank: the model's predictions for up to
+``query_bank_size`` training windows (rank 0's first ones), for the hubness-correcting
+scorings (``dvamn.scoring.set_hubness``).
+
 Fault tolerance: checkpoints (model, optimiser, config, feature metadata, history) go to
 RUN through Ray Train's storage (local path or ``s3://``); ``FailureConfig(max_failures)``
 replaces a worker group that lost a worker and the loop resumes from the last checkpoint;
@@ -29,16 +45,22 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 
 from dvamn import storage
 from dvamn.model import DVAMNConfig
-from dvamn.scoring import DEFAULT_SCORING
+from dvamn.scoring import DEFAULT_SCORING, SCORINGS
+from dvamn.training.data import AugmentConfig
 
 log = logging.getLogger(__name__)
 
 NAN_REPORT_FILE = "nan_loss.json"
 SUMMARY_FILE = "summary.json"
 LOG_EVERY_STEPS = 20
+OBJECTIVES = ("logcosh", "contrastive", "both")
+DEFAULT_OBJECTIVE = "logcosh"
+INITIAL_TEMPERATURE = 0.1  # of the learnable temperature (CLIP starts at 0.07)
+MIN_TEMPERATURE = 0.01
 
 
 @dataclass
@@ -66,10 +88,42 @@ class TrainConfig:
     max_retrieval_queries: Optional[int] = 256  # per epoch (evaluate uses them all)
     scoring: str = DEFAULT_SCORING  # how per-epoch retrieval compares (scoring.SCORINGS)
     max_steps_per_epoch: Optional[int] = None  # caps epochs for smoke runs and benchmarks
+    objective: str = DEFAULT_OBJECTIVE  # OBJECTIVES (see the module docstring)
+    contrastive_weight: float = 1.0  # of the contrastive term in "both"
+    temperature: Optional[float] = None  # None: learnable from INITIAL_TEMPERATURE
+    hard_negatives: int = 4  # per window, for the contrastive term
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    patience: Optional[int] = None  # epochs without a better checkpoint before stopping
+    query_bank_size: int = 128  # training predictions stored for hubness correction
     # Fault-injection for tests: the worker of this rank exits hard at this global step,
     # once (the marker file records that it happened).
     crash_at_step: Optional[int] = None
     crash_marker: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective != "logcosh" and not self.scoring.startswith("cosine"):
+            raise ValueError(
+                f"the contrastive objective uses the cosine scorings' similarity; --scoring "
+                f"{self.scoring!r} is not one of them (cosine-w, cosine-std, cosine)"
+            )
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        if self.temperature is not None and not MIN_TEMPERATURE <= self.temperature <= 10.0:
+            raise ValueError(
+                f"temperature must be in [{MIN_TEMPERATURE}, 10], got {self.temperature}"
+            )
+        if self.contrastive_weight < 0 or self.hard_negatives < 0 or self.query_bank_size < 0:
+            raise ValueError("contrastive_weight, hard_negatives and query_bank_size must be >= 0")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+
+    @property
+    def retrieval_objective(self) -> bool:
+        return self.objective != "logcosh"
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -117,17 +171,131 @@ def _all_reduce(tensor, op: str = "sum"):
     return tensor
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_rows(x, with_grad: bool):
+    """Concatenate every worker's ``x`` (n_r, ...) along dim 0 -> (sum n_r, ...), in rank
+    order, and this worker's first row index. Workers may hold different row counts (the
+    last batch): rows are padded to the largest count for the collective and dropped
+    after. ``with_grad``: gradients flow back to each worker's own rows
+    (``torch.distributed.nn.functional.all_gather``, whose backward sums every worker's
+    gradient for them, ``_AllGatherRows``); otherwise a plain all_gather. One worker:
+    ``x`` itself."""
+    import torch
+    import torch.distributed as dist
+
+    world = _world_size()
+    if world == 1:
+        return x, 0
+    rank = dist.get_rank()
+    counts = [torch.zeros(1, dtype=torch.int64, device=x.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([len(x)], dtype=torch.int64, device=x.device))
+    counts = [int(c) for c in counts]
+    top = max(counts)
+    padded = torch.cat([x, x.new_zeros((top - len(x), *x.shape[1:]))]) if len(x) < top else x
+    gathered = _AllGatherRows.apply(padded) if with_grad else _all_gather(padded.detach())
+    parts = gathered.reshape(world, top, *x.shape[1:])
+    rows = torch.cat([p[:c] for p, c in zip(parts, counts)])
+    return rows, sum(counts[:rank])
+
+
+def _all_gather(x):
+    """(n, ...) on every worker -> (world · n, ...), in rank order, no gradient."""
+    import torch
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """all_gather whose backward hands each worker the sum, over all workers, of the
+    gradient for its own rows (every worker's loss uses every worker's rows)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.rows = len(x)
+        return _all_gather(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start : start + ctx.rows]
+
+
+def contrastive_loss(queries, targets, negatives=None, negatives_valid=None, temperature=0.1):
+    """InfoNCE over the search similarity, across every worker's batch.
+
+    queries (B, A, D): this worker's predictions; targets (B, A, D): their true windows;
+    negatives (B, K, A, D) with negatives_valid (B, K): each window's hard negatives
+    (its own soundtrack at other offsets). All are frames as the scoring compares them
+    (``dvamn.scoring.transform_frames``); ``temperature`` a float or a 0-d tensor.
+    The loss is the mean of two cross-entropies: each query against every gathered true
+    window and every gathered hard negative (which names its own window), and each true
+    window against every gathered query (which keeps one track from matching every dance).
+    With one worker it is the plain batch loss."""
+    import torch
+    import torch.nn.functional as F
+
+    from dvamn.scoring import aligned_similarity
+
+    all_targets, first = gather_rows(targets, with_grad=False)  # (N, A, D)
+    all_queries, _ = gather_rows(queries, with_grad=True)  # (N, A, D)
+    labels = torch.arange(first, first + len(queries), device=queries.device)
+    candidates = [all_targets]
+    mask = None
+    if negatives is not None and negatives.shape[1] > 0:
+        flat = negatives.reshape(-1, *negatives.shape[2:])  # (B·K, A, D)
+        all_negatives, _ = gather_rows(flat, with_grad=False)
+        valid, _ = gather_rows(negatives_valid.reshape(-1).float(), with_grad=False)
+        candidates.append(all_negatives)
+        mask = torch.cat([torch.ones(len(all_targets), device=valid.device), valid]) > 0.5
+    logits = aligned_similarity(queries, torch.cat(candidates)) / temperature  # (B, N + N·K)
+    if mask is not None:
+        logits = logits.masked_fill(~mask[None, :], float("-inf"))
+    to_tracks = F.cross_entropy(logits, labels)
+    to_queries = F.cross_entropy(aligned_similarity(targets, all_queries) / temperature, labels)
+    return 0.5 * (to_tracks + to_queries)
+
+
 def train_epoch(
-    model, optimizer, batches, device, cfg: Dict[str, Any], step: int, ctx
+    model,
+    optimizer,
+    batches,
+    device,
+    cfg: Dict[str, Any],
+    step: int,
+    ctx,
+    log_temperature=None,
+    epoch: int = 0,
+    bank_poses: Optional[List[np.ndarray]] = None,
 ) -> Dict[str, Any]:
     """One pass over this worker's training shard. Returns summed metrics (all-reduced),
-    the new global step and, if the loss went non-finite, ``nan_step``."""
+    the new global step and, if the loss went non-finite, ``nan_step``.
+
+    ``log_temperature``: the contrastive temperature's log (a learnable parameter or a
+    constant tensor); ``bank_poses``: when given, the first training windows' poses are
+    appended to it until it holds ``query_bank_size`` (the query bank)."""
     import torch
 
     from dvamn.model import log_cosh
+    from dvamn.scoring import split_scoring, transform_frames
+    from dvamn.training.data import augment_poses
     from dvamn.training.evaluate import regression_from_sums, regression_sums
 
     core = getattr(model, "module", model)
+    objective = cfg.get("objective", "logcosh")
+    augment = AugmentConfig(**cfg["augment"]) if cfg.get("augment") else AugmentConfig()
+    rng = np.random.default_rng([cfg["seed"], epoch, ctx.get_world_rank()])
     model.train()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     # Per target dimension: sums of p, t, p^2, t^2, p*t (standardised) for correlations.
@@ -139,10 +307,36 @@ def train_epoch(
             break
         if cfg["crash_at_step"] is not None and step == cfg["crash_at_step"]:
             _crash_once(cfg, ctx)
-        pose = batch["pose"].to(device, non_blocking=True)  # (B, 120, 68)
+        pose = batch["pose"]
+        if bank_poses is not None and len(bank_poses) < cfg["query_bank_size"]:
+            bank_poses.extend(pose[: cfg["query_bank_size"] - len(bank_poses)].numpy())
+        if augment.active:
+            pose = torch.from_numpy(augment_poses(pose.numpy(), rng, augment))
+        pose = pose.to(device, non_blocking=True)  # (B, 120, 68)
         audio = batch["audio"].to(device, non_blocking=True)  # (B, 60, 128) target units
         prediction = model(pose)  # (B, 60, 128) standardised
-        loss = log_cosh(prediction, core.standardise_targets(audio))
+        if objective == "logcosh":
+            loss = log_cosh(prediction, core.standardise_targets(audio))
+        else:
+            weighted = split_scoring(cfg["scoring"])[0].endswith("-w")
+            center, scale = core.scoring_transform_tensors(weighted)
+            if split_scoring(cfg["scoring"])[0] == "cosine":  # raw embeddings
+                center, scale = torch.zeros_like(center), torch.ones_like(scale)
+            negatives = batch.get("negatives")
+            if negatives is not None:
+                negatives = transform_frames(negatives.to(device), center, scale)
+                valid = batch["negatives_valid"].to(device)
+            else:
+                valid = None
+            loss = cfg["contrastive_weight"] * contrastive_loss(
+                transform_frames(core.to_target_units(prediction), center, scale),
+                transform_frames(audio, center, scale),
+                negatives,
+                valid,
+                log_temperature.exp().clamp_min(MIN_TEMPERATURE),
+            )
+            if objective == "both":
+                loss = loss + log_cosh(prediction, core.standardise_targets(audio))
         # Every rank must agree to stop, or the others would wait forever in DDP.
         bad = _all_reduce(
             torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device), "max"
@@ -151,6 +345,10 @@ def train_epoch(
             return {"nan_step": step, "step": step}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if log_temperature is not None and log_temperature.grad is not None:
+            # Not part of the DDP module: average its gradient over the workers by hand.
+            log_temperature.grad.div_(_world_size())
+            _all_reduce(log_temperature.grad)
         optimizer.step()
         with torch.no_grad():
             sums += regression_sums(core.to_target_units(prediction.detach()), audio)
@@ -234,9 +432,15 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from dvamn.model import DVAMN, load_training_state, save_checkpoint
+    from dvamn.model import (
+        DVAMN,
+        SELECT_BY_LOSS,
+        SELECT_BY_RECALL,
+        load_training_state,
+        save_checkpoint,
+    )
     from dvamn.training.data import batch_to_videos
-    from dvamn.training.evaluate import evaluate_videos
+    from dvamn.training.evaluate import evaluate_videos, predict_windows
 
     _setup_worker_logging()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -248,7 +452,17 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
 
     model = DVAMN(DVAMNConfig.from_dict(cfg["model"]))
     model.set_scaling(**{k: np.asarray(v, np.float32) for k, v in cfg["stats"].items()})
-    optimizer = torch.optim.NAdam(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
+    retrieval_objective = cfg.get("objective", "logcosh") != "logcosh"
+    parameters = list(model.parameters())
+    log_temperature = None
+    if retrieval_objective:
+        fixed = cfg.get("temperature")
+        log_temperature = torch.tensor(math.log(fixed or INITIAL_TEMPERATURE), device=device)
+        if fixed is None:  # learnable
+            log_temperature = torch.nn.Parameter(log_temperature)
+            parameters.append(log_temperature)
+    optimizer = torch.optim.NAdam(parameters, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+    selection = SELECT_BY_RECALL if retrieval_objective else SELECT_BY_LOSS
     start_epoch, step, history = 0, 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -262,6 +476,9 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
                 meta = json.load(f)
         if training_state is not None:
             optimizer.load_state_dict(training_state["optimizer"])
+            if log_temperature is not None and "log_temperature" in training_state:
+                with torch.no_grad():
+                    log_temperature.copy_(training_state["log_temperature"])
         start_epoch, step, history = meta["epoch"] + 1, meta.get("step", 0), meta.get("history", [])
         if rank == 0:
             log.info("resuming from %s: epoch %d, step %d", checkpoint.path, start_epoch + 1, step)
@@ -279,6 +496,7 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
             val_videos.extend(batch_to_videos(batch))
         val_videos.sort(key=lambda v: v.video_id)
 
+    bank_poses: Optional[List[np.ndarray]] = [] if rank == 0 else None
     for epoch in range(start_epoch, cfg["epochs"]):
         epoch_start = time.time()
         batches = train_shard.iter_torch_batches(
@@ -287,7 +505,9 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
             local_shuffle_seed=cfg["seed"] + 7919 * epoch + rank,
             drop_last=False,
         )
-        metrics = train_epoch(model, optimizer, batches, device, cfg, step, ctx)
+        metrics = train_epoch(
+            model, optimizer, batches, device, cfg, step, ctx, log_temperature, epoch, bank_poses
+        )
         if "nan_step" in metrics:
             if rank == 0:
                 _write_nan_report(cfg["run_uri"], epoch, metrics["nan_step"])
@@ -298,8 +518,12 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
             eval_epoch(model, val_shard.iter_torch_batches(batch_size=cfg["batch_size"]), device)
         )
         metrics["epoch"] = epoch
+        if log_temperature is not None:
+            metrics["temperature"] = float(log_temperature.detach().exp())
         if rank != 0:
             ray.train.report(metrics)
+            if _stop_early(cfg, False, device):
+                return
             continue
         retrieval = evaluate_videos(
             core,
@@ -322,6 +546,8 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
             metrics[f"val_{key}"] = retrieval[key]
         metrics["epoch_seconds"] = time.time() - epoch_start
         metrics["samples_per_s"] = metrics["train_samples"] / max(metrics["train_seconds"], 1e-9)
+        if retrieval_objective:
+            metrics["selection_score"] = selection_score(metrics)
         history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         _log_epoch(metrics, cfg["epochs"])
         metadata = {
@@ -329,18 +555,64 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
             "step": step,
             "metrics": history[-1],
             "history": history,
+            "selection": selection,
             "provenance": cfg["provenance"],
             "train_config": {k: v for k, v in cfg.items() if k not in ("stats",)},
         }
+        training_state = {"optimizer": optimizer.state_dict()}
+        if log_temperature is not None:
+            training_state["log_temperature"] = log_temperature.detach().cpu()
+        query_bank = None
+        if bank_poses:
+            poses = np.stack(bank_poses)  # (Qb, 120, 68)
+            query_bank = predict_windows(core, poses, cfg["batch_size"], str(device))
         with tempfile.TemporaryDirectory(prefix="dvamn-report-") as tmp:
-            save_checkpoint(
-                tmp, core, metadata, training_state={"optimizer": optimizer.state_dict()}
-            )
+            save_checkpoint(tmp, core, metadata, training_state, query_bank=query_bank)
             ray.train.report(
                 history[-1],
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
                 checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}",
             )
+        if _stop_early(cfg, _no_better_for(history, selection, cfg.get("patience")), device):
+            log.info(
+                "early stop after epoch %d: no better checkpoint (%s) for %d epochs",
+                epoch + 1,
+                selection["metric"],
+                cfg["patience"],
+            )
+            return
+
+
+def selection_score(metrics: Dict[str, Any]) -> float:
+    """One number ordering checkpoints as ``SELECT_BY_RECALL`` does, for Ray Train's
+    ``num_to_keep``: validation R@1, less a loss term too small to outweigh one query
+    (R@1 steps are 1/num_queries >= 1/10,000; the term stays below 1e-5)."""
+    loss = max(float(metrics["val_loss"]), 0.0)
+    return float(metrics["val_r_at_1"]) - 1e-5 * loss / (1.0 + loss)
+
+
+def _no_better_for(history: List[Dict[str, Any]], selection: Dict[str, Any], patience) -> bool:
+    """True when none of the last ``patience`` epochs beat the best epoch before them."""
+    if not patience or len(history) <= patience:
+        return False
+
+    def key(h):
+        value = h[selection["metric"]] * (1 if selection["mode"] == "min" else -1)
+        tie = h[selection["tie_metric"]] if "tie_metric" in selection else 0.0
+        return (value, tie)
+
+    best_before = min(key(h) for h in history[:-patience])
+    return all(key(h) >= best_before for h in history[-patience:])
+
+
+def _stop_early(cfg: Dict[str, Any], stop: bool, device) -> bool:
+    """Rank 0's decision, shared with every worker (each must leave the loop together)."""
+    if not cfg.get("patience"):
+        return False
+    import torch
+
+    flag = _all_reduce(torch.tensor([1.0 if stop else 0.0], device=device), "max")
+    return bool(flag.item() > 0)
 
 
 def _log_epoch(m: Dict[str, Any], epochs: int) -> None:
@@ -476,13 +748,20 @@ def train(config: TrainConfig):
             storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=config.num_to_keep,
-                checkpoint_score_attribute="val_loss",
-                checkpoint_score_order="min",
+                checkpoint_score_attribute=(
+                    "selection_score" if config.retrieval_objective else "val_loss"
+                ),
+                checkpoint_score_order="max" if config.retrieval_objective else "min",
             ),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
         ),
         datasets={
-            "train": windows_dataset(train_videos, stride_pose_frames=config.stride),
+            "train": windows_dataset(
+                train_videos,
+                stride_pose_frames=config.stride,
+                hard_negatives=config.hard_negatives if config.retrieval_objective else 0,
+                seed=config.seed,
+            ),
             "val": windows_dataset(val_videos, stride_pose_frames=config.stride),
             "val_videos": val_videos,
         },

@@ -3,12 +3,21 @@
 import numpy as np
 import pytest
 
+from dvamn.pose.features import pose_features
+from dvamn.pose.tracking import fill_gaps
 from dvamn.training.data import (
+    COCO_MIRROR,
+    MIN_NEGATIVE_SHIFT_AUDIO_FRAMES,
+    AugmentConfig,
     Video,
+    augment_poses,
     check_provenance,
     collect_features,
     cut_windows,
+    drop_and_fill,
+    hard_negative_windows,
     is_validation,
+    mirror_poses,
     read_features,
     split_by_video,
     survey_features,
@@ -81,3 +90,86 @@ def test_mixed_provenance_is_refused_naming_both(ray_local, tmp_path):
 def test_missing_features_name_the_fix(ray_local, tmp_path):
     with pytest.raises(FileNotFoundError, match="dvamn extract"):
         read_features(str(tmp_path / "nowhere"))
+
+
+def dancing_keypoints(rng, frames=41):
+    """A smooth random COCO-17 skeleton trajectory in pixels (T, 17, 2) of a 640x480 frame."""
+    base = np.stack([rng.uniform(200, 440, 17), rng.uniform(100, 400, 17)], -1)
+    t = np.arange(frames)[:, None, None] / 10.0
+    wobble = 20 * np.sin(
+        2 * np.pi * rng.uniform(0.3, 2, (1, 17, 2)) * t + rng.uniform(0, 6, (1, 17, 2))
+    )
+    return (base[None] + wobble).astype(np.float32)
+
+
+def test_mirroring_twice_is_the_identity_and_swaps_the_coco_left_right_pairs():
+    rng = np.random.default_rng(0)
+    features = pose_features(dancing_keypoints(rng), 640, 480)  # (41, 68)
+    mirrored = mirror_poses(features)
+    np.testing.assert_array_equal(mirror_poses(mirrored), features)
+    joints = features.reshape(-1, 2, 17, 2)  # (T, [normalised, motion], J, xy)
+    flipped = mirrored.reshape(-1, 2, 17, 2)
+    for left, right in ((5, 6), (9, 10), (15, 16), (1, 2)):
+        assert COCO_MIRROR[left] == right and COCO_MIRROR[right] == left
+        np.testing.assert_array_equal(flipped[:, :, left, 0], -joints[:, :, right, 0])
+        np.testing.assert_array_equal(flipped[:, :, left, 1], joints[:, :, right, 1])
+    np.testing.assert_array_equal(flipped[:, :, 0, 0], -joints[:, :, 0, 0])  # the nose stays
+    # The same as mirroring the keypoints in the image, then extracting features.
+    keypoints = dancing_keypoints(np.random.default_rng(0))
+    image_mirror = keypoints[:, list(COCO_MIRROR)] * np.array([-1.0, 1.0], np.float32) + [640, 0]
+    np.testing.assert_allclose(mirrored, pose_features(image_mirror, 640, 480), atol=1e-5)
+
+
+def test_dropped_frames_are_filled_as_inference_fills_the_keypoints():
+    rng = np.random.default_rng(1)
+    keypoints = dancing_keypoints(rng, frames=41)
+    features = pose_features(keypoints, 640, 480)[:40]  # a window whose last motion is known
+    present = np.ones(41, bool)
+    present[[3, 4, 5, 17, 30]] = False
+    filled, _, _ = fill_gaps(keypoints, np.ones((41, 17), np.float32), present)
+    expected = pose_features(filled, 640, 480)[:40]
+    got = drop_and_fill(features, present[:40])
+    # Motion: exactly that of the filled keypoints; kept frames: untouched.
+    np.testing.assert_allclose(got[:, 34:], expected[:, 34:], atol=1e-5)
+    np.testing.assert_array_equal(got[present[:40], :34], features[present[:40], :34])
+    # Lost frames' normalised pose: near the filled keypoints' normalisation (the body's
+    # centre and size move across the gap), far nearer than the frames before filling.
+    lost = ~present[:40]
+    error = np.abs(got[lost, :34] - expected[lost, :34]).mean()
+    assert error < 0.25 * np.abs(features[lost, :34] - expected[lost, :34]).mean()
+    np.testing.assert_array_equal(drop_and_fill(features, np.ones(40, bool)), features)
+
+
+def test_augmentation_defaults_do_nothing_and_settings_change_only_what_they_say():
+    rng = np.random.default_rng(2)
+    batch = np.stack([pose_features(dancing_keypoints(rng), 640, 480) for _ in range(4)])
+    assert not AugmentConfig().active
+    np.testing.assert_array_equal(augment_poses(batch, rng, AugmentConfig()), batch)
+    mirrored = augment_poses(batch, np.random.default_rng(3), AugmentConfig(mirror=1.0))
+    np.testing.assert_array_equal(mirrored, mirror_poses(batch))
+    rotated = augment_poses(batch, np.random.default_rng(3), AugmentConfig(rotate_deg=10))
+    lengths = np.linalg.norm(batch[..., :34].reshape(4, -1, 17, 2), axis=-1)
+    np.testing.assert_allclose(
+        np.linalg.norm(rotated[..., :34].reshape(4, -1, 17, 2), axis=-1), lengths, atol=1e-5
+    )
+    assert not np.allclose(rotated, batch)
+    jittered = augment_poses(batch, np.random.default_rng(3), AugmentConfig(time_jitter=2))
+    assert jittered.shape == batch.shape
+    with pytest.raises(ValueError, match="mirror"):
+        AugmentConfig(mirror=1.5)
+
+
+def test_hard_negatives_are_the_same_track_at_other_offsets():
+    rng = np.random.default_rng(4)
+    video = Video("v", rng.normal(size=(240, 68)), rng.normal(size=(120, 128)).astype(np.float32))
+    windows, valid = hard_negative_windows(video, start=40, count=4, seed=0)
+    assert windows.shape == (4, 60, 128) and valid.tolist() == [1, 1, 1, 1]
+    true = 40 // 2
+    for w in windows:
+        offsets = [a for a in range(61) if np.array_equal(video.audio[a : a + 60], w)]
+        assert len(offsets) == 1 and abs(offsets[0] - true) >= MIN_NEGATIVE_SHIFT_AUDIO_FRAMES
+    again, _ = hard_negative_windows(video, start=40, count=4, seed=0)
+    np.testing.assert_array_equal(again, windows)  # seeded: runs repeat
+    short = Video("s", rng.normal(size=(120, 68)), rng.normal(size=(61, 128)))
+    _, valid = hard_negative_windows(short, start=0, count=3, seed=0)
+    assert valid.tolist() == [0, 0, 0]  # offsets 0 and 1 only: none far enough

@@ -7,11 +7,13 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from dvamn.cli import main as dvamn_main
-from dvamn.model import DVAMNConfig, list_checkpoints, load_model
-from dvamn.training.evaluate import REPORTED_SCORINGS
-from dvamn.training.train import TrainConfig, summary_table, train
+from dvamn.model import DVAMNConfig, best_checkpoint, list_checkpoints, load_model
+from dvamn.training.data import AugmentConfig, collect_videos, read_features
+from dvamn.training.evaluate import REPORTED_SCORINGS, evaluate_videos
+from dvamn.training.train import TrainConfig, contrastive_loss, summary_table, train
 from tests.support.contracts import EVALUATION_JSON_KEYS
 from tests.training.features import write_features
 
@@ -124,3 +126,97 @@ def test_nan_loss_stops_the_run_naming_the_step(ray_local, tmp_path):
     )
     with pytest.raises(FloatingPointError, match="global step 0"):
         train(tiny_config(features, str(tmp_path / "run"), workers=0, epochs=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The contrastive objective
+
+
+def constructed_batch(seed=0, b=6, a=10, d=8, k=2):
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randn(b, a, d, generator=g)
+    negatives = targets[:, None] + 0.8 * torch.randn(b, k, a, d, generator=g)  # near misses
+    return targets, negatives, torch.ones(b, k)
+
+
+def test_contrastive_loss_is_lower_for_matching_predictions_and_trains_the_temperature():
+    targets, negatives, valid = constructed_batch()
+    noisy = targets + 0.3 * torch.randn(targets.shape, generator=torch.Generator().manual_seed(1))
+    log_t = torch.nn.Parameter(torch.tensor(np.log(0.1), dtype=torch.float32))
+    queries = noisy.clone().requires_grad_(True)
+    matched = contrastive_loss(queries, targets, negatives, valid, log_t.exp())
+    shuffled = contrastive_loss(noisy[[1, 2, 3, 4, 5, 0]], targets, negatives, valid, 0.1)
+    assert matched.item() < 0.5 * shuffled.item()
+    matched.backward()
+    assert queries.grad is not None and queries.grad.abs().sum() > 0
+    assert log_t.grad is not None and log_t.grad.abs() > 0  # learnable temperature
+    # The hard negatives count: without them the task is easier, the loss lower.
+    assert contrastive_loss(noisy, targets, None, None, 0.1) < matched
+    # Invalid negatives are ignored, as if absent.
+    masked = contrastive_loss(noisy, targets, negatives, torch.zeros_like(valid), 0.1)
+    plain = contrastive_loss(noisy, targets, None, None, 0.1).item()
+    assert masked.item() == pytest.approx(plain, rel=1e-4)
+
+
+def _gather_worker(rank, world, port, out_dir):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    targets, negatives, valid = constructed_batch(b=6)
+    queries = targets + 0.5 * torch.randn(targets.shape, generator=torch.Generator().manual_seed(2))
+    rows = slice(3 * rank, 3 * rank + 3)  # each worker holds half the batch
+    local = queries[rows].clone().requires_grad_(True)
+    loss = contrastive_loss(local, targets[rows], negatives[rows], valid[rows], 0.1)
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grad": local.grad}, os.path.join(out_dir, f"{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_gloo_workers_compute_the_loss_and_gradient_of_the_whole_batch(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gather_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    targets, negatives, valid = constructed_batch(b=6)
+    queries = targets + 0.5 * torch.randn(targets.shape, generator=torch.Generator().manual_seed(2))
+    whole = queries.clone().requires_grad_(True)
+    loss = contrastive_loss(whole, targets, negatives, valid, 0.1)
+    loss.backward()
+    # DDP averages the workers' gradients: their mean loss and mean gradient are the batch's.
+    assert (parts[0]["loss"] + parts[1]["loss"]).item() / 2 == pytest.approx(loss.item(), 1e-5)
+    grad = torch.cat([parts[0]["grad"], parts[1]["grad"]]) / 2
+    torch.testing.assert_close(grad, whole.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_contrastive_run_chooses_checkpoints_by_recall_and_stores_a_query_bank(
+    ray_local, features, tmp_path
+):
+    config = tiny_config(
+        features,
+        str(tmp_path / "contrastive"),
+        epochs=2,
+        objective="both",
+        model=DVAMNConfig(**{**TINY.to_dict(), "rhythm": "accel"}),
+        augment=AugmentConfig(
+            mirror=0.5, rotate_deg=5, scale=0.05, drop_frames=0.05, time_jitter=1
+        ),
+    )
+    result = train(config)
+    assert [h["epoch"] for h in result.history] == [0, 1]
+    assert all(0 < h["temperature"] < 1 for h in result.history)
+    model, meta = load_model(str(tmp_path / "contrastive"))
+    assert meta["selection"]["metric"] == "val_r_at_1"
+    assert meta["checkpoint_uri"] == best_checkpoint(str(tmp_path / "contrastive"))
+    best = max(result.history, key=lambda h: (h["val_r_at_1"], -h["val_loss"], h["epoch"]))
+    assert meta["epoch"] == best["epoch"]
+    assert model.query_bank is not None and model.query_bank.shape[1:] == (100, 128)
+    metrics = evaluate_videos(
+        model, collect_videos(read_features(features))[:6], scorings=("cosine-w+qb",)
+    )
+    assert metrics["distance"] == "cosine-w+qb" and 0 <= metrics["r_at_1"] <= 1
