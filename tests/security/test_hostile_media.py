@@ -105,6 +105,7 @@ def measured_decode(path: Path, **kwargs):
     return measure_action(
         setup=f"from tests.security.test_hostile_media import decode_all\npath = {str(path)!r}",
         action=f"decode_all(path, **{kwargs!r})",
+        reset_peak=True,
     )
 
 
@@ -169,6 +170,7 @@ def test_a_first_frame_over_the_limit_fails_the_probe_without_being_decoded(tmp_
     measured = measure_action(
         setup=f"from dvamn.media import MediaReader\npath = {str(path)!r}",
         action="MediaReader(path, require_audio=False, max_frame_pixels=1_000_000)",
+        reset_peak=True,
     )
     assert measured.error_type == "MediaError" and measured.growth_mb < 10, measured
 
@@ -259,6 +261,7 @@ def test_a_start_time_far_in_the_future_pads_no_more_than_the_cap(tmp_path):
     measured = measure_action(
         setup=f"from dvamn.media import read_audio\npath = {str(path)!r}",
         action="waveform, _ = read_audio(path)\nassert len(waveform) <= 4 * 16_000",
+        reset_peak=True,
     )
     assert measured.error_type in (None, "MediaError"), measured
     assert measured.growth_mb < 10, measured

@@ -17,9 +17,17 @@ _RUNNER = """
 import json, resource, sys, traceback
 
 def _peak_mb():
+    if {reset_peak}:  # VmHWM, which clear_refs restarts (ru_maxrss cannot be restarted)
+        with open("/proc/self/status") as _status:
+            for _line in _status:
+                if _line.startswith("VmHWM:"):
+                    return int(_line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 {setup}
+if {reset_peak}:
+    with open("/proc/self/clear_refs", "w") as _refs:
+        _refs.write("5")  # the high-water mark restarts at the current RSS
 _before = _peak_mb()
 _outcome = {{"error_type": None, "error": None}}
 try:
@@ -45,10 +53,19 @@ class MeasuredAction:
     traceback: "str | None" = None
 
 
-def measure_action(setup: str, action: str, timeout_s: float = 120.0) -> MeasuredAction:
+def measure_action(
+    setup: str, action: str, timeout_s: float = 120.0, reset_peak: bool = False
+) -> MeasuredAction:
     """Run ``setup`` then ``action`` (Python source) in a new interpreter; report the error
-    ``action`` raised, if any, and the growth of peak RSS during ``action``."""
+    ``action`` raised, if any, and the growth of peak RSS during ``action``.
+
+    ``reset_peak`` (Linux): restart the peak at the current RSS after ``setup``, so that
+    a transient peak of the imports or of building the input (freed before ``action``)
+    cannot hide what ``action`` allocates; without it, growth counts only what rises
+    above that earlier peak.
+    """
     source = _RUNNER.format(
+        reset_peak=bool(reset_peak),
         setup=textwrap.dedent(setup),
         action=textwrap.indent(textwrap.dedent(action), "    ") or "    pass",
     )
