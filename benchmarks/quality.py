@@ -47,15 +47,17 @@ POOL_FIGURES = ("pool100_r_at_1", "pool100_r_at_5", "pool100_r_at_10", "pool100_
 
 
 def start_ray(attempts: int = 20) -> None:
-    """One local Ray for every step, as ``dvamn`` would start it; retried, because on a
-    busy machine a starting Ray can time out (its raylet must register within 30 s)."""
+    """One local Ray for every step (each ``dvamn`` command finds it initialised and uses
+    it); retried, because on a busy machine a starting Ray can time out (its raylet must
+    register within 30 s)."""
     import ray
-
-    from dvamn.ray_setup import ensure_ray
 
     for attempt in range(1, attempts + 1):
         try:
-            ensure_ray()
+            # address="local": a new instance of our own even where a `ray start` cluster
+            # runs on this machine (a bare ray.init() would try to join it); as many
+            # logical CPUs as `dvamn` gives a local Ray (dvamn.ray_setup.ensure_ray).
+            ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
             return
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on timeout
             print(f"Ray did not start (attempt {attempt}/{attempts}): {exc}", flush=True)
