@@ -540,10 +540,10 @@ def _checked_size(shape, dtype, data) -> Tuple[Tuple[int, ...], np.dtype]:
     if not isinstance(data, (bytes, bytearray)):
         raise _Refused("array data that is not bytes in the pickle itself")
     count = math.prod(shape)
-    if count > MAX_PICKLE_ARRAY_ELEMENTS:
+    # Sizes next to a 0 count too: numpy refuses views of (0, 2**40, 2**40) as too big.
+    if math.prod(max(n, 1) for n in shape) > MAX_PICKLE_ARRAY_ELEMENTS:
         raise _Refused(
-            f"an array of {count:,} elements (shape {list(shape)}), over the "
-            f"{MAX_PICKLE_ARRAY_ELEMENTS:,} element limit"
+            f"an array of shape {list(shape)}, over the {MAX_PICKLE_ARRAY_ELEMENTS:,} element limit"
         )
     if count * dtype.dtype.itemsize != len(data):
         raise _Refused(

@@ -292,7 +292,7 @@ def test_frombuffer_with_a_shape_its_bytes_do_not_hold_is_refused(tmp_path):
     )  # fmt: skip
     path = tmp_path / "frombuffer.pkl"
     path.write_bytes(raw)
-    _assert_refused(path, "elements")
+    _assert_refused(path, "element limit")
 
 
 @pytest.mark.parametrize(
