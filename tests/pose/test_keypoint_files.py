@@ -472,3 +472,13 @@ def test_property_declared_pickle_shapes_of_any_size_are_valid_or_a_keypoint_fil
     path = tmp_path / "declared.pkl"
     path.write_bytes(raw)
     _valid_or_keypoint_file_error(load_aist_keypoints, path)
+
+
+def test_dvamn_convert_aist_explains_itself(capsys):
+    from dvamn.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["convert-aist", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "dvamn convert-aist" in text and "--view N" in text and "unpickles" in text
