@@ -1,8 +1,9 @@
 """Hostile keypoint files (issue 10, items 1 and 8): nothing runs, nothing explodes.
 
 Every file is built here, by the test (no binary blobs). Each load runs in its own
-Python (tests/support/memory.py) so that its peak-RSS growth can be measured; it must
-raise KeypointFileError, leave no side effect, and grow memory by at most
+Python (tests/support/memory.py, the peak restarted after setup) so that its peak-RSS
+growth can be measured; it must raise KeypointFileError, leave no side effect, and grow
+memory by at most
 ``MEMORY_FACTOR`` times the file's size plus ``MEMORY_SLACK_MB`` (the bound documented in
 dvamn/pose/keypoint_files.py).
 """
@@ -97,6 +98,7 @@ def _load_measured(path, loader: str = "load_aist_keypoints"):
     outcome = measure_action(
         setup=f"from dvamn.pose.keypoint_files import {loader} as load\npath = {str(path)!r}",
         action="load(path)",
+        reset_peak=True,
     )
     size_mb = os.path.getsize(path) / 2**20 if os.path.exists(path) else 0.0
     return outcome, size_mb
@@ -324,6 +326,7 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
     outcome = measure_action(
         setup=f"from dvamn.pose.keypoint_files import load_aist_keypoints\npath = {str(path)!r}",
         action="load_aist_keypoints(path)",
+        reset_peak=True,
     )
     assert outcome.error_type == "KeypointFileError" and "byte limit" in outcome.error
     assert outcome.growth_mb < MEMORY_SLACK_MB  # refused from its size, not read
