@@ -11,7 +11,7 @@ gives the same tracks whatever the family.
 | ``swap`` | kicks pump the arms, snares drop the knees, hats shrug the shoulders, the lead hand follows the bass | on the beat; sway every 2 bars, arms wave every beat | per-clip weights +-50%, slow-moving camera |
 | ``swing`` | snares nod the head, kicks lift the feet, hats flick the arms, downbeats dip the body | a half beat late (off-beat) with a 2:1 swing on off-eighths; sway every beat | smooth (tau x1.6), jittery keypoints, 2% dropped frames |
 | ``halftime`` | every other kick dips the body, every other snare punches, beats shrug, the lead hand follows the melody | half time: only events on even beats; sway every 2 bars, wave every 4 beats | big and slow (tau x2.5, moves x1.3), a moving, shaking camera |
-| ``melodic`` | melody notes punch the arms, bass notes dip the body, snares lift the feet, hats nod | on the notes; sway per bar | per-clip weights +-80%, jitter, dropped frames and joints, moving camera |
+| ``melodic`` | melody notes punch the arms, bass notes dip the body, snares lift the feet, hats nod | on the notes; sway per bar | per-clip weights +-80%, jitter, dropped frames, unsure joints, moving camera |
 
 ``FAMILIES`` holds them; ``family_pose`` makes a non-default family's joints, the default
 family goes through ``dancer.body_pose`` unchanged so that today's figures reproduce.
@@ -386,18 +386,22 @@ def detector_noise(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """What a pose detector would have written instead of the true keypoints [T,17,2]
     pixels / scores [T,17]: extra jitter (``jitter`` body units), whole frames missed
-    (``drop_frame_rate``) and single joints missed (``drop_joint_rate``); a missed
-    detection has score 0 and keypoints 0, as the keypoint-file format says."""
+    (``drop_frame_rate``: scores and keypoints 0, as the keypoint-file format marks a
+    frame without the dancer) and single joints missed (``drop_joint_rate``: score 0 at
+    a wrong guess, 0.15 body units off, as detectors report an unsure joint; extraction
+    fills whole missing frames only, so a joint at pixel 0 would be a jump across the
+    frame rather than a miss)."""
     keypoints, scores = keypoints.copy(), scores.copy()
     if family.jitter:
         noise = rng.normal(0.0, family.jitter * scale_px, size=keypoints.shape)
         keypoints = (keypoints + noise).astype(np.float32)
-    missed = np.zeros(scores.shape, bool)
-    if family.drop_frame_rate:
-        missed |= (rng.random(len(scores)) < family.drop_frame_rate)[:, None]
     if family.drop_joint_rate:
-        missed |= rng.random(scores.shape) < family.drop_joint_rate
-    scores[missed] = 0.0
-    keypoints[missed] = 0.0
-    keypoints[scores == 0] = 0.0
+        unsure = rng.random(scores.shape) < family.drop_joint_rate
+        guess = rng.normal(0.0, 0.15 * scale_px, size=keypoints.shape)
+        keypoints = np.where(unsure[..., None], keypoints + guess, keypoints).astype(np.float32)
+        scores[unsure] = 0.0
+    if family.drop_frame_rate:
+        scores[rng.random(len(scores)) < family.drop_frame_rate] = 0.0
+    frame_missed = scores.max(axis=1) == 0
+    keypoints[frame_missed] = 0.0
     return keypoints, scores
