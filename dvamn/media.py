@@ -383,17 +383,22 @@ class MediaReader:
         info = self.info
         if require_video and not info.has_video:
             raise MediaError(f"{self.name} has no video stream (audio only?)")
-        if info.has_video and info.width * info.height > self.max_frame_pixels:
+        # A video stream that is not required (cover art of a music file) is not decoded.
+        checks_video = info.has_video and require_video
+        if checks_video and info.width * info.height > self.max_frame_pixels:
             raise MediaLimitError(self._pixels_message(info.width, info.height, "has a"))
-        if info.has_video and min(info.width, info.height) <= 0:
+        if checks_video and min(info.width, info.height) <= 0:
             # FFmpeg's probe is held to the limit: a first frame over it leaves no size.
             raise MediaError(
                 f"{self.name} has no readable frame size: its frames are over the limit of "
                 f"{self.max_frame_pixels:,} pixels, or it is corrupt"
             )
-        if info.has_video and info.nominal_fps and info.nominal_fps > self.max_fps:
+        # The declared average rate only: FFmpeg's guessed rate can be a time base (1000
+        # for many WebM files), and cover art in a music file is never decoded.
+        average = self._container.streams.video[0].average_rate if info.has_video else None
+        if checks_video and average and float(average) > self.max_fps:
             raise MediaLimitError(
-                f"{self.name} has a frame rate of {info.nominal_fps:.6g} fps, over the limit "
+                f"{self.name} has a frame rate of {float(average):.6g} fps, over the limit "
                 f"of {self.max_fps:g} fps: re-encode it at a lower rate (e.g. `ffmpeg -i IN "
                 "-r 30 OUT.mp4`)"
             )
