@@ -215,7 +215,7 @@ def test_a_contrastive_run_chooses_checkpoints_by_recall_and_stores_a_query_bank
     assert meta["checkpoint_uri"] == best_checkpoint(str(tmp_path / "contrastive"))
     best = max(result.history, key=lambda h: (h["val_r_at_1"], -h["val_loss"], h["epoch"]))
     assert meta["epoch"] == best["epoch"]
-    assert model.query_bank is not None and model.query_bank.shape[1:] == (100, 128)
+    assert model.query_bank is not None and model.query_bank.shape[1:] == (60, 128)
     metrics = evaluate_videos(
         model, collect_videos(read_features(features))[:6], scorings=("cosine-w+qb",)
     )
