@@ -666,6 +666,8 @@ def _check_resumable(run_uri: str, config: TrainConfig) -> None:
         return
     with storage.open_uri(storage.join(checkpoints[-1], CONFIG_FILE)) as f:
         saved = json.loads(f.read().decode())
+    # Fields added since the run began (e.g. rhythm) take their defaults, as load_model does.
+    saved = json.loads(json.dumps(DVAMNConfig.from_dict(saved).to_dict()))
     wanted = json.loads(json.dumps(config.model.to_dict()))  # tuples -> lists, as saved
     if saved != wanted:
         differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
