@@ -36,7 +36,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 
-from dvamn.constants import MIN_DURATION_S
+from dvamn.constants import MAX_NOMINAL_FPS, MIN_DURATION_S
 from dvamn.scoring import DEFAULT_SCORING
 from dvamn.serving.auth import API_TOKEN_ENV, api_token_from_env, token_matches
 from dvamn.serving.catalog_store import weights_version
@@ -64,6 +64,9 @@ class ServeSettings:
     min_query_s: float = MIN_DURATION_S
     max_query_s: float = 600.0
     max_keypoint_fps: float = 60.0  # highest fps of a keypoint query
+    max_video_fps: float = MAX_NOMINAL_FPS  # nominal or decoded fps of an upload; 413 above
+    max_video_frames: Optional[int] = None  # decoded frames; None: duration x max_video_fps
+    video_timeout_s: float = 120.0  # decoding + pose estimation of one upload; 503 after
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     default_top_k: int = DEFAULT_TOP_K
     replicas: Optional[int] = None  # matching replicas; None: Serve's default or the
@@ -104,6 +107,9 @@ class ServeSettings:
             min_query_s=self.min_query_s,
             max_query_s=self.max_query_s,
             max_keypoint_fps=self.max_keypoint_fps,
+            max_video_fps=self.max_video_fps,
+            max_video_frames=self.max_video_frames,
+            video_timeout_s=self.video_timeout_s,
         )
 
     @property
@@ -446,8 +452,11 @@ class MatchAPI:
         try:
             form = await (await _replay(request, body)).form()
         except Exception as exc:  # Starlette raises several types for broken multipart
+            # Described, not quoted: Starlette's text can carry parts of the body.
             raise HTTPException(
-                422, f"the body is not multipart/form-data with a 'video' file: {exc}"
+                422,
+                "the body is not multipart/form-data with a 'video' file: its Content-Type "
+                "boundary, part headers or parts could not be parsed",
             ) from exc
         upload = form.get("video")
         if upload is None or isinstance(upload, str):

@@ -43,3 +43,24 @@ def test_without_pose_weights_video_queries_get_503(tmp_path):
     answer = pose.features(b"...", "dance.mp4")
     assert answer["error"]["status"] == 503
     assert "--pose-model" in answer["error"]["detail"]
+
+
+def test_video_limits_are_application_args():
+    settings = ServeSettings.from_args(
+        {
+            "checkpoint": "a",
+            "catalog": "b",
+            "max_video_fps": "120",
+            "max_video_frames": "5000",
+            "video_timeout_s": "30",
+        }
+    )
+    limits = settings.limits
+    assert (limits.max_video_fps, limits.max_video_frames, limits.video_timeout_s) == (
+        120.0,
+        5000,
+        30.0,
+    )
+    defaults = ServeSettings.from_args({"checkpoint": "a", "catalog": "b", "max_video_frames": ""})
+    assert defaults.limits.max_video_frames is None
+    assert defaults.limits.max_video_fps == 240.0 and defaults.limits.video_timeout_s == 120.0

@@ -149,6 +149,14 @@ def test_bad_inputs_get_their_status_codes(url, serving_assets, tmp_path):
     # Upload without the 'video' field, and a top_k out of range.
     response = httpx.post(f"{url}/match", files={"clip": ("a.mp4", b"123")})
     assert response.status_code == 422 and "video" in response.text
+    # A broken multipart body: a 422 that describes it and quotes none of it.
+    response = httpx.post(
+        f"{url}/match",
+        content=b"--zz\r\nsecret-part-text\r\n",
+        headers={"content-type": "multipart/form-data; boundary=zz"},
+    )
+    assert response.status_code == 422 and "could not be parsed" in response.text
+    assert "secret-part-text" not in response.text
     response = post_video(url, serving_assets.query_video, top_k=MAX_TOP_K + 1)
     assert response.status_code == 422
 
