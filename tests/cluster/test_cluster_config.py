@@ -214,3 +214,7 @@ def test_onnxruntime_gpu_is_pinned_to_one_version_everywhere(raw_config, pyproje
     in_image = re.findall(pin, (REPO / "k8s" / "Dockerfile").read_text())
     assert len(on_nodes) == 1 and on_nodes == in_image, (on_nodes, in_image)
     assert Version(on_nodes[0]) in gpu.specifier
+    # The docs that tell users what to reinstall name the same version.
+    for doc in ("README.md", "pyproject.toml", "docs/pose.md", "docs/security.md"):
+        named = set(re.findall(r"onnxruntime-gpu==([\d.]+)", (REPO / doc).read_text()))
+        assert on_nodes[0] in named, (doc, named)
