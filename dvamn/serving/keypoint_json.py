@@ -91,8 +91,12 @@ class KeypointRequest:
 
 
 def _name(key: str) -> str:
-    """An unknown field's name, shortened for messages."""
-    return key if len(key) <= MAX_NAME_CHARS else key[:MAX_NAME_CHARS] + "..."
+    """An unknown field's name for messages and ``loc`` alike: printable (control and
+    unassigned characters escaped as Python writes them) and shortened."""
+    shown = repr(key[: MAX_NAME_CHARS + 1])[1:-1]
+    if len(key) <= MAX_NAME_CHARS and len(shown) <= MAX_NAME_CHARS:
+        return shown
+    return shown[:MAX_NAME_CHARS] + "..."
 
 
 def _json_problem(exc: Exception) -> str:
@@ -258,7 +262,7 @@ def parse_keypoint_body(body: bytes, limits: Optional[QueryLimits] = None) -> Ke
             if key not in FIELDS:
                 raise QueryFieldError(
                     (_name(key),),
-                    f"unknown field {_name(key)!r}; the fields are {', '.join(FIELDS)}",
+                    f"unknown field '{_name(key)}'; the fields are {', '.join(FIELDS)}",
                 )
             if key in found:
                 raise QueryFieldError((key,), f"{key} is given twice")

@@ -169,6 +169,16 @@ def test_messages_quote_neither_the_body_nor_long_names():
     assert "s3cr3t" not in error.detail
 
 
+@pytest.mark.parametrize("name", ["\ud7a4", "a\x1b[2J", "\U000e0001" * 40, "tab\there"])
+def test_an_unknown_name_is_escaped_alike_in_the_message_and_its_loc(name):
+    """Found by the property test: an unassigned character was escaped in the message
+    but raw in ``loc``. Both now name it the same, printable way."""
+    error = _refusal(_encode({**_dance(), name: 1}))
+    assert error.status == 422 and error.detail.startswith("unknown field")
+    assert field_name(error.loc) in error.detail and error.loc[0].isprintable(), error.loc
+    assert len(error.detail) < MAX_MESSAGE_CHARS
+
+
 def test_frames_past_the_cap_are_a_413_as_soon_as_they_are_read():
     frame = [[0.0, 0.0]] * NUM_JOINTS
     error = _refusal(_encode({"fps": 60, "keypoints": [frame] * (LIMITS.max_keypoint_frames + 1)}))
