@@ -65,7 +65,7 @@ class ServeSettings:
     max_query_s: float = 600.0
     max_keypoint_fps: float = 60.0  # highest fps of a keypoint query
     max_video_fps: float = MAX_NOMINAL_FPS  # nominal or decoded fps of an upload; 413 above
-    max_video_frames: Optional[int] = None  # decoded frames; None: duration x max_video_fps
+    max_video_frames: Optional[int] = None  # decoded; None: (duration + 1 s) x max_video_fps
     video_timeout_s: float = 120.0  # decoding + pose estimation of one upload; 503 after
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     default_top_k: int = DEFAULT_TOP_K
