@@ -161,10 +161,9 @@ def bench_size(model, num_tracks: int, args) -> Dict[str, Any]:
 
 
 def write_catalog(catalog, out: str) -> None:
-    """Write an in-memory catalog in the `dvamn catalog` layout (tracks/ + manifest)."""
-    import pyarrow.parquet as pq
-
+    """Write an in-memory catalog as a version of a `dvamn catalog` catalog."""
     from dvamn.catalog_format import CATALOG_SCHEMA, embedding_sha256
+    from dvamn.pipeline.catalog import write_catalog_tables
     from dvamn.schema import rows_to_table
 
     rows = []
@@ -185,8 +184,7 @@ def write_catalog(catalog, out: str) -> None:
                 "cataloged_at": "",
             }
         )
-    os.makedirs(os.path.join(out, "tracks"), exist_ok=True)
-    pq.write_table(rows_to_table(rows, CATALOG_SCHEMA), os.path.join(out, "tracks", "part.parquet"))
+    write_catalog_tables(out, rows_to_table(rows, CATALOG_SCHEMA))
 
 
 def bench_http(model, args) -> Dict[str, Any]:

@@ -4,6 +4,7 @@ Every stage reads and writes through these helpers so that one command runs the 
 laptop and on a cluster, where outputs must live where every node can reach them.
 """
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -12,7 +13,7 @@ import shutil
 import tempfile
 import urllib.parse
 from pathlib import Path
-from typing import IO, Iterable, List, Optional, Tuple
+from typing import IO, Iterable, Iterator, List, Optional, Tuple
 
 import fsspec
 
@@ -49,6 +50,42 @@ def open_uri(uri: str, mode: str = "rb") -> IO:
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.exists(path)
+
+
+@contextlib.contextmanager
+def atomic_output(uri: str) -> Iterator[IO[bytes]]:
+    """A binary file to write that appears at ``uri`` only complete, or not at all.
+
+    Local paths (NFS included) are written to a temporary name in the same directory,
+    flushed to disk and renamed over ``uri`` (``os.replace`` is atomic on POSIX, also on
+    NFS). Remote URIs are spooled to a local temporary file and uploaded in one call: on
+    object stores (S3, GCS) an upload becomes visible only when it is complete. If the
+    block raises, nothing is written and the previous file at ``uri`` stays as it was.
+    """
+    fs, path = filesystem(uri)
+    local = not is_remote(uri)
+    parent = os.path.dirname(path) if local else None
+    if local:
+        os.makedirs(parent or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent or None, prefix=".part-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if local:
+            os.replace(tmp, path)
+        else:
+            fs.put_file(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri`` so that readers see the old content or the new, never a part."""
+    with atomic_output(uri) as f:
+        f.write(data)
 
 
 def _with_protocol(fs: fsspec.AbstractFileSystem, uri: str, path: str) -> str:

@@ -12,7 +12,8 @@ Sources (``music`` argument of :func:`build_catalog`):
 Layout of ``CATALOG``: ``dvamn.catalog_format``.
 
 Every input ends up either in ``tracks/`` or in ``errors/``. A rebuild redoes everything
-(embedding a track is cheap next to extracting a video) and replaces the previous catalog.
+(embedding a track is cheap next to extracting a video) into a new version directory, which
+becomes current only once complete; a failed build leaves the current version as it was.
 """
 
 import dataclasses
@@ -22,7 +23,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,10 @@ from dvamn.catalog_format import (
     TRACKS_DIR,
     catalog_version,
     embedding_sha256,
+    list_versions,
+    new_version_id,
+    publish_version,
+    version_uri,
 )
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, MAX_DURATION_S, SAMPLE_RATE_HZ
 from dvamn.pipeline.config import AUDIO_KINDS
@@ -74,12 +79,15 @@ class CatalogConfig:
     tracks_per_batch: int = 2
     limit: Optional[int] = None  # only the first N inputs (smoke runs)
     max_duration_s: float = MAX_DURATION_S  # longer audio files become error rows
+    keep_versions: int = 3  # complete versions kept after a build, the new current one included
 
     def __post_init__(self) -> None:
         if self.audio not in AUDIO_KINDS:
             raise ValueError(f"--audio must be one of {', '.join(AUDIO_KINDS)}, not {self.audio!r}")
         if not self.max_duration_s > 0:
             raise ValueError(f"--max-duration must be > 0 seconds, not {self.max_duration_s}")
+        if self.keep_versions < 1:
+            raise ValueError(f"--keep-versions must be at least 1, not {self.keep_versions}")
 
 
 @dataclass
@@ -92,8 +100,9 @@ class CatalogSummary:
     num_errors: int
     audio_embedding_kind: str
     audio_weights: str
-    version: str
+    version: str  # content version: a hash of every track id and embedding
     total_duration_s: float
+    version_id: str = ""  # the version directory: CATALOG/versions/ID
 
 
 def _now() -> str:
@@ -377,7 +386,8 @@ def build_catalog(config: CatalogConfig) -> CatalogSummary:
 
     Raises ``FileNotFoundError`` when ``config.music`` names nothing, and ``ValueError``
     when the tracks were embedded with more than one audio embedding (an extraction output
-    that mixes runs). Returns the summary also written to ``OUT/manifest.json``.
+    that mixes runs); the catalog's current version is then left as it was. Returns the
+    summary also written to the new version's ``manifest.json``.
     """
     from dvamn.ray_setup import ensure_ray
 
@@ -385,11 +395,7 @@ def build_catalog(config: CatalogConfig) -> CatalogSummary:
     ds, num_inputs, source = _stage_dataset(config)
     ds = ds.materialize()  # both outputs below read it: embed each track only once
 
-    tracks_uri = storage.join(config.out, TRACKS_DIR)
-    errors_uri = storage.join(config.out, ERRORS_DIR)
-    for uri in (tracks_uri, errors_uri, storage.join(config.out, MANIFEST_FILE)):
-        _remove(uri)
-
+    tracks = ds.map_batches(_only_tracks, batch_format="pyarrow")
     errors = [
         t
         for t in ds.map_batches(_only_errors, batch_format="pyarrow").iter_batches(
@@ -397,22 +403,105 @@ def build_catalog(config: CatalogConfig) -> CatalogSummary:
         )
     ]
     error_table = pa.concat_tables(errors) if errors else CATALOG_ERROR_SCHEMA.empty_table()
-    _write_table(error_table, storage.join(errors_uri, "errors.parquet"))
-
-    meta_columns = [
-        "track_id",
-        "embedding_sha256",
-        "audio_embedding_kind",
-        "audio_weights",
-        "duration_s",
-    ]
-    tracks = ds.map_batches(_only_tracks, batch_format="pyarrow")
-    meta = [b for b in tracks.select_columns(meta_columns).iter_batches(batch_format="pyarrow")]
+    meta = [b for b in tracks.select_columns(_META_COLUMNS).iter_batches(batch_format="pyarrow")]
     meta_table = (
         pa.concat_tables(meta)
         if meta
-        else pa.schema([CATALOG_SCHEMA.field(c) for c in meta_columns]).empty_table()
+        else pa.schema([CATALOG_SCHEMA.field(c) for c in _META_COLUMNS]).empty_table()
     )
+    return _publish(
+        config,
+        meta_table,
+        error_table,
+        lambda uri: _write_dataset(tracks, uri),
+        num_inputs,
+        source,
+    )
+
+
+_META_COLUMNS = [
+    "track_id",
+    "embedding_sha256",
+    "audio_embedding_kind",
+    "audio_weights",
+    "duration_s",
+]
+
+
+def write_catalog_tables(
+    out: str, tracks: pa.Table, errors: Optional[pa.Table] = None, keep_versions: int = 3
+) -> CatalogSummary:
+    """Publish tracks already embedded (a ``CATALOG_SCHEMA`` table: benchmarks, tests,
+    other tools) as a new current version of the catalog at ``out``, as ``build_catalog``
+    does."""
+    tracks = tracks.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA)
+    errors = CATALOG_ERROR_SCHEMA.empty_table() if errors is None else errors
+    kinds = sorted(set(tracks["audio_embedding_kind"].to_pylist()))
+    config = CatalogConfig(
+        music="<tables>",
+        out=out,
+        audio=kinds[0] if len(kinds) == 1 and kinds[0] in AUDIO_KINDS else "logmel",
+        keep_versions=keep_versions,
+    )
+    return _publish(
+        config,
+        tracks.select(_META_COLUMNS),
+        errors,
+        lambda uri: _write_table(tracks, storage.join(uri, "tracks.parquet")),
+        tracks.num_rows + errors.num_rows,
+        "tables",
+    )
+
+
+def _publish(
+    config: CatalogConfig,
+    meta_table: pa.Table,
+    error_table: pa.Table,
+    write_tracks: Callable[[str], None],
+    num_inputs: int,
+    source: str,
+) -> CatalogSummary:
+    """Write a new version directory, then make it current; a failure leaves the catalog's
+    current version as it was (the new one is removed: nobody has read it)."""
+    root = config.out.rstrip("/")
+    version_id = new_version_id()
+    out = version_uri(root, version_id)
+    try:
+        summary = _write_version(
+            config, meta_table, error_table, write_tracks, num_inputs, source, version_id
+        )
+    except BaseException:
+        log.warning("catalog: the build of %s failed; removing its version %s", root, version_id)
+        _remove(out)
+        raise
+    publish_version(root, version_id)
+    _prune_versions(root, version_id, config.keep_versions)
+    log.info(
+        "catalog %s: version %s is current: %d tracks, %d errors, embedding %s, content %s",
+        root,
+        version_id,
+        summary.num_tracks,
+        summary.num_errors,
+        summary.audio_embedding_kind,
+        summary.version,
+    )
+    return summary
+
+
+def _write_version(
+    config: CatalogConfig,
+    meta_table: pa.Table,
+    error_table: pa.Table,
+    write_tracks: Callable[[str], None],
+    num_inputs: int,
+    source: str,
+    version_id: str,
+) -> CatalogSummary:
+    """Write one complete version directory; its manifest last."""
+    root = config.out.rstrip("/")
+    out = version_uri(root, version_id)
+    tracks_uri = storage.join(out, TRACKS_DIR)
+    _write_table(error_table, storage.join(out, ERRORS_DIR, "errors.parquet"))
     kinds = sorted(set(meta_table["audio_embedding_kind"].to_pylist()))
     weights = sorted(set(meta_table["audio_weights"].to_pylist()))
     if len(kinds) > 1 or len(weights) > 1:
@@ -421,7 +510,7 @@ def build_catalog(config: CatalogConfig) -> CatalogSummary:
             "must use one: extract again with one --audio setting"
         )
     if meta_table.num_rows:
-        _write_dataset(tracks, tracks_uri)
+        write_tracks(tracks_uri)
     else:
         _write_table(CATALOG_SCHEMA.empty_table(), storage.join(tracks_uri, "empty.parquet"))
 
@@ -429,7 +518,8 @@ def build_catalog(config: CatalogConfig) -> CatalogSummary:
     kind = kinds[0] if kinds else (config.audio if source == "audio-file" else "unknown")
     weight = weights[0] if weights else ""
     summary = CatalogSummary(
-        out=config.out,
+        out=root,
+        version_id=version_id,
         num_inputs=num_inputs,
         num_tracks=meta_table.num_rows,
         num_errors=error_table.num_rows,
@@ -458,15 +548,27 @@ def build_catalog(config: CatalogConfig) -> CatalogSummary:
         "config": dataclasses.asdict(config),
         "created_at": _now(),
     }
-    fs, path = storage.filesystem(storage.join(config.out, MANIFEST_FILE))
-    with fs.open(path, "w") as f:
-        json.dump(manifest, f, indent=2)
-    log.info(
-        "catalog %s: %d tracks, %d errors, embedding %s, version %s",
-        config.out,
-        summary.num_tracks,
-        summary.num_errors,
-        kind,
-        summary.version,
+    # Last: a version directory with a manifest is complete (see dvamn.catalog_format).
+    storage.write_bytes_atomic(
+        storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2).encode()
     )
     return summary
+
+
+def _prune_versions(root: str, current: str, keep: int) -> None:
+    """Remove complete versions beyond the ``keep`` newest (the current one always stays),
+    and incomplete ones (failed or killed builds) older than the oldest version kept."""
+    versions = list_versions(root)
+    complete = [
+        v for v in versions if storage.exists(storage.join(version_uri(root, v), MANIFEST_FILE))
+    ]
+    older = [v for v in complete if v < current]
+    kept = {current, *(older[-(keep - 1) :] if keep > 1 else [])}
+    oldest_kept = min(kept)
+    for version in versions:
+        if version in kept or version > current:
+            continue  # newer ones may be builds still running
+        if version in complete or version < oldest_kept:
+            what = "old" if version in complete else "incomplete"
+            log.info("catalog %s: removing %s version %s", root, what, version)
+            _remove(version_uri(root, version))

@@ -14,8 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="build the music catalog (per-track audio embeddings) with Ray Data",
         description=(
             "Decode every audio file of MUSIC to 16 kHz mono and store its audio-embedding "
-            "sequence (128 values every 0.2 s) as Parquet under OUT/tracks/, with failed "
-            "inputs under OUT/errors/ and OUT/manifest.json. MUSIC is a directory, glob, list "
+            "sequence (128 values every 0.2 s) as Parquet in a new version of the catalog: "
+            "OUT/versions/ID/ holds tracks/, errors/ (failed inputs) and manifest.json, and "
+            "OUT/CURRENT names the current version. A build becomes current only when it is "
+            "complete, so a running service (or a failed build) never sees a partial catalog; "
+            "older versions stay readable (see --keep-versions). MUSIC is a directory, glob, list "
             "file or s3:// prefix of audio files (wav, mp3, flac, ogg, m4a, ...: anything PyAV "
             "decodes), or an extraction output (a directory with videos/ from `dvamn extract`) "
             "whose soundtracks become the tracks, reusing their embeddings. Use the same "
@@ -46,6 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="audio files longer than S seconds are recorded as errors (default: %(default)g)",
     )
     parser.add_argument("--limit", type=int, help="only the first N inputs (smoke runs)")
+    parser.add_argument(
+        "--keep-versions",
+        type=int,
+        default=3,
+        metavar="N",
+        help="complete versions to keep, the new current one included; older ones are "
+        "removed after the new one is current (default: %(default)s)",
+    )
     add_address_argument(parser)
     parser.set_defaults(func=run_catalog)
 
@@ -66,6 +77,7 @@ def run_catalog(args: argparse.Namespace) -> int:
             num_cpus_per_actor=args.cpus_per_actor,
             limit=args.limit,
             max_duration_s=args.max_duration,
+            keep_versions=args.keep_versions,
         )
         ensure_ray(args.address)
         summary = build_catalog(config)
@@ -78,6 +90,8 @@ def run_catalog(args: argparse.Namespace) -> int:
         f"{summary.num_inputs} inputs; embedding {summary.audio_embedding_kind}, "
         f"version {summary.version}"
     )
+    version = f"{summary.out.rstrip('/')}/versions/{summary.version_id}"
+    print(f"current version: {version}")
     if summary.num_errors:
-        print(f"failed inputs: {summary.out.rstrip('/')}/errors/")
+        print(f"failed inputs: {version}/errors/")
     return 0 if summary.num_tracks else 1

@@ -22,6 +22,8 @@ from dvamn.catalog_format import (
     MANIFEST_FILE,
     TRACKS_DIR,
     catalog_version,
+    embedding_sha256,
+    resolve_catalog,
 )
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM
 
@@ -50,6 +52,10 @@ class CatalogMismatchError(ValueError):
     """The catalog's audio embedding is not the one the model was trained to predict."""
 
 
+class CatalogIntegrityError(ValueError):
+    """A catalog version that is incomplete or whose content is not what its manifest says."""
+
+
 @dataclass
 class Catalog:
     """Tracks in catalog order. ``embeddings`` (sum T_a, 128) float32; ``offsets`` (N + 1,)
@@ -66,6 +72,8 @@ class Catalog:
     audio_weights: str
     version: str
     created_at: Optional[str] = None
+    version_id: str = ""  # the version directory's ID (CATALOG/versions/ID); "" in memory
+    version_uri: str = ""  # that directory: files stored with this version live there
 
     def __len__(self) -> int:
         return len(self.track_ids)
@@ -92,6 +100,7 @@ class Catalog:
         URI and the embedding weights' sources stay in the service's log)."""
         return {
             "version": self.version,
+            "version_id": self.version_id,
             "num_tracks": len(self),
             "total_duration_s": round(float(self.durations_s.sum()), 3),
             "audio_embedding_kind": self.audio_embedding_kind,
@@ -125,8 +134,6 @@ class Catalog:
             if n
             else np.zeros((0, EMBEDDING_DIM), np.float32)
         )
-        from dvamn.catalog_format import embedding_sha256
-
         shas = [embedding_sha256(e) for e in embeddings]
         return cls(
             uri=uri,
@@ -142,15 +149,9 @@ class Catalog:
         )
 
 
-def _read_tracks(uri: str) -> pa.Table:
-    tracks_uri = storage.join(uri, TRACKS_DIR)
-    fs, path = storage.filesystem(tracks_uri)
-    if not fs.isdir(path):
-        raise FileNotFoundError(
-            f"{uri} is not a catalog: {tracks_uri} does not exist; build one with "
-            "`dvamn catalog MUSIC --out CATALOG`"
-        )
-    files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+def _read_tracks(version: str) -> pa.Table:
+    fs, path = storage.filesystem(storage.join(version, TRACKS_DIR))
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet")) if fs.isdir(path) else []
     tables = []
     for file in files:
         with fs.open(file, "rb") as f:
@@ -158,6 +159,28 @@ def _read_tracks(uri: str) -> pa.Table:
     if not tables:
         return CATALOG_SCHEMA.empty_table()
     return pa.concat_tables([t.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA) for t in tables])
+
+
+def _read_manifest(version: str) -> Dict[str, Any]:
+    manifest_uri = storage.join(version, MANIFEST_FILE)
+    try:
+        with storage.open_uri(manifest_uri, "rb") as f:
+            manifest = json.loads(f.read().decode())
+    except FileNotFoundError:
+        raise CatalogIntegrityError(
+            f"catalog version {version} is incomplete: it has no {MANIFEST_FILE} (a build "
+            "that failed or is still running); serve the catalog's root to take its current "
+            "version"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CatalogIntegrityError(f"{manifest_uri} is not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CATALOG_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CatalogIntegrityError(
+            f"{manifest_uri} has format {found!r}, not {CATALOG_FORMAT!r}; rebuild the catalog "
+            "with `dvamn catalog`"
+        )
+    return manifest
 
 
 def _packed_embeddings(column: pa.ChunkedArray) -> tuple:
@@ -171,15 +194,28 @@ def _packed_embeddings(column: pa.ChunkedArray) -> tuple:
 
 
 def load_catalog(uri: str) -> Catalog:
-    """Read ``CATALOG/tracks/*.parquet`` and ``manifest.json`` (local or any fsspec URI).
+    """Load a catalog's current version (``uri`` is its root) or one version
+    (``CATALOG/versions/ID``), local or any fsspec URI; layout in ``dvamn.catalog_format``.
 
+    The version must be complete and intact: its manifest must exist, its track count must
+    be the manifest's, every track's embedding must hash to the ``embedding_sha256`` stored
+    beside it, and the content version computed from them must be the manifest's.
     Tracks are sorted by track id, so that ranks and ties do not depend on file order.
-    Raises ``FileNotFoundError`` for a path that holds no catalog and ``ValueError`` for an
-    empty one or one that mixes embeddings.
+    Raises ``FileNotFoundError`` for a URI that holds no catalog, ``CatalogIntegrityError``
+    for an incomplete or altered version and ``ValueError`` for an empty one or one that
+    mixes embeddings.
     """
-    table = _read_tracks(uri)
+    _, version_id, version = resolve_catalog(uri)
+    manifest = _read_manifest(version)
+    table = _read_tracks(version)
+    expected = manifest.get("num_tracks")
+    if table.num_rows != expected:
+        raise CatalogIntegrityError(
+            f"catalog version {version} holds {table.num_rows} tracks but its manifest says "
+            f"{expected}: files were added or lost after the build; rebuild the catalog"
+        )
     if table.num_rows == 0:
-        raise ValueError(f"catalog {uri} has no tracks; look at {uri}/errors/ for why")
+        raise ValueError(f"catalog {uri} has no tracks; look at {version}/errors/ for why")
     table = table.sort_by("track_id")
     kinds = sorted(set(table["audio_embedding_kind"].to_pylist()))
     weights = sorted(set(table["audio_weights"].to_pylist()))
@@ -187,20 +223,23 @@ def load_catalog(uri: str) -> Catalog:
         raise ValueError(
             f"catalog {uri} mixes audio embeddings {kinds} / weights {weights}; rebuild it"
         )
-    manifest: Dict[str, Any] = {}
-    manifest_uri = storage.join(uri, MANIFEST_FILE)
-    if storage.exists(manifest_uri):
-        with storage.open_uri(manifest_uri, "rb") as f:
-            manifest = json.loads(f.read().decode())
-        if manifest.get("format", CATALOG_FORMAT) != CATALOG_FORMAT:
-            log.warning(
-                "catalog %s has format %s, expected %s", uri, manifest.get("format"), CATALOG_FORMAT
-            )
     embeddings, offsets = _packed_embeddings(table["embedding"])
     track_ids = table["track_id"].to_pylist()
-    version = catalog_version(
-        track_ids, table["embedding_sha256"].to_pylist(), kinds[0], weights[0]
-    )
+    shas = table["embedding_sha256"].to_pylist()
+    for i, sha in enumerate(shas):
+        if embedding_sha256(embeddings[offsets[i] : offsets[i + 1]]) != sha:
+            raise CatalogIntegrityError(
+                f"catalog version {version}: the embedding of track {track_ids[i]!r} does not "
+                f"match its embedding_sha256 {sha!r} (the file changed after the build); "
+                "rebuild the catalog"
+            )
+    version_hash = catalog_version(track_ids, shas, kinds[0], weights[0])
+    if version_hash != manifest.get("version"):
+        raise CatalogIntegrityError(
+            f"catalog version {version} has content version {version_hash} but its manifest "
+            f"says {manifest.get('version')!r}: tracks were replaced after the build; rebuild "
+            "the catalog"
+        )
     catalog = Catalog(
         uri=uri,
         track_ids=track_ids,
@@ -211,15 +250,18 @@ def load_catalog(uri: str) -> Catalog:
         offsets=offsets,
         audio_embedding_kind=kinds[0],
         audio_weights=weights[0] or "",
-        version=version,
+        version=version_hash,
         created_at=manifest.get("created_at"),
+        version_id=version_id,
+        version_uri=version,
     )
     log.info(
-        "loaded catalog %s: %d tracks, %s, version %s, %.1f MB",
+        "loaded catalog %s version %s: %d tracks, %s, content %s, %.1f MB",
         uri,
+        version_id,
         len(catalog),
         catalog.audio_embedding_kind,
-        version,
+        version_hash,
         catalog.nbytes / 2**20,
     )
     return catalog

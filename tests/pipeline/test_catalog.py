@@ -81,23 +81,31 @@ def test_audio_files_become_tracks_and_every_input_is_accounted_for(
 
     import pyarrow.parquet as pq
 
-    errors = pq.read_table(os.path.join(out, "errors"))
+    version = os.path.join(out, "versions", summary.version_id)
+    assert catalog.version_uri == version and catalog.version_id == summary.version_id
+    assert (tmp_path / "catalog" / "CURRENT").read_text().strip() == summary.version_id
+    errors = pq.read_table(os.path.join(version, "errors"))
     assert errors.schema.names == CATALOG_ERROR_SCHEMA.names
     assert errors["track_id"].to_pylist() == ["broken"]
     assert errors["stage"].to_pylist() == ["decode"]
     assert "broken.mp3" in errors["message"][0].as_py()
 
-    manifest = json.loads((tmp_path / "catalog" / "manifest.json").read_text())
+    manifest = json.loads(open(os.path.join(version, "manifest.json")).read())
     assert manifest["num_tracks"] == 4 and manifest["num_errors"] == 1
     assert manifest["audio_embedding_kind"] == "logmel"
     assert manifest["version"] == summary.version
 
-    # A rebuild (here through the CLI) replaces the catalog, with the same content version.
+    # A rebuild (here through the CLI) makes a new current version with the same content
+    # version; the previous one stays readable.
     from dvamn.cli import main
 
     assert main(["catalog", str(music_dir), "--out", out, "--audio", "logmel"]) == 0
-    assert f"version {summary.version}" in capsys.readouterr().out
-    assert load_catalog(out).track_ids == catalog.track_ids
+    printed = capsys.readouterr().out
+    assert f"version {summary.version}" in printed
+    rebuilt = load_catalog(out)
+    assert rebuilt.version_id != summary.version_id and rebuilt.version_id in printed
+    assert rebuilt.track_ids == catalog.track_ids and rebuilt.version == catalog.version
+    assert load_catalog(version).version_id == summary.version_id
 
 
 def test_extraction_output_soundtracks_become_tracks(ray_local, tmp_path):
