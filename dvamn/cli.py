@@ -8,7 +8,6 @@ has ``register(subparsers)``, which adds its subcommand(s) with ``func`` set to 
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 from typing import Optional, Sequence
@@ -36,8 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
-        if importlib.util.find_spec(module_name) is None:  # a stage not installed yet
-            continue
         importlib.import_module(module_name).register(subparsers)
     return parser
 

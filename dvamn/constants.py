@@ -30,6 +30,13 @@ MAX_DURATION_S = 600.0
 # Highest nominal video frame rate accepted (phones film slow motion at 240 fps); every
 # frame is decoded, so decoding cost grows with the rate, not with the 10 fps we keep.
 MAX_NOMINAL_FPS = 240.0
+# 4096 x 4096 admits 4K UHD and DCI 4K, landscape or portrait; larger frames cost seconds
+# each to decode and gigabytes per batch, and no dance video needs them for a 17-joint pose.
+MAX_FRAME_PIXELS = 4096 * 4096
+# Longest run of frames without the dancer that is interpolated (0.5 s at 10 fps); longer
+# gaps are not invented. Extraction and the service fill gaps alike.
+MAX_GAP_FRAMES = 5
+POSE_FRAME_BATCH = 16  # frames per pose-model call
 
 
 def num_pose_frames(duration_s: float) -> int:

@@ -51,6 +51,7 @@ import numpy as np
 from dvamn import storage
 from dvamn.constants import (
     MAX_DURATION_S,
+    MAX_FRAME_PIXELS,
     MAX_NOMINAL_FPS,
     POSE_FPS,
     SAMPLE_RATE_HZ,
@@ -59,9 +60,6 @@ from dvamn.constants import (
 
 log = logging.getLogger(__name__)
 
-# 4096 x 4096 admits 4K UHD and DCI 4K; larger frames cost seconds each to decode and
-# gigabytes per batch, and no dance video needs them for a 17-joint pose.
-DEFAULT_MAX_FRAME_PIXELS = 4096 * 4096
 # A file whose decodable media ends before this fraction of its header duration is
 # reported as truncated (FFmpeg often decodes happily up to the damage and stops).
 MIN_DECODED_FRACTION = 0.9
@@ -217,7 +215,7 @@ class MediaReader:
         name: Optional[str] = None,
         pose_fps: float = POSE_FPS,
         sample_rate_hz: int = SAMPLE_RATE_HZ,
-        max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
+        max_frame_pixels: int = MAX_FRAME_PIXELS,
         require_audio: bool = True,
         require_video: bool = True,
         min_duration_s: float = 0.0,

@@ -12,7 +12,6 @@ log = logging.getLogger(__name__)
 # "vggish": VGGish + PCA + 8-bit quantisation (the paper's targets, 0..255);
 # "vggish-raw": VGGish's 128-d embedding before PCA; "logmel": weight-free statistics.
 AUDIO_KINDS = ("vggish", "vggish-raw", "logmel")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -61,16 +60,3 @@ def as_waveform(waveform: np.ndarray, index: int = 0) -> np.ndarray:
             f"{SAMPLE_RATE_HZ} Hz (average the channels first)"
         )
     return array.astype(np.float32, copy=False)
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without one is an error."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES} (got {device!r})")
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'auto'")
-    return device

@@ -8,7 +8,8 @@ WeightsUnavailableError's message are the same everywhere.
 import argparse
 from typing import Optional
 
-from dvamn.audio.base import AUDIO_KINDS, DEVICES, AudioEmbedder
+from dvamn.audio.base import AUDIO_KINDS, AudioEmbedder
+from dvamn.devices import add_device_argument
 
 
 def _check_kind(kind: str) -> None:
@@ -58,8 +59,15 @@ def check_audio_weights(kind: str, weights: Optional[str] = None, pca: Optional[
     return files.weights_provenance
 
 
-def add_audio_arguments(parser: argparse.ArgumentParser, default_kind: str = "vggish") -> None:
-    """Add --audio, --vggish-weights, --vggish-pca and --audio-device to a subcommand."""
+def add_audio_arguments(
+    parser: argparse.ArgumentParser,
+    default_kind: str = "vggish",
+    kind_note: str = "",
+    device_flag: str = "--audio-device",
+) -> None:
+    """Add --audio, --vggish-weights, --vggish-pca and the VGGish device flag
+    (``device_flag``, stored as ``audio_device``) to a subcommand; ``kind_note`` is added
+    to --audio's help."""
     group = parser.add_argument_group("audio embedding")
     group.add_argument(
         "--audio",
@@ -68,7 +76,7 @@ def add_audio_arguments(parser: argparse.ArgumentParser, default_kind: str = "vg
         help=(
             "vggish: VGGish + PCA + 8-bit (0..255, the paper's targets); vggish-raw: the "
             "128-d VGGish embedding before PCA; logmel: weight-free log-mel statistics "
-            f"(offline) (default: {default_kind})"
+            f"(offline){kind_note} (default: {default_kind})"
         ),
     )
     group.add_argument(
@@ -85,12 +93,7 @@ def add_audio_arguments(parser: argparse.ArgumentParser, default_kind: str = "vg
         help="VGGish PCA parameters (pca_eigen_vectors, pca_means) in torchvggish's .pth "
         "format or Google's .npz (default: torchvggish's release)",
     )
-    group.add_argument(
-        "--audio-device",
-        choices=DEVICES,
-        default="auto",
-        help="where VGGish runs: auto = CUDA when present (default: auto)",
-    )
+    add_device_argument(group, flag=device_flag, what="VGGish", dest="audio_device")
 
 
 def audio_embedder_from_args(args: argparse.Namespace) -> AudioEmbedder:

@@ -34,9 +34,10 @@ import torch
 from torch import nn
 
 from dvamn import storage
-from dvamn.audio.base import AudioEmbedder, WeightsUnavailableError, as_waveform, resolve_device
+from dvamn.audio.base import AudioEmbedder, WeightsUnavailableError, as_waveform
 from dvamn.audio.frontend import EXAMPLE_FRAMES, NUM_MEL_BANDS, centred_examples, torchvggish_module
 from dvamn.constants import EMBEDDING_DIM
+from dvamn.devices import resolve_torch_device
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +338,7 @@ def load_vggish(
     files = load_vggish_files(weights, pca, postprocess)
     network = build_network(final_relu)
     network.load_state_dict(files.state_dict)
-    device = resolve_device(device)
+    device = resolve_torch_device(device)
     provenance = files.weights_provenance
     if postprocess:
         provenance += f"; pca {files.pca_provenance}"

@@ -46,6 +46,7 @@ from dvamn.catalog_format import (
     version_uri,
 )
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, MAX_DURATION_S, SAMPLE_RATE_HZ
+from dvamn.devices import wants_gpu
 from dvamn.pipeline.config import AUDIO_KINDS
 from dvamn.schema import rows_to_table, sequence_to_numpy
 
@@ -358,7 +359,7 @@ def _stage_dataset(config: CatalogConfig) -> tuple:
         batch_size=config.tracks_per_batch,
         batch_format="numpy",
         num_cpus=config.num_cpus_per_actor,
-        num_gpus=1 if _wants_gpu(config.device) else 0,
+        num_gpus=1 if wants_gpu(config.device) else 0,
     )
     return ds, len(items), "audio-file"
 
@@ -371,14 +372,6 @@ def _parquet_rows(uri: str) -> int:
         with fs.open(file, "rb") as f:
             total += pq.ParquetFile(f).metadata.num_rows
     return total
-
-
-def _wants_gpu(device: str) -> bool:
-    if device == "cpu":
-        return False
-    import torch
-
-    return device == "cuda" or torch.cuda.is_available()
 
 
 def build_catalog(config: CatalogConfig) -> CatalogSummary:

@@ -3,8 +3,8 @@
 import argparse
 import sys
 
-from dvamn.constants import MAX_DURATION_S
-from dvamn.pipeline.config import AUDIO_KINDS
+from dvamn.audio import add_audio_arguments
+from dvamn.pipeline.catalog import CatalogConfig
 from dvamn.ray_setup import add_address_argument
 
 
@@ -27,24 +27,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("music", metavar="MUSIC", help="audio files or an extraction output")
     parser.add_argument("--out", required=True, metavar="CATALOG", help="output dir or URI")
-    parser.add_argument(
-        "--audio",
-        choices=AUDIO_KINDS,
-        default="vggish",
-        help="audio embedding for audio files (ignored for an extraction output, whose "
-        "embedding is reused); default: %(default)s",
+    add_audio_arguments(
+        parser,
+        default_kind=CatalogConfig.audio,
+        kind_note="; ignored for an extraction output, whose embedding is reused",
+        device_flag="--device",
     )
-    parser.add_argument("--vggish-weights", metavar="URI", help="VGGish state dict (path/URL/s3)")
-    parser.add_argument("--vggish-pca", metavar="URI", help="VGGish PCA parameters (.pth/.npz)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--actors", type=int, default=2, help="max embedding actors (default 2)")
     parser.add_argument(
-        "--cpus-per-actor", type=float, default=1.0, help="Ray CPUs per actor (may be < 1)"
+        "--actors",
+        type=int,
+        default=CatalogConfig.max_actors,
+        help="max embedding actors (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=CatalogConfig.num_cpus_per_actor,
+        help="Ray CPUs per actor, may be < 1 (default %(default)s)",
     )
     parser.add_argument(
         "--max-duration",
         type=float,
-        default=MAX_DURATION_S,
+        default=CatalogConfig.max_duration_s,
         metavar="S",
         help="audio files longer than S seconds are recorded as errors (default: %(default)g)",
     )
@@ -62,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_catalog(args: argparse.Namespace) -> int:
-    from dvamn.pipeline.catalog import CatalogConfig, build_catalog
+    from dvamn.pipeline.catalog import build_catalog
     from dvamn.ray_setup import ensure_ray
 
     try:
@@ -72,7 +76,7 @@ def run_catalog(args: argparse.Namespace) -> int:
             audio=args.audio,
             vggish_weights=args.vggish_weights,
             vggish_pca=args.vggish_pca,
-            device=args.device,
+            device=args.audio_device,
             max_actors=args.actors,
             num_cpus_per_actor=args.cpus_per_actor,
             limit=args.limit,

@@ -4,14 +4,8 @@ import argparse
 import sys
 
 from dvamn.audio import add_audio_arguments
-from dvamn.constants import MAX_DURATION_S
-from dvamn.media import DEFAULT_MAX_FRAME_PIXELS
-from dvamn.pipeline.config import (
-    DEFAULT_MAX_GAP_FRAMES,
-    POSE_SOURCES,
-    ExtractConfig,
-    StageResources,
-)
+from dvamn.pipeline.config import ExtractConfig, StageResources
+from dvamn.pose.flags import add_pose_arguments
 from dvamn.ray_setup import add_address_argument
 
 EPILOG = """\
@@ -27,34 +21,6 @@ versions). Running again on the same OUT skips finished videos and retries faile
 """
 
 
-def add_pose_arguments(parser: argparse.ArgumentParser) -> None:
-    """Pose flags, shared by extraction and serving."""
-    group = parser.add_argument_group("pose")
-    group.add_argument(
-        "--pose",
-        choices=POSE_SOURCES,
-        default="rtmo",
-        help="rtmo: one-stage RTMO (default); rtmpose: YOLOX detector + RTMPose; "
-        "keypoints: read <stem>.npz keypoint files (or AIST++ .pkl) instead of detecting",
-    )
-    group.add_argument(
-        "--pose-model",
-        metavar="PATH|URI",
-        help="ONNX pose model (RTMO or RTMPose), local or s3://; default: rtmlib's URL",
-    )
-    group.add_argument(
-        "--pose-detector",
-        metavar="PATH|URI",
-        help="ONNX YOLOX person detector for --pose rtmpose; default: rtmlib's URL",
-    )
-    group.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where models run (default: CUDA when present)",
-    )
-
-
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "extract",
@@ -68,7 +34,7 @@ def register(subparsers) -> None:
         "input", metavar="INPUT", help="directory, glob, list file (.txt) or s3:// prefix of videos"
     )
     parser.add_argument("--out", required=True, metavar="OUT", help="output directory or s3:// URI")
-    add_pose_arguments(parser)
+    add_pose_arguments(parser, default=ExtractConfig.pose)
     parser.add_argument(
         "--keypoints-dir",
         metavar="DIR",
@@ -81,29 +47,32 @@ def register(subparsers) -> None:
         metavar="N",
         help="AIST++ camera view 0-8 (default: from the video name)",
     )
-    add_audio_arguments(parser)
+    add_audio_arguments(parser, default_kind=ExtractConfig.audio)
     tuning = parser.add_argument_group("limits and tuning")
     tuning.add_argument(
-        "--frame-batch", type=int, default=16, help="frames per pose-model call (default 16)"
+        "--frame-batch",
+        type=int,
+        default=ExtractConfig.frame_batch_size,
+        help="frames per pose-model call (default %(default)s)",
     )
     tuning.add_argument(
         "--max-gap",
         type=int,
-        default=DEFAULT_MAX_GAP_FRAMES,
-        help=f"longest run of frames without the dancer that is interpolated (default {DEFAULT_MAX_GAP_FRAMES})",
+        default=ExtractConfig.max_gap_frames,
+        help="longest run of frames without the dancer that is interpolated (default %(default)s)",
     )
     tuning.add_argument(
         "--max-pixels",
         type=int,
-        default=DEFAULT_MAX_FRAME_PIXELS,
-        help=f"refuse videos whose frames have more pixels (default {DEFAULT_MAX_FRAME_PIXELS})",
+        default=ExtractConfig.max_frame_pixels,
+        help="refuse videos whose frames have more pixels (default %(default)s)",
     )
     tuning.add_argument(
         "--max-duration",
         type=float,
-        default=MAX_DURATION_S,
+        default=ExtractConfig.max_duration_s,
         metavar="S",
-        help=f"videos longer than S seconds become error rows (default {MAX_DURATION_S:g})",
+        help="videos longer than S seconds become error rows (default %(default)g)",
     )
     tuning.add_argument("--limit", type=int, help="only the first N inputs (smoke runs)")
     for stage, defaults in (

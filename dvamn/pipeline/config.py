@@ -5,11 +5,14 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from dvamn.audio import AUDIO_KINDS
-from dvamn.constants import MAX_DURATION_S
-from dvamn.media import DEFAULT_MAX_FRAME_PIXELS
-
-POSE_SOURCES = ("rtmo", "rtmpose", "keypoints")
-DEFAULT_MAX_GAP_FRAMES = 5  # 0.5 s at 10 fps: longer gaps are not invented
+from dvamn.constants import (
+    MAX_DURATION_S,
+    MAX_FRAME_PIXELS,
+    MAX_GAP_FRAMES,
+    MIN_DURATION_S,
+    POSE_FRAME_BATCH,
+)
+from dvamn.pose.flags import DEFAULT_POSE, POSE_SOURCES
 
 
 @dataclass
@@ -29,7 +32,7 @@ class ExtractConfig:
 
     input: str
     out: str
-    pose: str = "rtmo"  # one of POSE_SOURCES
+    pose: str = DEFAULT_POSE  # one of POSE_SOURCES
     pose_model: Optional[str] = None  # ONNX path / s3:// URI; None = rtmlib's default URL
     pose_detector: Optional[str] = None  # YOLOX for the two-stage "rtmpose" source
     keypoints_dir: Optional[str] = None  # where keypoint files live, if not beside the videos
@@ -39,10 +42,10 @@ class ExtractConfig:
     vggish_pca: Optional[str] = None
     device: str = "auto"  # pose model: auto | cpu | cuda
     audio_device: str = "auto"  # VGGish: auto | cpu | cuda
-    frame_batch_size: int = 16  # frames per pose-model call
-    max_gap_frames: int = DEFAULT_MAX_GAP_FRAMES
-    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
-    min_duration_s: float = 12.0
+    frame_batch_size: int = POSE_FRAME_BATCH  # frames per pose-model call
+    max_gap_frames: int = MAX_GAP_FRAMES
+    max_frame_pixels: int = MAX_FRAME_PIXELS
+    min_duration_s: float = MIN_DURATION_S
     max_duration_s: float = MAX_DURATION_S  # longer videos become error rows
     limit: Optional[int] = None  # only the first N inputs (smoke runs)
     pose_stage: StageResources = dataclasses.field(default_factory=StageResources)

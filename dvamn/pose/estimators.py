@@ -27,13 +27,12 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from dvamn import storage
-from dvamn.constants import NUM_JOINTS
+from dvamn.constants import NUM_JOINTS, POSE_FRAME_BATCH
 
 log = logging.getLogger(__name__)
 
 POSE_KINDS = ("rtmo", "rtmpose")
 MODES = ("lightweight", "balanced", "performance")
-DEFAULT_MAX_BATCH = 16
 # rtmlib's YOLOX keeps boxes scoring above 0.3 when the ONNX file contains NMS (the
 # rtmlib models do); the same threshold is used here.
 YOLOX_SCORE_THR = 0.3
@@ -104,7 +103,7 @@ class BatchedSession:
     back to one image at a time.
     """
 
-    def __init__(self, session, max_batch: int = DEFAULT_MAX_BATCH, label: str = "model"):
+    def __init__(self, session, max_batch: int = POSE_FRAME_BATCH, label: str = "model"):
         self.session = session
         self.label = label
         model_input = session.get_inputs()[0]
@@ -167,7 +166,7 @@ def _frames_list(frames: Union[np.ndarray, Sequence[np.ndarray]]) -> List[np.nda
     return frames
 
 
-def resolve_device(device: str = "auto") -> str:
+def resolve_onnx_device(device: str = "auto") -> str:
     """'auto' -> 'cuda' when ONNX Runtime has its CUDA provider, else 'cpu'."""
     import onnxruntime
 
@@ -222,7 +221,7 @@ class RTMOEstimator(PoseEstimator):
         device: str = "cpu",
         score_thr: float = 0.7,
         nms_thr: float = 0.45,
-        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch: int = POSE_FRAME_BATCH,
         num_threads: Optional[int] = None,
     ):
         from rtmlib import RTMO
@@ -287,7 +286,7 @@ class TwoStageEstimator(PoseEstimator):
         weights: str,
         device: str = "cpu",
         det_score_thr: float = YOLOX_SCORE_THR,
-        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch: int = POSE_FRAME_BATCH,
         num_threads: Optional[int] = None,
     ):
         from rtmlib import YOLOX, RTMPose
@@ -432,7 +431,7 @@ def load_pose_estimator(
     detector: Optional[str] = None,
     device: str = "auto",
     mode: str = "balanced",
-    max_batch: int = DEFAULT_MAX_BATCH,
+    max_batch: int = POSE_FRAME_BATCH,
     num_threads: Optional[int] = None,
 ) -> PoseEstimator:
     """Build the pose estimator for ``kind`` ('rtmo' or 'rtmpose').
@@ -443,7 +442,7 @@ def load_pose_estimator(
     Raises ``PoseWeightsError`` (before any frame is processed) when weights are missing.
     """
     defaults = rtmlib_defaults(kind, mode)
-    device = resolve_device(device)
+    device = resolve_onnx_device(device)
     if kind == "rtmo":
         if detector:
             log.warning("--pose-detector is ignored by the one-stage RTMO model")

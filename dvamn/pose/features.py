@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dvamn.constants import NUM_JOINTS, POSE_FEATURES
+from dvamn.constants import MAX_GAP_FRAMES, NUM_JOINTS, POSE_FEATURES
 
 LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_HIP, RIGHT_HIP = 5, 6, 11, 12
 MIN_EXTENT_FRACTION = 0.25  # scale >= this x the keypoints' extent
@@ -92,7 +92,7 @@ def pose_sequence(
     present: np.ndarray,
     width: int,
     height: int,
-    max_gap_frames: int = 5,
+    max_gap_frames: int = MAX_GAP_FRAMES,
 ) -> PoseSequence:
     """Tracked keypoints -> gaps filled -> 68 features a frame, with confidence.
 

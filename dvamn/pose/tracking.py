@@ -28,7 +28,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from dvamn.constants import NUM_JOINTS
+from dvamn.constants import MAX_GAP_FRAMES, NUM_JOINTS
 from dvamn.pose.estimators import FramePoses
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def fill_gaps(
     keypoints: np.ndarray,
     scores: np.ndarray,
     present: np.ndarray,
-    max_gap_frames: int = 5,
+    max_gap_frames: int = MAX_GAP_FRAMES,
 ) -> Tuple[np.ndarray, np.ndarray, float]:
     """Fill the frames without the dancer (see the module docstring for the rule).
 

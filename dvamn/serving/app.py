@@ -36,17 +36,23 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 
-from dvamn.constants import MAX_NOMINAL_FPS, MIN_DURATION_S
+from dvamn.devices import wants_gpu
+from dvamn.pose.flags import DEFAULT_POSE
 from dvamn.scoring import DEFAULT_SCORING
 from dvamn.serving.auth import API_TOKEN_ENV, api_token_from_env, token_matches
 from dvamn.serving.catalog_store import weights_version
 from dvamn.serving.keypoint_json import KeypointQuery, keypoint_query_features
-from dvamn.serving.matcher import DEFAULT_TOP_K, MAX_TOP_K, QueryError
-from dvamn.serving.queries import QueryFieldError, QueryLimits, check_top_k
+from dvamn.serving.queries import (
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_TOP_K,
+    MAX_TOP_K,
+    QueryError,
+    QueryFieldError,
+    QueryLimits,
+    check_top_k,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_UPLOAD_MB = 200.0
 
 
 @dataclass
@@ -56,17 +62,18 @@ class ServeSettings:
 
     checkpoint: str  # a checkpoint dir or a training run (its best checkpoint), local/s3
     catalog: str  # a `dvamn catalog` output, local/s3
-    pose: str = "rtmo"  # "rtmo" or "rtmpose"
+    pose: str = DEFAULT_POSE  # "rtmo" or "rtmpose"
     pose_model: Optional[str] = None  # ONNX path/URI; None = rtmlib's default URL
     pose_detector: Optional[str] = None
     device: str = "auto"  # for the pose model and DVAMN
     scoring: str = DEFAULT_SCORING  # how candidates are compared (dvamn.scoring.SCORINGS)
-    min_query_s: float = MIN_DURATION_S
-    max_query_s: float = 600.0
-    max_keypoint_fps: float = 60.0  # highest fps of a keypoint query
-    max_video_fps: float = MAX_NOMINAL_FPS  # nominal or decoded fps of an upload; 413 above
-    max_video_frames: Optional[int] = None  # decoded; None: (duration + 1 s) x max_video_fps
-    video_timeout_s: float = 120.0  # decoding + pose estimation of one upload; 503 after
+    # The query limits (QueryLimits' defaults; its docstring says what each means).
+    min_query_s: float = QueryLimits.min_query_s
+    max_query_s: float = QueryLimits.max_query_s
+    max_keypoint_fps: float = QueryLimits.max_keypoint_fps  # highest fps of a keypoint query
+    max_video_fps: float = QueryLimits.max_video_fps  # nominal or decoded fps of an upload
+    max_video_frames: Optional[int] = QueryLimits.max_video_frames  # decoded frames
+    video_timeout_s: float = QueryLimits.video_timeout_s  # decoding + pose of one upload
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     default_top_k: int = DEFAULT_TOP_K
     replicas: Optional[int] = None  # matching replicas; None: Serve's default or the
@@ -507,17 +514,6 @@ class MatchAPI:
         return await self._answer(features, top_k, "keypoints", timings, query=description)
 
 
-def _gpu_available() -> bool:
-    """Whether the cluster (when connected) or this machine has a GPU."""
-    import ray
-
-    if ray.is_initialized():
-        return ray.cluster_resources().get("GPU", 0) > 0
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def build_app(args: Dict[str, Any]):
     """The application for ``serve run`` / ``serve deploy`` / ``dvamn serve``.
 
@@ -528,7 +524,7 @@ def build_app(args: Dict[str, Any]):
     settings = ServeSettings.from_args(dict(args))
     pose_gpus = settings.pose_num_gpus
     if pose_gpus is None:
-        pose_gpus = 1.0 if settings.device != "cpu" and _gpu_available() else 0.0
+        pose_gpus = 1.0 if wants_gpu(settings.device) else 0.0
     pose_options: Dict[str, Any] = {
         "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": pose_gpus}
     }

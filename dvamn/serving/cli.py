@@ -8,7 +8,10 @@ import sys
 import unicodedata
 from typing import Any, Dict, List
 
+from dvamn.pose.estimators import POSE_KINDS
+from dvamn.pose.flags import add_pose_arguments
 from dvamn.ray_setup import add_address_argument
+from dvamn.serving.queries import DEFAULT_MAX_UPLOAD_MB, QueryLimits
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEYPOINT_SUFFIXES = (".npz", ".json")
@@ -72,18 +75,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--replicas", type=int, default=1, help="matching replicas (default %(default)s)"
     )
     serve_parser.add_argument("--pose-replicas", type=int, default=1)
-    serve_parser.add_argument("--pose", choices=("rtmo", "rtmpose"), default="rtmo")
-    serve_parser.add_argument("--pose-model", metavar="URI", help="pose ONNX (path/URL/s3)")
-    serve_parser.add_argument("--pose-detector", metavar="URI", help="YOLOX ONNX for rtmpose")
-    serve_parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_pose_arguments(
+        serve_parser, sources=POSE_KINDS, device_what="the pose model and the network"
+    )
+    limits = QueryLimits()
     serve_parser.add_argument(
         "--min-query-s",
         type=float,
-        help="shortest accepted query in seconds (default: 12, one training window)",
+        default=limits.min_query_s,
+        help="shortest accepted query in seconds (default: %(default)g, one training window)",
     )
-    serve_parser.add_argument("--max-query-s", type=float, default=600.0)
     serve_parser.add_argument(
-        "--max-upload-mb", type=float, default=200.0, help="larger uploads get 413"
+        "--max-query-s",
+        type=float,
+        default=limits.max_query_s,
+        help="longest accepted query in seconds (default: %(default)g)",
+    )
+    serve_parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help="larger uploads get 413 (default: %(default)g)",
     )
     serve_parser.add_argument(
         "--cpus-per-replica", type=float, default=1.0, help="Ray CPUs per replica (may be < 1)"
@@ -129,14 +141,13 @@ def run_serve(args: argparse.Namespace) -> int:
         "pose_model": args.pose_model,
         "pose_detector": args.pose_detector,
         "device": args.device,
+        "min_query_s": args.min_query_s,
         "max_query_s": args.max_query_s,
         "max_upload_mb": args.max_upload_mb,
         "replicas": args.replicas,
         "pose_replicas": args.pose_replicas,
         "num_cpus": args.cpus_per_replica,
     }
-    if args.min_query_s is not None:
-        app_args["min_query_s"] = args.min_query_s
     from dvamn.serving.auth import TokenConfigError, api_token_from_env, exposure_warning
 
     try:

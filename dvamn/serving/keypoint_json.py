@@ -24,8 +24,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dvamn.constants import NUM_JOINTS
-from dvamn.serving.matcher import MAX_TOP_K, QueryError
 from dvamn.serving.queries import (
+    MAX_TOP_K,
+    QueryError,
     QueryFieldError,
     QueryLimits,
     check_top_k,

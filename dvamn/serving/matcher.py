@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, POSE_FEATURES, POSE_FPS
+from dvamn.devices import resolve_torch_device
 from dvamn.scoring import (
     DEFAULT_SCORING,
     TrackBank,
@@ -30,20 +31,9 @@ from dvamn.serving.catalog_store import (
     load_catalog,
     weights_version,
 )
+from dvamn.serving.queries import DEFAULT_TOP_K
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TOP_K = 10
-MAX_TOP_K = 100
-
-
-class QueryError(ValueError):
-    """A query the service refuses; ``status`` is the HTTP status code to answer with."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 @dataclass
@@ -60,15 +50,6 @@ class Match:
             "score": round(self.score, 6),
             "offset_s": round(self.offset_s, 3),
         }
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'auto'")
-    return device
 
 
 def state_dict_version(model: torch.nn.Module) -> str:
@@ -121,7 +102,7 @@ class Matcher:
         scoring: str = DEFAULT_SCORING,
     ):
         check_compatible(catalog, model_metadata)
-        self.device = resolve_device(device)
+        self.device = resolve_torch_device(device)
         self.model = model.to(self.device).eval()
         self.metadata = model_metadata
         self.catalog = catalog

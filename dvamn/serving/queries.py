@@ -13,13 +13,32 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from dvamn.constants import MAX_NOMINAL_FPS, NUM_JOINTS, POSE_FPS
-from dvamn.serving.matcher import MAX_TOP_K, QueryError
+from dvamn.constants import (
+    MAX_DURATION_S,
+    MAX_FRAME_PIXELS,
+    MAX_GAP_FRAMES,
+    MAX_NOMINAL_FPS,
+    MIN_DURATION_S,
+    NUM_JOINTS,
+    POSE_FPS,
+    POSE_FRAME_BATCH,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_GAP_FRAMES = 5  # as extraction: gaps up to 0.5 s are interpolated
-DEFAULT_FRAME_BATCH = 16
+DEFAULT_TOP_K = 10
+MAX_TOP_K = 100
+DEFAULT_MAX_UPLOAD_MB = 200.0
+
+
+class QueryError(ValueError):
+    """A query the service refuses; ``status`` is the HTTP status code to answer with."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
 
 # Bytes of JSON one keypoint frame may take in a /match/keypoints body. The longest
 # number JSON holds for a float64 is 24 characters (``-2.2250738585072014e-308``), so a
@@ -41,10 +60,10 @@ class QueryLimits:
     the frames (``max_keypoint_frames``) and the body (``max_keypoint_body_bytes``).
     """
 
-    min_query_s: float = 12.0
-    max_query_s: float = 600.0
-    max_gap_frames: int = DEFAULT_MAX_GAP_FRAMES
-    max_frame_pixels: int = 3840 * 2160
+    min_query_s: float = MIN_DURATION_S
+    max_query_s: float = MAX_DURATION_S
+    max_gap_frames: int = MAX_GAP_FRAMES
+    max_frame_pixels: int = MAX_FRAME_PIXELS  # as extraction: what it stores, one can query
     min_keypoint_fps: float = 1.0
     max_keypoint_fps: float = 60.0
     max_coordinate_px: float = 1e6
@@ -308,7 +327,7 @@ class VideoPose:
         pose_detector: Optional[str] = None,
         device: str = "auto",
         limits: Optional[QueryLimits] = None,
-        frame_batch: int = DEFAULT_FRAME_BATCH,
+        frame_batch: int = POSE_FRAME_BATCH,
         num_threads: Optional[int] = None,
     ):
         from dvamn.pose import load_pose_estimator

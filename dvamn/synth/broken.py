@@ -34,7 +34,7 @@ BROKEN_KINDS = (
     "huge",
 )
 SHORT_SECONDS = 8.0
-HUGE_SIZE = (6000, 6000)  # 36 Mpx, over dvamn.media.DEFAULT_MAX_FRAME_PIXELS
+HUGE_SIZE = (6000, 6000)  # 36 Mpx, over dvamn.constants.MAX_FRAME_PIXELS
 TRUNCATE_FRACTION = 0.4
 # Garbage over [0.4, 0.6) of the file: past the index, in the middle of the media data.
 CORRUPT_SPAN = (0.4, 0.6)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from dvamn.constants import AUDIO_HOP_S, POSE_FRAMES_PER_AUDIO_FRAME, WINDOW_POSE_FRAMES
+from dvamn.devices import resolve_torch_device
 from dvamn.model import DVAMN, log_cosh
 from dvamn.rhythm import RhythmBank, motion_accents, onset_dims, track_onsets
 from dvamn.scoring import (
@@ -530,7 +531,7 @@ def evaluate(
     from dvamn.training.data import collect_features, is_validation, read_features
 
     ensure_ray()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_torch_device(device or "auto")
     model, metadata = load_model(checkpoint, map_location=device)
     model.to(device)
     # One pass over the features (validation needs whole soundtracks in memory anyway).

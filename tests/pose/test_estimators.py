@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dvamn.pose import FramePoses, PoseWeightsError, load_pose_estimator
-from dvamn.pose.estimators import BatchedSession, resolve_device
+from dvamn.pose.estimators import BatchedSession, resolve_onnx_device
 from tests.support.standin_pose import export_rtmo_standin, person_frame
 
 FIGURE_BOXES = [(260, 60, 380, 330), (100, 40, 220, 300), (400, 20, 520, 340)]
@@ -143,9 +143,9 @@ def _has_cuda_provider() -> bool:
 
 @pytest.mark.skipif(_has_cuda_provider(), reason="this machine has the CUDA provider")
 def test_cuda_without_the_provider_says_how_to_get_it():
-    assert resolve_device("auto") == "cpu"
+    assert resolve_onnx_device("auto") == "cpu"
     with pytest.raises(RuntimeError, match=r"dvamn\[gpu\]"):
-        resolve_device("cuda")
+        resolve_onnx_device("cuda")
 
 
 @pytest.mark.gpu

@@ -365,7 +365,7 @@ def video_pose_factory(rtmo_model):
 
 
 def test_service_statuses_for_hostile_videos(video_pose_factory, lying_size, size_change):
-    from dvamn.serving.matcher import QueryError
+    from dvamn.serving.queries import QueryError
 
     pose = video_pose_factory()
     assert pose.decode_threads == 1  # the replica's CPU share
@@ -373,7 +373,7 @@ def test_service_statuses_for_hostile_videos(video_pose_factory, lying_size, siz
         (lying_size.read_bytes(), 422, "larger than the header"),
         (size_change.read_bytes(), 422, "changes mid-stream"),
         (mjpeg_mkv([(64, 64)] * 30, fps=1000.0), 413, "over the limit of 240 fps"),
-        (mjpeg_mkv([(3840, 2400)] * 12), 413, "over the limit of 8,294,400 pixels"),
+        (mjpeg_mkv([(4352, 4096)] * 12), 413, "over the limit of 16,777,216 pixels"),
     ]
     for data, status, words in cases:
         with pytest.raises(QueryError) as caught:
@@ -385,7 +385,7 @@ def test_service_statuses_for_hostile_videos(video_pose_factory, lying_size, siz
 
 
 def test_service_deadline_is_a_503(video_pose_factory, tmp_path):
-    from dvamn.serving.matcher import QueryError
+    from dvamn.serving.queries import QueryError
     from dvamn.synth.video import encode_mp4
 
     path = tmp_path / "dancer.mp4"

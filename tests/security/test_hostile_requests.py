@@ -31,9 +31,9 @@ from hypothesis.extra import numpy as hnp
 
 from dvamn.constants import NUM_JOINTS, POSE_FEATURES
 from dvamn.serving.keypoint_json import FIELDS, keypoint_query_features, parse_keypoint_body
-from dvamn.serving.matcher import QueryError
 from dvamn.serving.queries import (
     KEYPOINT_FRAME_JSON_BYTES,
+    QueryError,
     QueryFieldError,
     QueryLimits,
     field_name,

@@ -6,8 +6,13 @@ import pytest
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, POSE_FEATURES
 from dvamn.scoring import best_offsets
 from dvamn.serving.catalog_store import Catalog, CatalogMismatchError, load_catalog
-from dvamn.serving.matcher import Matcher, QueryError
-from dvamn.serving.queries import QueryLimits, frame_size_from_keypoints, keypoint_features
+from dvamn.serving.matcher import Matcher
+from dvamn.serving.queries import (
+    QueryError,
+    QueryLimits,
+    frame_size_from_keypoints,
+    keypoint_features,
+)
 
 from .conftest import DANCE_S, NUM_DANCES, _keypoints
 

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from dvamn.serving.matcher import MAX_TOP_K
+from dvamn.serving.queries import MAX_TOP_K
 
 from .conftest import MAX_UPLOAD_MB, MIN_QUERY_S, NUM_DANCES, keypoint_body
 
