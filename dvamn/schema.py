@@ -27,10 +27,14 @@ VIDEO_SCHEMA = pa.schema(
         ("missing_fraction", pa.float32()),  # frames without the dancer before interpolation
         ("num_audio_frames", pa.int32()),
         ("audio_embedding", pa.list_(pa.list_(pa.float32(), EMBEDDING_DIM))),  # [T_a][128]
+        # [T] onset strength at the pose rate (dvamn.audio.onset): the music's timing,
+        # which the 0.96 s embeddings blur; for every embedding kind.
+        ("audio_onset", pa.list_(pa.float32())),
         ("pose_model", pa.string()),  # e.g. "rtmo", "yolox+rtmpose", "keypoints"
         ("pose_weights", pa.string()),  # where the weights came from + sha256 prefix
         ("audio_embedding_kind", pa.string()),  # "vggish", "vggish-raw", "logmel"
         ("audio_weights", pa.string()),
+        ("audio_onset_kind", pa.string()),  # how audio_onset was computed (ONSET_KIND)
         ("extracted_at", pa.string()),  # ISO-8601 UTC
     ]
 )

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from dvamn.constants import POSE_FEATURES
-from dvamn.rhythm import LOGMEL_ONSET_DIMS, RhythmBank, motion_accents, onset_dims, track_onsets
+from dvamn.rhythm import (
+    LOGMEL_ONSET_DIMS,
+    RhythmBank,
+    motion_accents,
+    onset_dims,
+    pose_accents,
+    track_onsets,
+)
 from dvamn.training.data import Video
 from dvamn.training.evaluate import rhythm_baseline
 
@@ -78,4 +85,27 @@ def test_the_baseline_in_evaluation_ranks_aligned_queries_first_and_refuses_vggi
     assert m["r_at_1"] < 0.25  # poses that belong to other tracks find them, not their own
     assert onset_dims("vggish") is None
     refused = rhythm_baseline(videos, queries, padding, "vggish")
-    assert refused["available"] is False and "--audio logmel" in refused["reason"]
+    assert refused["available"] is False and "audio_onset" in refused["reason"]
+
+
+def test_the_baseline_uses_the_onset_channel_at_the_pose_rate_for_any_embedding():
+    rng = np.random.default_rng(2)
+
+    def video(name, pose, onset_pose):
+        # audio without timing in it: only the onset channel can match.
+        onset = pose_accents(onset_pose) + rng.normal(0, 1e-4, len(onset_pose))
+        return Video(name, pose, rng.uniform(0, 2, (len(pose) // 2, 128)), np.abs(onset))
+
+    poses = [dancing_pose(240, rng) for _ in range(12)]
+    videos = [video(f"v{i}", p, p) for i, p in enumerate(poses)]
+    padding = [video(f"p{i}", dancing_pose(240, rng), dancing_pose(240, rng)) for i in range(5)]
+    queries = [(i, s) for i in range(12) for s in (0, 61, 120)]  # 61: an odd pose frame
+    m = rhythm_baseline(videos, queries, padding, "vggish")
+    assert m["available"] and m["channel"] == "audio_onset"
+    assert m["r_at_1"] == 1.0 and m["offset_within_0_5s"] == 1.0 and m["pool100_size"] == 17
+    # Poses swapped between tracks find their own poses' tracks, not the video's.
+    wrong = [Video(v.video_id, poses[(k + 1) % 12], v.audio, v.onset) for k, v in enumerate(videos)]
+    assert rhythm_baseline(wrong, queries, padding, "vggish")["r_at_1"] < 0.25
+    # One candidate without the channel (features made before it): logmel dims instead.
+    old = [Video(v.video_id, v.pose, v.audio) for v in padding]
+    assert rhythm_baseline(videos, queries, old, "logmel")["channel"] == "logmel onset-rate dims"

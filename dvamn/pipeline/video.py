@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from dvamn.audio.onset import ONSET_KIND, onset_strength
 from dvamn.constants import EMBEDDING_DIM, POSE_FPS, num_audio_frames, num_pose_frames
 from dvamn.pipeline.config import ExtractConfig
 
@@ -200,6 +201,8 @@ def finish_rows(pose_parts: list[dict], embedder) -> list[dict]:
         row["num_audio_frames"] = int(expected)
         row["audio_embedding_kind"] = embedder.kind
         row["audio_weights"] = embedder.weights
+        row["audio_onset"] = onset_strength(part["waveform"], int(part["num_pose_frames"]))
+        row["audio_onset_kind"] = ONSET_KIND
         row["extracted_at"] = utc_now()
         rows.append(row)
     return rows

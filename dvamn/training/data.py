@@ -31,7 +31,7 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -47,6 +47,8 @@ from dvamn.schema import PROVENANCE_COLUMNS, sequence_to_numpy
 log = logging.getLogger(__name__)
 
 FEATURE_COLUMNS = ["video_id", "pose", "audio_embedding", *PROVENANCE_COLUMNS]
+# Extraction writes it since issue 13; features made before lack it and still load.
+ONSET_COLUMN = "audio_onset"
 DEFAULT_VAL_FRACTION = 0.2  # the paper's 4:1 split
 _HASH_BUCKETS = 10_000
 
@@ -58,6 +60,8 @@ class Video:
     video_id: str
     pose: np.ndarray
     audio: np.ndarray
+    # (T,) the ``audio_onset`` channel at the pose rate, where the features have it.
+    onset: Optional[np.ndarray] = None
 
 
 def is_validation(video_id: str, val_fraction: float = DEFAULT_VAL_FRACTION) -> bool:
@@ -107,19 +111,20 @@ def cut_windows(
 
 
 def row_to_video(row: Dict[str, Any]) -> Video:
+    onset = row.get(ONSET_COLUMN)
     return Video(
         str(row["video_id"]),
         sequence_to_numpy(row["pose"], POSE_FEATURES),
         sequence_to_numpy(row["audio_embedding"], EMBEDDING_DIM),
+        None if onset is None else sequence_to_numpy(onset, 1).reshape(-1),
     )
 
 
 def batch_to_videos(batch: Dict[str, np.ndarray]) -> List[Video]:
-    """A numpy batch of extraction rows as Videos."""
-    return [
-        row_to_video({k: batch[k][i] for k in ("video_id", "pose", "audio_embedding")})
-        for i in range(len(batch["video_id"]))
-    ]
+    """A numpy batch of extraction rows as Videos (with their onset channel if the batch
+    has that column)."""
+    keys = [k for k in ("video_id", "pose", "audio_embedding", ONSET_COLUMN) if k in batch]
+    return [row_to_video({k: batch[k][i] for k in keys}) for i in range(len(batch["video_id"]))]
 
 
 def read_features(features: Union[str, "ray.data.Dataset"]):  # noqa: F821
@@ -150,7 +155,8 @@ def read_features(features: Union[str, "ray.data.Dataset"]):  # noqa: F821
             f"features {features!r} lack columns {missing}: expected the Parquet written by "
             "`dvamn extract` (dvamn.schema.VIDEO_SCHEMA)"
         )
-    return ds.select_columns(FEATURE_COLUMNS)
+    optional = [ONSET_COLUMN] if ONSET_COLUMN in ds.schema().names else []
+    return ds.select_columns(FEATURE_COLUMNS + optional)
 
 
 def _provenance_of_batch(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -476,6 +482,8 @@ def collect_features(ds, check: bool = True) -> Tuple[List[Video], Dict[str, str
     provenance (checked in the same pass unless ``check`` is False). One execution of the
     Dataset, for evaluation-sized data."""
     columns = ["video_id", "pose", "audio_embedding"]
+    if ONSET_COLUMN in ds.schema().names:
+        columns.append(ONSET_COLUMN)
     if check:
         columns += list(PROVENANCE_COLUMNS)
     videos: List[Video] = []

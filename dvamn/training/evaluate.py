@@ -24,7 +24,14 @@ import torch
 from dvamn.constants import AUDIO_HOP_S, POSE_FRAMES_PER_AUDIO_FRAME, WINDOW_POSE_FRAMES
 from dvamn.devices import resolve_torch_device
 from dvamn.model import DVAMN, log_cosh
-from dvamn.rhythm import RhythmBank, motion_accents, onset_dims, track_onsets
+from dvamn.rhythm import (
+    RhythmBank,
+    motion_accents,
+    onset_dims,
+    pose_accents,
+    smooth_series,
+    track_onsets,
+)
 from dvamn.scoring import (
     DEFAULT_DISTANCE,
     DEFAULT_SCORING,
@@ -355,37 +362,58 @@ def rhythm_baseline(
 ) -> Dict[str, Any]:
     """The no-training rhythm matcher (``dvamn.rhythm``) on the same queries (video index,
     pose start) and candidates as the model: all validation soundtracks (``r_at_k``,
-    ``median_rank``, ...) and the fixed pool (``pool100_*``). ``available`` is False,
-    with the reason, for embeddings without onset-rate dimensions (VGGish)."""
+    ``median_rank``, ...) and the fixed pool (``pool100_*``).
+
+    ``channel`` says what the tracks' timing came from: the ``audio_onset`` channel at the
+    pose rate where every candidate has it (features extracted since issue 13, any
+    embedding kind), else the ``logmel`` onset-rate dimensions at the audio rate.
+    ``available`` is False, with the reason, where neither exists (old VGGish features)."""
+    needed = max(0, FIXED_POOL_SIZE - len(videos))
+    candidate_videos = list(videos) + list(padding[:needed])
     dims = onset_dims(audio_embedding_kind)
-    if dims is None:
+    if all(v.onset is not None for v in candidate_videos):
+        channel = "audio_onset"
+        bank = RhythmBank([smooth_series(v.onset) for v in candidate_videos])
+        accents_of, frames_per_offset = pose_accents, 1
+        method = (
+            "Pearson correlation, at every offset, of the query's motion accents (rectified "
+            "rise of summed joint speed per pose frame, 10 Hz) with each track's audio_onset "
+            "channel (spectral flux at 10 Hz), both smoothed by a 3-frame Hann window; no "
+            "training"
+        )
+    elif dims is not None:
+        channel = "logmel onset-rate dims"
+        bank = RhythmBank([track_onsets(v.audio, dims) for v in candidate_videos])
+        accents_of, frames_per_offset = motion_accents, POSE_FRAMES_PER_AUDIO_FRAME
+        method = (
+            "Pearson correlation, at every offset, of the query's motion accents (rectified "
+            "rise of summed joint speed, averaged over 0.96 s at 5 Hz) with each track's "
+            "summed logmel onset rates (dims 64-79); no training"
+        )
+    else:
         return {
             "available": False,
             "reason": (
-                f"the {audio_embedding_kind!r} embedding has no onset-rate dimensions; the "
-                "rhythm baseline needs features extracted with --audio logmel"
+                f"these {audio_embedding_kind!r} features have no audio_onset column (made "
+                "before it existed) and the embedding has no onset-rate dimensions: extract "
+                "them again, or with --audio logmel"
             ),
         }
-    needed = max(0, FIXED_POOL_SIZE - len(videos))
-    candidates = [v.audio for v in videos] + [v.audio for v in padding[:needed]]
-    bank = RhythmBank([track_onsets(a, dims) for a in candidates])
     scores, offsets = [], []
     for i, start in queries:
-        accents = motion_accents(videos[i].pose[start : start + WINDOW_POSE_FRAMES])
-        distance, offset = bank.score(accents)
+        query = videos[i].pose[start : start + WINDOW_POSE_FRAMES]
+        distance, offset = bank.score(accents_of(query))
         scores.append(distance)
-        offsets.append(offset)
-    scores_arr = np.stack(scores) if scores else np.zeros((0, len(candidates)))
+        # In audio frames, as the model's offsets.
+        offsets.append(offset * frames_per_offset // POSE_FRAMES_PER_AUDIO_FRAME)
+    scores_arr = np.stack(scores) if scores else np.zeros((0, len(candidate_videos)))
     true_tracks = [i for i, _ in queries]
     own = np.arange(len(videos))
     ranks = ranks_in_pools(scores_arr, true_tracks, [own] * len(queries))
     out: Dict[str, Any] = {
         "available": True,
-        "method": (
-            "Pearson correlation, at every offset, of the query's motion accents (rectified "
-            "rise of summed joint speed, averaged over 0.96 s at 5 Hz) with each track's "
-            "summed logmel onset rates (dims 64-79); no training"
-        ),
+        "channel": channel,
+        "method": method,
         "num_queries": len(queries),
     }
     out.update({k: v for k, v in pool_metrics(ranks, len(videos), 0, prefix="").items()})
@@ -399,7 +427,7 @@ def rhythm_baseline(
         for q, (i, start) in enumerate(queries)
     ]
     out["offset_within_0_5s"] = float(np.mean(hits)) if hits else float("nan")
-    pools, used = fixed_pools(true_tracks, len(videos), len(candidates) - len(videos))
+    pools, used = fixed_pools(true_tracks, len(videos), len(candidate_videos) - len(videos))
     out.update(
         pool_metrics(ranks_in_pools(scores_arr, true_tracks, pools), used, used - len(videos))
     )

@@ -130,6 +130,8 @@ def test_extraction_output_soundtracks_become_tracks(ray_local, tmp_path):
                 "pose_weights": "keypoint files",
                 "audio_embedding_kind": "vggish",
                 "audio_weights": "vggish.pth@abc",
+                "audio_onset": np.zeros(2 * frames, np.float32),
+                "audio_onset_kind": "logmel-flux@10Hz",
                 "extracted_at": "2024-01-01T00:00:00+00:00",
             }
         )

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from dvamn.audio.onset import ONSET_KIND
 from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES, num_audio_frames, num_pose_frames
 from dvamn.pipeline.config import ExtractConfig, StageResources
 from dvamn.pipeline.extract import ERRORS_DIR, VIDEOS_DIR, extract_dataset, read_table
@@ -104,6 +105,10 @@ def test_every_input_is_a_video_row_or_an_error_row_and_reruns_finish_the_rest(
         audio = np.asarray(row["audio_embedding"], np.float32)
         assert pose.shape == (num_pose_frames(SECONDS), POSE_FEATURES)
         assert audio.shape == (num_audio_frames(SECONDS), EMBEDDING_DIM)
+        # The onset channel: one value a pose frame; the synthetic music has hits in it.
+        onset = np.asarray(row["audio_onset"], np.float32)
+        assert onset.shape == (num_pose_frames(SECONDS),) and row["audio_onset_kind"] == ONSET_KIND
+        assert np.all(np.isfinite(onset)) and onset.min() >= 0 and onset.max() > 0
         assert row["pose_model"] == "keypoints" and row["audio_embedding_kind"] == "logmel"
         assert 0.0 <= row["missing_fraction"] < 0.5
 

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 import pyarrow.parquet as pq
 
+from dvamn.audio.onset import ONSET_KIND
 from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES
 from dvamn.schema import VIDEO_SCHEMA, rows_to_table
 
@@ -47,6 +48,8 @@ def make_video_row(
         "pose_weights": "",
         "audio_embedding_kind": audio_kind,
         "audio_weights": "",
+        "audio_onset": np.abs(rng.normal(size=num_pose_frames)).astype(np.float32),
+        "audio_onset_kind": ONSET_KIND,
         "extracted_at": "2026-01-01T00:00:00Z",
     }
 
