@@ -472,7 +472,7 @@ def load_model(uri: str, map_location: str = "cpu") -> Tuple[DVAMN, Dict[str, An
 
 
 def load_query_bank(checkpoint_dir: str, dim: int = EMBEDDING_DIM) -> Optional[np.ndarray]:
-    """The checkpoint's query bank (Qb, A, 128) float32, or None (older checkpoints).
+    """The checkpoint's query bank (Qb, A, 128) float32, or None (saved without one).
     Read with ``allow_pickle=False``: a .npy of plain numbers, nothing executed."""
     uri = storage.join(checkpoint_dir, QUERY_BANK_FILE)
     if not storage.exists(uri):

@@ -12,7 +12,8 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[float] = None) 
 
     A local instance gets at least 4 logical CPUs: Ray Data actors, Train workers and
     Serve replicas take fractional shares of them, and on a 2-core laptop a strict
-    one-CPU-per-actor accounting would stall the pipeline (DESIGN.md, "CPU deadlocks").
+    one-CPU-per-actor accounting would stall the pipeline (actors waiting for CPUs that
+    other waiting actors hold).
     Returns True when it started a local instance (which the caller should shut down).
     """
     import ray
@@ -48,6 +49,28 @@ def check_shared_output(uri: str, what: str) -> None:
             uri,
             len(alive),
         )
+
+
+def cpu_threads(num_cpus: float) -> int:
+    """Threads for a Ray CPU share (``num_cpus`` may be fractional): at least one."""
+    return max(1, int(round(num_cpus)))
+
+
+def limit_threads(num_cpus: float, uses_torch: bool = False) -> int:
+    """Keep an actor's or replica's math libraries within its Ray CPU share (at least one
+    thread): oversubscribed threads on shared cores are many times slower. Sets torch's
+    thread count when ``uses_torch`` or torch is loaded already (importing it only for
+    this costs seconds) and returns the count, for the libraries the caller configures
+    itself (ONNX Runtime, FFmpeg)."""
+    import sys
+
+    threads = cpu_threads(num_cpus)
+    if uses_torch:
+        import torch  # noqa: F401 - loaded for sys.modules below
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    return threads
 
 
 def add_address_argument(parser) -> None:

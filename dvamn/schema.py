@@ -13,6 +13,12 @@ import pyarrow as pa
 
 from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES
 
+# An extraction output's layout: OUT/videos/*.parquet (VIDEO_SCHEMA), OUT/errors/*.parquet
+# (ERROR_SCHEMA), OUT/manifest.json (counts, options, versions).
+VIDEOS_DIR = "videos"
+ERRORS_DIR = "errors"
+MANIFEST_FILE = "manifest.json"
+
 VIDEO_SCHEMA = pa.schema(
     [
         ("video_id", pa.string()),  # unique within one extraction: path relative to INPUT

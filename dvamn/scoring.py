@@ -7,7 +7,7 @@ frames (5 Hz, ``AUDIO_HOP_S`` apart).
 Score of a track at offset o: the mean over the T query frames of a per-frame distance
 between prediction frame t and track frame o + t. Lower is better. Distances:
 
-- ``"l2"`` (default): squared Euclidean distance per frame. Vectorised as
+- ``"l2"`` (``DEFAULT_DISTANCE`` of the functions here): squared Euclidean distance per frame. Vectorised as
   ||p||^2 - 2 p.x + ||x||^2: the cross term is one matmul per chunk of tracks,
   (N·L_max, D) @ (D, T), whose diagonals are summed with a strided view; the ||x||^2
   window sums come from cumulative sums. No loop over tracks or offsets.
@@ -17,8 +17,9 @@ between prediction frame t and track frame o + t. Lower is better. Distances:
   form, so it is computed explicitly over every window (memory O(chunk·O·T·D)): fine for
   evaluation pools, too slow for a 10,000-track catalog.
 
-Evaluation compares the three (docs/training.md gives the numbers); the service uses the
-default.
+Evaluation compares the three (docs/training.md gives the numbers). Evaluation and the
+service score with ``DEFAULT_SCORING`` ("cosine-w": cosine on standardised, weighted
+embeddings; see ``SCORINGS`` below), not with the bare l2.
 
 Tracks shorter than the query (L < T): they are compared at offset 0 over the L frames
 they have (the query's first L frames), the mean distance over those frames divided by the

@@ -1,8 +1,9 @@
 """Choosing an audio embedding: the factory, the early weights check and the shared CLI flags.
 
-Extraction, the catalog and serving all take ``--audio``, ``--vggish-weights`` and
-``--vggish-pca`` (added by ``add_audio_arguments``), so that the flags named in
-WeightsUnavailableError's message are the same everywhere.
+``dvamn extract`` and ``dvamn catalog`` take ``--audio``, ``--vggish-weights``,
+``--vggish-pca`` and a VGGish device flag, all added by ``add_audio_arguments``, so that
+the flags named in WeightsUnavailableError's message are the same everywhere. The service
+embeds no audio (its catalog holds the embeddings).
 """
 
 import argparse

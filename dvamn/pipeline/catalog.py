@@ -48,12 +48,13 @@ from dvamn.catalog_format import (
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, MAX_DURATION_S, SAMPLE_RATE_HZ
 from dvamn.devices import wants_gpu
 from dvamn.pipeline.config import AUDIO_KINDS
-from dvamn.schema import rows_to_table, sequence_to_numpy
+from dvamn.ray_setup import limit_threads
+from dvamn.schema import VIDEOS_DIR, rows_to_table, sequence_to_numpy
 
 log = logging.getLogger(__name__)
 
 # Rows leave the Ray Data stage in one table: a track's columns plus the error columns
-# (null on success), so that one failing file never aborts the run (see DESIGN.md).
+# (null on success), so that one failing file never aborts the run.
 _STAGE_SCHEMA = pa.schema(
     list(CATALOG_SCHEMA)
     + [
@@ -112,7 +113,7 @@ def _now() -> str:
 
 def is_extraction_output(music: str) -> bool:
     """True when ``music`` is a directory/prefix holding ``videos/`` Parquet files."""
-    videos = storage.join(music, "videos")
+    videos = storage.join(music, VIDEOS_DIR)
     try:
         fs, path = storage.filesystem(videos)
         return fs.isdir(path) and any(p.endswith(".parquet") for p in fs.find(path))
@@ -178,12 +179,10 @@ class TrackEmbedder:
         num_cpus: float = 1.0,
         max_duration_s: float = MAX_DURATION_S,
     ) -> None:
-        import torch
 
         from dvamn.audio import make_audio_embedder
 
-        # Keep each actor within its CPU share: oversubscribed threads are many times slower.
-        torch.set_num_threads(max(1, int(round(num_cpus))))
+        limit_threads(num_cpus, uses_torch=True)
         self.embedder = make_audio_embedder(audio, vggish_weights, vggish_pca, device)
         self.max_duration_s = max_duration_s
 
@@ -324,7 +323,7 @@ def _stage_dataset(config: CatalogConfig) -> tuple:
     import ray
 
     if is_extraction_output(config.music):
-        videos = storage.join(config.music, "videos")
+        videos = storage.join(config.music, VIDEOS_DIR)
         ds = ray.data.read_parquet(videos)
         num_inputs = _parquet_rows(videos)
         if config.limit is not None:

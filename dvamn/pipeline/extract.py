@@ -16,7 +16,6 @@ run keeps what it did; a rerun skips videos already in ``OUT/videos`` and retrie
 rest, and once it completes, the errors of earlier runs are replaced by its own.
 """
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -36,13 +35,19 @@ from dvamn import storage
 from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES
 from dvamn.pipeline.config import ExtractConfig, StageResources
 from dvamn.pipeline.video import VideoPoseExtractor, error_row, finish_rows, utc_now
-from dvamn.schema import ERROR_SCHEMA, VIDEO_SCHEMA, column_sequences, rows_to_table
+from dvamn.ray_setup import limit_threads
+from dvamn.schema import (
+    ERROR_SCHEMA,
+    ERRORS_DIR,
+    MANIFEST_FILE,
+    VIDEO_SCHEMA,
+    VIDEOS_DIR,
+    column_sequences,
+    rows_to_table,
+)
 
 log = logging.getLogger(__name__)
 
-VIDEOS_DIR = "videos"
-ERRORS_DIR = "errors"
-MANIFEST = "manifest.json"
 
 # The table that flows between stages: a video row (or its pose part), the soundtrack
 # until it is embedded, and the error of a video that failed.
@@ -108,7 +113,7 @@ class PoseStage:
 
     def __init__(self, config: ExtractConfig, resources: Optional[StageResources] = None):
         """``resources``: the CPU share it runs with (default: the pose stage's)."""
-        threads = _limit_threads(resources or config.pose_stage)
+        threads = limit_threads((resources or config.pose_stage).num_cpus)
         self.extract = VideoPoseExtractor(config, num_threads=threads)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -144,7 +149,7 @@ class AudioStage:
             device=config.audio_device,
         )
         self.out, self.run_id = config.out, run_id
-        _limit_threads(config.audio_stage)
+        limit_threads(config.audio_stage.num_cpus)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = _table_rows(batch)
@@ -225,7 +230,6 @@ def write_parts(batch: pa.Table, out: str, run_id: str) -> pa.Table:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     import resource
-    import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
@@ -237,16 +241,6 @@ def _write_table(table: pa.Table, uri: str, stats: dict[str, Any]) -> None:
     table = table.replace_schema_metadata({PART_STATS_KEY: json.dumps(stats)})
     with fs.open(path, "wb") as f:
         pq.write_table(table, f)
-
-
-def _limit_threads(resources: StageResources) -> int:
-    """Keep each actor's math libraries within its CPU share (no oversubscription);
-    returns the thread count for the libraries the stage configures itself."""
-    threads = max(1, int(round(resources.num_cpus)))
-    torch = sys.modules.get("torch")  # only where torch is used anyway: importing it costs seconds
-    if torch is not None:
-        torch.set_num_threads(threads)
-    return threads
 
 
 def read_table(out: str, subdir: str, columns: Optional[list[str]] = None) -> Optional[pa.Table]:
@@ -467,7 +461,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
 class PartFooter:
     path: str
     num_rows: int
-    stats: dict[str, Any]  # PART_STATS_KEY of the part ({} for parts of older versions)
+    stats: dict[str, Any]  # PART_STATS_KEY of the part
 
 
 def _footers(out: str, subdir: str) -> list[PartFooter]:
@@ -478,7 +472,9 @@ def _footers(out: str, subdir: str) -> list[PartFooter]:
         with fs.open(file, "rb") as f:
             metadata = pq.ParquetFile(f).metadata
         stats = (metadata.metadata or {}).get(PART_STATS_KEY.encode())
-        footers.append(PartFooter(file, metadata.num_rows, json.loads(stats) if stats else {}))
+        footers.append(
+            PartFooter(file, metadata.num_rows, json.loads(stats) if stats else {})
+        )  # {}: a part another tool wrote
     return footers
 
 
@@ -523,17 +519,7 @@ def _write_manifest(config: ExtractConfig, summary: ExtractSummary) -> None:
         "options": config.to_dict(),
         "versions": versions(),
     }
-    fs, path = storage.filesystem(storage.join(config.out, MANIFEST))
+    fs, path = storage.filesystem(storage.join(config.out, MANIFEST_FILE))
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(path, "w") as f:
         json.dump(manifest, f, indent=2)
-
-
-def config_from_dict(values: dict[str, Any]) -> ExtractConfig:
-    """Rebuild a config saved in a manifest."""
-    values = dict(values)
-    for key in ("pose_stage", "audio_stage"):
-        if isinstance(values.get(key), dict):
-            values[key] = StageResources(**values[key])
-    fields = {f.name for f in dataclasses.fields(ExtractConfig)}
-    return ExtractConfig(**{k: v for k, v in values.items() if k in fields})

@@ -38,6 +38,7 @@ from ray import serve
 
 from dvamn.devices import wants_gpu
 from dvamn.pose.flags import DEFAULT_POSE
+from dvamn.ray_setup import cpu_threads, limit_threads
 from dvamn.scoring import DEFAULT_SCORING
 from dvamn.serving.auth import API_TOKEN_ENV, api_token_from_env, token_matches
 from dvamn.serving.catalog_store import weights_version
@@ -123,7 +124,7 @@ class ServeSettings:
     def threads(self) -> int:
         """Math-library threads of a replica: its CPU share (at least 1), so that replicas
         on one machine do not oversubscribe its cores (which slows them many times)."""
-        return max(1, int(round(self.num_cpus)))
+        return cpu_threads(self.num_cpus)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -205,11 +206,10 @@ class MatchModel:
     """DVAMN + scorer over the catalog (``dvamn.serving.matcher.Matcher``), batched."""
 
     def __init__(self, settings: ServeSettings):
-        import torch
 
         from dvamn.serving.matcher import Matcher
 
-        torch.set_num_threads(settings.threads)
+        limit_threads(settings.num_cpus, uses_torch=True)
         self.matcher = Matcher.from_uris(
             settings.checkpoint,
             settings.catalog,

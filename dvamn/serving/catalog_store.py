@@ -40,7 +40,7 @@ def weights_version(provenance: Optional[str]) -> str:
     weights are loaded) name where the files came from; answers carry only the files'
     SHA-256 prefixes, joined by ``+`` in the order the files are named. ``""`` when there
     are no weights (``logmel``, keypoint files); ``"unhashed"`` when the provenance names
-    weights without a digest (outputs of older versions).
+    weights without a digest (never the name itself, which may be a private path).
     """
     if not provenance:
         return ""
@@ -86,9 +86,6 @@ class Catalog:
     def track_embedding(self, i: int) -> np.ndarray:
         """(T_a, 128) view of track ``i``'s embedding sequence."""
         return self.embeddings[self.offsets[i] : self.offsets[i + 1]]
-
-    def track_embeddings(self) -> List[np.ndarray]:
-        return [self.track_embedding(i) for i in range(len(self))]
 
     @property
     def nbytes(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, POSE_FEATURES, POSE_FPS
+from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, POSE_FEATURES
 from dvamn.devices import resolve_torch_device
 from dvamn.scoring import (
     DEFAULT_SCORING,
@@ -225,8 +225,3 @@ class Matcher:
     def match(self, pose: np.ndarray, top_k: int = DEFAULT_TOP_K) -> Dict[str, Any]:
         """One query: pose features (T, 68) at POSE_FPS -> response part (see match_many)."""
         return self.match_many([pose], [top_k])[0]
-
-
-def min_pose_frames(min_query_s: float) -> int:
-    """Pose frames a query needs at least (never fewer than one audio frame's two)."""
-    return max(2, int(round(min_query_s * POSE_FPS)))

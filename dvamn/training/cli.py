@@ -6,6 +6,11 @@ import sys
 from typing import Tuple
 
 from dvamn.ray_setup import add_address_argument, ensure_ray
+from dvamn.training.data import (
+    DEFAULT_VAL_FRACTION,
+    QUERY_STRIDE_POSE_FRAMES,
+    TRAIN_STRIDE_POSE_FRAMES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +68,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--stride",
         type=int,
-        default=20,
-        help="pose frames between training windows (even; default 20 = 2 s)",
+        default=TRAIN_STRIDE_POSE_FRAMES,
+        help="pose frames between training windows (even; default %(default)s = 2 s)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="per worker (paper: 64)")
     p.add_argument("--lr", type=float, default=2e-4, help="NAdam learning rate (paper: 2e-4)")
@@ -72,8 +77,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--val-fraction",
         type=float,
-        default=0.2,
-        help="videos held out, by video id hash (paper: 4:1)",
+        default=DEFAULT_VAL_FRACTION,
+        help="videos held out, by video id hash (default %(default)s, the paper's 4:1)",
     )
     p.add_argument(
         "--dropout", type=float, default=None, help="dropout in the MFC blocks (default 0.1)"
@@ -188,7 +193,12 @@ def register(subparsers) -> None:
         help="report only this way of comparing, or 'all' (default: all but the slow "
         "log-cosh ones, cosine-w first): " + SCORING_HELP,
     )
-    e.add_argument("--query-stride", type=int, default=60, help="pose frames between query windows")
+    e.add_argument(
+        "--query-stride",
+        type=int,
+        default=QUERY_STRIDE_POSE_FRAMES,
+        help="pose frames between query windows (default %(default)s)",
+    )
     e.add_argument("--max-queries", type=int, default=None)
     e.add_argument("--val-fraction", type=float, default=None, help="default: the run's own")
     e.add_argument(

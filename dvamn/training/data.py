@@ -42,7 +42,7 @@ from dvamn.constants import (
     POSE_FRAMES_PER_AUDIO_FRAME,
     WINDOW_POSE_FRAMES,
 )
-from dvamn.schema import PROVENANCE_COLUMNS, sequence_to_numpy
+from dvamn.schema import PROVENANCE_COLUMNS, VIDEOS_DIR, sequence_to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ FEATURE_COLUMNS = ["video_id", "pose", "audio_embedding", *PROVENANCE_COLUMNS]
 # Extraction writes it since issue 13; features made before lack it and still load.
 ONSET_COLUMN = "audio_onset"
 DEFAULT_VAL_FRACTION = 0.2  # the paper's 4:1 split
+# Pose frames between the starts of consecutive windows (even: the audio stays aligned).
+# Training cuts a window every 2 s; evaluation queries start every 6 s, so that queries
+# of one video overlap by half a window at most.
+TRAIN_STRIDE_POSE_FRAMES = 20
+QUERY_STRIDE_POSE_FRAMES = WINDOW_POSE_FRAMES // 2
 _HASH_BUCKETS = 10_000
 
 
@@ -75,7 +80,7 @@ def window_starts(
     num_pose_frames: int,
     num_audio_frames: int,
     window_pose_frames: int = WINDOW_POSE_FRAMES,
-    stride_pose_frames: int = WINDOW_POSE_FRAMES // 2,
+    stride_pose_frames: int = TRAIN_STRIDE_POSE_FRAMES,
 ) -> List[int]:
     """Pose-frame starts of every full window that fits both sequences. Starts are even so
     that audio frame ``start // 2`` is the one aligned with pose frame ``start``."""
@@ -93,7 +98,7 @@ def window_starts(
 def cut_windows(
     video: Video,
     window_pose_frames: int = WINDOW_POSE_FRAMES,
-    stride_pose_frames: int = WINDOW_POSE_FRAMES // 2,
+    stride_pose_frames: int = TRAIN_STRIDE_POSE_FRAMES,
 ) -> Iterator[Dict[str, Any]]:
     """Windows of one video: dicts with pose (120, 68), audio (60, 128), video_id, start
     (pose frame)."""
@@ -138,7 +143,7 @@ def read_features(features: Union[str, "ray.data.Dataset"]):  # noqa: F821
 
     if isinstance(features, str):
         uri = features
-        videos_dir = storage.join(uri, "videos")
+        videos_dir = storage.join(uri, VIDEOS_DIR)
         if storage.exists(videos_dir):
             uri = videos_dir
         if not storage.exists(uri) and not any(ch in uri for ch in "*?["):
@@ -254,7 +259,7 @@ def hard_negative_windows(
 def windows_dataset(
     ds,
     window_pose_frames: int = WINDOW_POSE_FRAMES,
-    stride_pose_frames: int = 20,
+    stride_pose_frames: int = TRAIN_STRIDE_POSE_FRAMES,
     hard_negatives: int = 0,
     seed: int = 0,
 ):
@@ -469,12 +474,6 @@ def survey_features(ds, val_fraction: float = DEFAULT_VAL_FRACTION) -> FeatureSu
         sum(int(p["num_val"]) for p in parts),
         stats,
     )
-
-
-def collect_videos(ds) -> List[Video]:
-    """Every video of a Dataset as numpy (for retrieval, which needs whole soundtracks).
-    Sorted by video_id so that candidate order is the same everywhere."""
-    return collect_features(ds, check=False)[0]
 
 
 def collect_features(ds, check: bool = True) -> Tuple[List[Video], Dict[str, str]]:

@@ -41,11 +41,15 @@ from dvamn.scoring import (
     set_hubness,
     split_scoring,
 )
-from dvamn.training.data import Video, window_starts
+from dvamn.training.data import (
+    DEFAULT_VAL_FRACTION,
+    QUERY_STRIDE_POSE_FRAMES,
+    Video,
+    window_starts,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QUERY_STRIDE = WINDOW_POSE_FRAMES // 2  # 6 s between query starts
 # What `dvamn evaluate` reports unless asked: log-cosh, having no matmul form, is slow.
 REPORTED_SCORINGS = ("cosine-w", "l2-w", "cosine-std", "l2-std", "cosine", "l2")
 OFFSET_TOLERANCE_S = 0.5
@@ -238,7 +242,7 @@ def pool_metrics(ranks: np.ndarray, pool_used: int, padding: int, prefix: str = 
 
 def build_queries(
     videos: Sequence[Video],
-    query_stride: int = DEFAULT_QUERY_STRIDE,
+    query_stride: int = QUERY_STRIDE_POSE_FRAMES,
     max_queries: Optional[int] = None,
 ) -> List[Tuple[int, int]]:
     """(video index, pose start frame) of every query window; at most ``max_queries``,
@@ -272,7 +276,7 @@ def predict_windows(
 def evaluate_videos(
     model: DVAMN,
     videos: Sequence[Video],
-    query_stride: int = DEFAULT_QUERY_STRIDE,
+    query_stride: int = QUERY_STRIDE_POSE_FRAMES,
     max_queries: Optional[int] = None,
     scorings: Sequence[str] = (DEFAULT_SCORING,),
     batch_size: int = 64,
@@ -535,7 +539,7 @@ def evaluate(
     checkpoint: str,
     features: Any,
     val_fraction: Optional[float] = None,
-    query_stride: int = DEFAULT_QUERY_STRIDE,
+    query_stride: int = QUERY_STRIDE_POSE_FRAMES,
     max_queries: Optional[int] = None,
     scorings: Sequence[str] = REPORTED_SCORINGS,
     json_path: Optional[str] = None,
@@ -571,7 +575,9 @@ def evaluate(
             f"{trained_on}: evaluate on features extracted the same way"
         )
     if val_fraction is None:
-        val_fraction = float(metadata.get("train_config", {}).get("val_fraction", 0.2))
+        val_fraction = float(
+            metadata.get("train_config", {}).get("val_fraction", DEFAULT_VAL_FRACTION)
+        )
     videos = [v for v in all_videos if is_validation(v.video_id, val_fraction)]
     if pad_features is not None:
         pad_videos, pad_provenance = collect_features(read_features(pad_features))

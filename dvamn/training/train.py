@@ -50,7 +50,12 @@ import torch
 from dvamn import storage
 from dvamn.model import DVAMNConfig
 from dvamn.scoring import DEFAULT_SCORING, SCORINGS
-from dvamn.training.data import AugmentConfig
+from dvamn.training.data import (
+    DEFAULT_VAL_FRACTION,
+    QUERY_STRIDE_POSE_FRAMES,
+    TRAIN_STRIDE_POSE_FRAMES,
+    AugmentConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +80,8 @@ class TrainConfig:
     batch_size: int = 64  # per worker, as the paper's single-GPU batch
     lr: float = 2e-4
     betas: Tuple[float, float] = (0.9, 0.999)
-    stride: int = 20  # pose frames between training window starts (2 s)
-    val_fraction: float = 0.2  # the paper's 4:1 split, by video
+    stride: int = TRAIN_STRIDE_POSE_FRAMES  # pose frames between training window starts
+    val_fraction: float = DEFAULT_VAL_FRACTION  # the paper's 4:1 split, by video
     seed: int = 0
     resume: bool = False
     model: DVAMNConfig = field(default_factory=DVAMNConfig)
@@ -84,7 +89,7 @@ class TrainConfig:
     num_to_keep: Optional[int] = 3  # best checkpoints kept (the latest is always kept)
     cpus_per_worker: float = 1.0
     shuffle_buffer: int = 1024  # windows in each worker's local shuffle buffer
-    query_stride: int = 60  # pose frames between validation retrieval queries
+    query_stride: int = QUERY_STRIDE_POSE_FRAMES  # between validation retrieval queries
     max_retrieval_queries: Optional[int] = 256  # per epoch (evaluate uses them all)
     scoring: str = DEFAULT_SCORING  # how per-epoch retrieval compares (scoring.SCORINGS)
     max_steps_per_epoch: Optional[int] = None  # caps epochs for smoke runs and benchmarks

@@ -10,8 +10,8 @@ import pytest
 from dvamn.audio.onset import ONSET_KIND
 from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES, num_audio_frames, num_pose_frames
 from dvamn.pipeline.config import ExtractConfig, StageResources
-from dvamn.pipeline.extract import ERRORS_DIR, VIDEOS_DIR, extract_dataset, read_table
-from dvamn.schema import VIDEO_SCHEMA
+from dvamn.pipeline.extract import extract_dataset, read_table
+from dvamn.schema import ERRORS_DIR, VIDEO_SCHEMA, VIDEOS_DIR
 
 SECONDS = 13.0
 

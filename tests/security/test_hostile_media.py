@@ -494,7 +494,8 @@ def test_extraction_errors_describe_never_quote_and_max_duration_is_an_error_row
     ray_local, hostile_inputs, tmp_path
 ):
     from dvamn.pipeline.config import ExtractConfig, StageResources
-    from dvamn.pipeline.extract import ERRORS_DIR, VIDEOS_DIR, extract_dataset, read_table
+    from dvamn.pipeline.extract import extract_dataset, read_table
+    from dvamn.schema import ERRORS_DIR, VIDEOS_DIR
 
     root, good = hostile_inputs
     out = tmp_path / "features"

@@ -218,7 +218,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def service(serving_assets):
     """Started once per session (``serve.run`` with FastAPI costs seconds); Serve's
-    ``_local_testing_mode`` cannot run ``@serve.batch`` (DESIGN.md), so this is the real
+    ``_local_testing_mode`` cannot run ``@serve.batch``, so this is the real
     ``serve.run`` over HTTP; replicas take ``num_cpus: 0`` so that they never wait for CPUs."""
     if "service" in _SESSION:
         yield _SESSION["service"]

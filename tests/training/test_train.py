@@ -11,7 +11,7 @@ import torch
 
 from dvamn.cli import main as dvamn_main
 from dvamn.model import DVAMNConfig, best_checkpoint, list_checkpoints, load_model
-from dvamn.training.data import AugmentConfig, collect_videos, read_features
+from dvamn.training.data import AugmentConfig, collect_features, read_features
 from dvamn.training.evaluate import REPORTED_SCORINGS, evaluate_videos
 from dvamn.training.train import TrainConfig, contrastive_loss, summary_table, train
 from tests.support.contracts import EVALUATION_JSON_KEYS
@@ -217,6 +217,6 @@ def test_a_contrastive_run_chooses_checkpoints_by_recall_and_stores_a_query_bank
     assert meta["epoch"] == best["epoch"]
     assert model.query_bank is not None and model.query_bank.shape[1:] == (60, 128)
     metrics = evaluate_videos(
-        model, collect_videos(read_features(features))[:6], scorings=("cosine-w+qb",)
+        model, collect_features(read_features(features))[0][:6], scorings=("cosine-w+qb",)
     )
     assert metrics["distance"] == "cosine-w+qb" and 0 <= metrics["r_at_1"] <= 1
