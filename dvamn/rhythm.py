@@ -1,8 +1,18 @@
 """A matcher without training: the dance's motion accents against each track's onsets.
 
-The baseline a trained model must beat (issue 13). Letters: T query audio frames, N
-tracks, L frames of a track, O = L - T + 1 start offsets. Everything is at the audio rate
-(5 Hz, ``AUDIO_HOP_S``); pose frame 2k and 2k + 1 belong with audio frame k.
+The baseline a trained model must beat (issue 13). Letters: T query frames, N tracks, L
+frames of a track, O = L - T + 1 start offsets. Two channels of timing, the first
+preferred (``dvamn.training.evaluate.rhythm_baseline`` chooses):
+
+- ``audio_onset`` (``dvamn.audio.onset``, stored by extraction for every embedding kind),
+  at the pose rate (10 Hz): ``pose_accents`` (the rectified rise of summed joint speed per
+  pose frame) against ``smooth_series(onset)``, both smoothed by the same 3-frame Hann
+  window.
+- For features made before that channel: the ``logmel`` onset-rate dimensions at the
+  audio rate (5 Hz, ``AUDIO_HOP_S``; pose frames 2k and 2k + 1 belong with audio frame k),
+  as follows. Their 0.96 s averages cancel a pulse of period 0.48 s and blur faster ones:
+  on an unseen choreography family this channel is at chance where ``audio_onset`` ranks
+  the true track first among 100 for 8% of the queries (docs/audio.md).
 
 - Motion accents of a pose sequence (T_p, 68): the summed speed of the 17 joints (the
   motion half of the features, ``dvamn.pose.features``), its rectified rise from frame to
@@ -11,14 +21,8 @@ tracks, L frames of a track, O = L - T + 1 start offsets. Everything is at the a
   example: one value per audio frame.
 - Onsets of a track (L, 128) of ``logmel`` embeddings: the sum of its 16 onset-rate
   dimensions [64:80] (how often and how hard notes and hits start, per band group; see
-  ``dvamn.audio.logmel``). VGGish embeddings have no such dimensions, so the matcher is
-  not available for them (``onset_dims`` says so) rather than guessed.
-- With the ``audio_onset`` channel (``dvamn.audio.onset``, stored by extraction for every
-  embedding kind) the matcher works at the pose rate instead (``pose_accents`` against
-  ``smooth_series(onset)``): the rectified rise of summed joint speed per pose frame, both
-  smoothed by the same 3-frame Hann window. The 0.96 s averages above cancel a pulse of
-  period 0.48 s and blur faster ones; on an unseen choreography family this channel
-  ranks the true track first several times as often (README, "Rhythm").
+  ``dvamn.audio.logmel``). VGGish embeddings have no such dimensions (``onset_dims``
+  says so): old VGGish features get no rhythm matcher rather than a guessed one.
 - Score of a track at offset o: the Pearson correlation of the query's T accents with the
   track's onsets o .. o + T - 1; a track's score is its best offset's. Distances are
   1 - correlation (lower is better, as in ``dvamn.scoring``); a constant series
