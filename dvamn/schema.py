@@ -14,10 +14,12 @@ import pyarrow as pa
 from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES
 
 # An extraction output's layout: OUT/videos/*.parquet (VIDEO_SCHEMA), OUT/errors/*.parquet
-# (ERROR_SCHEMA), OUT/manifest.json (counts, options, versions).
+# (ERROR_SCHEMA), OUT/manifest.json (counts, options, versions); OUT/unreadable/ holds
+# parts a rerun could not read, set aside (never deleted) while their videos are redone.
 VIDEOS_DIR = "videos"
 ERRORS_DIR = "errors"
 MANIFEST_FILE = "manifest.json"
+UNREADABLE_DIR = "unreadable"
 
 VIDEO_SCHEMA = pa.schema(
     [

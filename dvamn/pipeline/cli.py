@@ -17,7 +17,9 @@ examples:
 
 Outputs: OUT/videos/ (Parquet, a row per video), OUT/errors/ (Parquet, a row per input
 that failed, with the stage and a message), OUT/manifest.json (counts, options,
-versions). Running again on the same OUT skips finished videos and retries failed ones.
+versions). Running again on the same OUT skips finished videos and retries failed ones;
+parts appear only complete, so a killed job is finished by running it again (a part that
+cannot be read is moved to OUT/unreadable/ and its videos are redone).
 """
 
 

@@ -14,6 +14,13 @@ otherwise abort the whole run, or drop a whole block): every input ends in exact
 ``OUT/videos`` and ``OUT/errors``. Parts are written as batches finish, so an interrupted
 run keeps what it did; a rerun skips videos already in ``OUT/videos`` and retries the
 rest, and once it completes, the errors of earlier runs are replaced by its own.
+
+A part appears only complete (``storage.atomic_output``: a temporary name renamed on local
+disks and NFS, one upload on object stores), so a job killed mid-write leaves at worst a
+hidden ``.part-*.tmp`` file that no reader lists. A part that cannot be read all the same
+(damaged later, written by an older version or another tool) is moved to
+``OUT/unreadable/`` by the planner, with a warning naming it, and its videos are extracted
+again.
 """
 
 import hashlib
@@ -40,6 +47,7 @@ from dvamn.schema import (
     ERROR_SCHEMA,
     ERRORS_DIR,
     MANIFEST_FILE,
+    UNREADABLE_DIR,
     VIDEO_SCHEMA,
     VIDEOS_DIR,
     column_sequences,
@@ -239,7 +247,7 @@ def _write_table(table: pa.Table, uri: str, stats: dict[str, Any]) -> None:
     fs, path = storage.filesystem(uri)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     table = table.replace_schema_metadata({PART_STATS_KEY: json.dumps(stats)})
-    with fs.open(path, "wb") as f:
+    with storage.atomic_output(uri) as f:  # a crash mid-write leaves no truncated part
         pq.write_table(table, f)
 
 
@@ -282,6 +290,32 @@ def _video_id(uri: str, root: str) -> str:
         return uri
 
 
+def readable_part_uris(out: str, subdir: str) -> set[str]:
+    """The ``uri`` column of every part of ``OUT/<subdir>``; a part that cannot be read
+    (footer or ``uri`` column) is moved to ``OUT/unreadable/<subdir>/`` with a warning
+    naming it, so that its videos count as not done and are extracted again."""
+    fs, _ = storage.filesystem(out)
+    uris: set[str] = set()
+    for file in _part_files(out, subdir):
+        try:
+            with fs.open(file, "rb") as f:
+                uris.update(pq.read_table(f, columns=["uri"]).column("uri").to_pylist())
+            continue
+        except Exception as error:  # noqa: BLE001 - any unreadable part is set aside
+            reason = f"{type(error).__name__}: {error}"
+        target = storage.join(out, UNREADABLE_DIR, subdir, file.rstrip("/").rsplit("/", 1)[-1])
+        _, target_path = storage.filesystem(target)
+        fs.makedirs(target_path.rsplit("/", 1)[0], exist_ok=True)
+        fs.mv(file, target_path)
+        log.warning(
+            "extract: cannot read the part %s (%s); moved it to %s, its videos are extracted again",
+            file,
+            reason,
+            target,
+        )
+    return uris
+
+
 def plan(config: ExtractConfig) -> ExtractPlan:
     uris = storage.list_inputs(config.input)
     if config.limit is not None:
@@ -290,8 +324,8 @@ def plan(config: ExtractConfig) -> ExtractPlan:
     ids = [video_id for _, video_id in inputs]
     if len(set(ids)) != len(ids):  # same stem in two folders: fall back to full uris
         inputs = [(uri, uri) for uri in uris]
-    done_table = read_table(config.out, VIDEOS_DIR, columns=["uri"])
-    done = set(done_table.column("uri").to_pylist()) if done_table is not None else set()
+    done = readable_part_uris(config.out, VIDEOS_DIR)
+    readable_part_uris(config.out, ERRORS_DIR)  # sets aside what the summary could not read
     todo = [(uri, vid) for uri, vid in inputs if uri not in done]
     return ExtractPlan(inputs, todo, len(inputs) - len(todo), _part_files(config.out, ERRORS_DIR))
 

@@ -12,8 +12,7 @@ from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES, num_audio_frames, num_
 from dvamn.pipeline.config import ExtractConfig, StageResources
 from dvamn.pipeline.extract import extract_dataset, read_table
 from dvamn.schema import ERRORS_DIR, VIDEO_SCHEMA, VIDEOS_DIR
-
-SECONDS = 13.0
+from tests.pipeline.conftest import EXTRACT_SECONDS as SECONDS
 
 # What a user must be able to read in the error message of each kind of bad input.
 EXPECTED_ERRORS = {
@@ -26,15 +25,6 @@ EXPECTED_ERRORS = {
     "nobody": ("pose", "nobody"),
     "huge": ("decode", "pixels"),
 }
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    from dvamn.synth import synthesize
-
-    out = tmp_path_factory.mktemp("synth")
-    result = synthesize(str(out), videos=3, seconds=SECONDS, seed=3, broken=8)
-    return out, result
 
 
 def small_config(input_dir, out, **overrides) -> ExtractConfig:

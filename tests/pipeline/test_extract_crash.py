@@ -1,0 +1,106 @@
+"""Nothing lost on a crash: ``kill -9`` of a running extraction job, a part truncated on
+disk, then a rerun that accounts for every input exactly once."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from dvamn.pipeline.extract import extract_dataset, read_table
+from dvamn.schema import ERRORS_DIR, UNREADABLE_DIR, VIDEOS_DIR
+from tests.pipeline.test_extract import small_config
+
+pytestmark = pytest.mark.ray
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _parts(out, subdir):
+    path = os.path.join(out, subdir)
+    return (
+        sorted(f for f in os.listdir(path) if f.endswith(".parquet")) if os.path.isdir(path) else []
+    )
+
+
+def _num_parts(out) -> int:
+    return len(_parts(out, VIDEOS_DIR)) + len(_parts(out, ERRORS_DIR))
+
+
+def _wait_for_dead_job_actors(timeout_s: float = 30.0) -> None:
+    """The killed driver's Ray Data actors die with it (Ray ends a dead driver's actors);
+    wait for that, so that none of them writes while the rerun runs."""
+    # GCS's actor table: ray.util.state needs the dashboard, which the tests' Ray runs without.
+    from ray._private.state import actors
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [
+            a
+            for a in actors().values()
+            if a["State"] == "ALIVE"
+            and any(stage in a["ActorClassName"] for stage in ("AudioStage", "PoseStage"))
+        ]
+        if not alive:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the killed job's actors are still alive after {timeout_s} s: {alive}")
+
+
+def test_a_job_killed_mid_write_and_a_truncated_part_are_redone_exactly_once(
+    ray_local, synth_dir, tmp_path
+):
+    import ray
+
+    data, result = synth_dir
+    out = tmp_path / "features"
+    inputs = set(result.videos) | {uri for uri, _ in result.broken}
+    total = len(result.videos) + len(result.broken)
+
+    # The job as an operator runs it, on the same Ray: one video per part, so that parts
+    # are being written when the driver is killed.
+    command = [
+        sys.executable, "-m", "dvamn.cli", "extract", str(data), "--out", str(out),
+        "--pose", "keypoints", "--audio", "logmel", "--device", "cpu",
+        "--audio-actors", "1", "--audio-cpus", "0.5", "--audio-batch", "1",
+        "--address", ray.get_runtime_context().gcs_address,
+    ]  # fmt: skip
+    job = subprocess.Popen(
+        command,
+        env={**os.environ, "PYTHONPATH": REPO},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (_parts(out, VIDEOS_DIR) and _num_parts(out) >= 3) and job.poll() is None:
+            assert time.monotonic() < deadline, "the job wrote no parts in 120 s"
+            time.sleep(0.02)
+    finally:
+        os.kill(job.pid, signal.SIGKILL)
+        job.wait()
+    _wait_for_dead_job_actors()
+    assert _num_parts(out) < total, "the kill must interrupt the job"
+    written = _parts(out, VIDEOS_DIR)
+
+    # A part damaged after it was written (as a crash of an older version left them).
+    damaged = os.path.join(out, VIDEOS_DIR, written[0])
+    with open(damaged, "r+b") as f:
+        f.truncate(os.path.getsize(damaged) // 2)
+
+    _, summary = extract_dataset(small_config(data, out))
+    assert summary.inputs == total
+
+    # The damaged part is set aside, never deleted, and its video is extracted again.
+    assert os.listdir(os.path.join(out, UNREADABLE_DIR, VIDEOS_DIR)) == [written[0]]
+    videos = read_table(str(out), VIDEOS_DIR, columns=["uri"]).column("uri").to_pylist()
+    errors = read_table(str(out), ERRORS_DIR, columns=["uri"]).column("uri").to_pylist()
+    counts = Counter(videos + errors)
+    assert {os.path.basename(u) for u in counts} == {os.path.basename(u) for u in inputs}
+    assert set(counts.values()) == {1}, "every input in exactly one table, exactly once"
+    assert len(videos) == len(result.videos) and len(errors) == len(result.broken)
+    leftovers = [f for f in os.listdir(os.path.join(out, VIDEOS_DIR)) if f.endswith(".tmp")]
+    assert all(f.startswith(".part-") for f in leftovers)  # hidden, never read as parts
