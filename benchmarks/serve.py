@@ -181,6 +181,7 @@ def write_catalog(catalog, out: str) -> None:
                 "audio_embedding_kind": catalog.audio_embedding_kind,
                 "audio_weights": "",
                 "source": "synthetic",
+                "audio_playable": False,
                 "cataloged_at": "",
             }
         )

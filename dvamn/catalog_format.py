@@ -46,6 +46,9 @@ CATALOG_SCHEMA = pa.schema(
         ("audio_embedding_kind", pa.string()),
         ("audio_weights", pa.string()),
         ("source", pa.string()),  # "audio-file" or "extraction"
+        # Whether `uri` held a decodable audio stream when the track was cataloged: what
+        # GET /tracks/{id}/audio plays (dvamn.serving.audio_segments).
+        ("audio_playable", pa.bool_()),
         ("cataloged_at", pa.string()),
     ]
 )

@@ -42,6 +42,7 @@ def tracks_table(num_tracks: int, seed: int, kinds=("logmel",), frames: int = 20
                 "audio_embedding_kind": kinds[i % len(kinds)],
                 "audio_weights": "",
                 "source": "audio-file",
+                "audio_playable": False,
                 "cataloged_at": "",
             }
         )

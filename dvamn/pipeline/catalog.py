@@ -105,6 +105,7 @@ class CatalogSummary:
     version: str  # content version: a hash of every track id and embedding
     total_duration_s: float
     version_id: str = ""  # the version directory: CATALOG/versions/ID
+    num_playable: int = 0  # tracks whose audio GET /tracks/{id}/audio can play
 
 
 def _now() -> str:
@@ -144,6 +145,7 @@ def _track_row(
     kind: str,
     weights: str,
     source: str,
+    audio_playable: bool,
 ) -> Dict[str, Any]:
     embedding = np.asarray(embedding, np.float32).reshape(-1, EMBEDDING_DIM)
     row: Dict[str, Any] = {f.name: None for f in _STAGE_SCHEMA}
@@ -158,6 +160,7 @@ def _track_row(
         audio_embedding_kind=kind,
         audio_weights=weights,
         source=source,
+        audio_playable=bool(audio_playable),
         cataloged_at=_now(),
     )
     return row
@@ -234,6 +237,7 @@ class TrackEmbedder:
                         self.embedder.kind,
                         self.embedder.weights,
                         "audio-file",
+                        audio_playable=True,  # its audio just decoded from this uri
                     )
                 )
         return rows_to_table(rows, _STAGE_SCHEMA)
@@ -270,9 +274,22 @@ def extraction_to_tracks(batch: pa.Table) -> pa.Table:
                 rec["audio_embedding_kind"],
                 rec["audio_weights"],
                 "extraction",
+                audio_playable=has_audio_stream(rec["uri"]),
             )
         )
     return rows_to_table(rows, _STAGE_SCHEMA)
+
+
+def has_audio_stream(uri: str) -> bool:
+    """Whether ``uri`` opens as media with an audio stream (a keypoint file or an
+    unreachable video does not): the catalog's record of a playable track."""
+    from dvamn.media import MediaError, read_info
+
+    try:
+        return read_info(uri, name=uri).has_audio
+    except (MediaError, OSError) as exc:
+        log.warning("catalog: the audio of %s will not be playable: %s", uri, exc)
+        return False
 
 
 def _only_tracks(batch: pa.Table) -> pa.Table:
@@ -417,6 +434,7 @@ _META_COLUMNS = [
     "audio_embedding_kind",
     "audio_weights",
     "duration_s",
+    "audio_playable",
 ]
 
 
@@ -524,6 +542,7 @@ def _write_version(
             weight,
         ),
         total_duration_s=float(sum(meta_table["duration_s"].to_pylist())),
+        num_playable=int(sum(meta_table["audio_playable"].to_pylist())),
     )
     if summary.num_tracks + summary.num_errors != num_inputs:
         log.error(

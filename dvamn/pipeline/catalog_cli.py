@@ -92,7 +92,7 @@ def run_catalog(args: argparse.Namespace) -> int:
         f"catalog {summary.out}: {summary.num_tracks} tracks "
         f"({summary.total_duration_s / 60:.1f} min), {summary.num_errors} errors of "
         f"{summary.num_inputs} inputs; embedding {summary.audio_embedding_kind}, "
-        f"version {summary.version}"
+        f"version {summary.version}; {summary.num_playable} tracks playable by the service"
     )
     version = f"{summary.out.rstrip('/')}/versions/{summary.version_id}"
     print(f"current version: {version}")

@@ -31,7 +31,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from ray import serve
@@ -40,9 +40,17 @@ from dvamn.devices import wants_gpu
 from dvamn.pose.flags import DEFAULT_POSE
 from dvamn.ray_setup import cpu_threads, limit_threads
 from dvamn.scoring import DEFAULT_SCORING
+from dvamn.serving.audio_segments import (
+    MAX_SEGMENT_S,
+    SEGMENT_MEDIA_TYPE,
+    TrackSource,
+    check_segment,
+    encode_segment,
+)
 from dvamn.serving.auth import API_TOKEN_ENV, api_token_from_env, token_matches
 from dvamn.serving.catalog_store import weights_version
 from dvamn.serving.keypoint_json import KeypointQuery, keypoint_query_features
+from dvamn.serving.pose_track import pose_track_json
 from dvamn.serving.queries import (
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_TOP_K,
@@ -216,6 +224,7 @@ class MatchModel:
             device=settings.device,
             scoring=settings.scoring,
         )
+        self._track_index: Optional[Dict[str, int]] = None
         self.match.set_max_batch_size(settings.max_batch_size)
         self.match.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
@@ -226,6 +235,21 @@ class MatchModel:
 
     def info(self) -> Dict[str, Any]:
         return {"model": self.matcher.model_info, "catalog": self.matcher.catalog_info}
+
+    def track_source(self, track_id: str) -> Optional[TrackSource]:
+        """Where the catalog job found ``track_id``'s audio (None: not in the catalog)."""
+        catalog = self.matcher.catalog
+        if self._track_index is None:
+            self._track_index = {t: i for i, t in enumerate(catalog.track_ids)}
+        i = self._track_index.get(track_id)
+        if i is None:
+            return None
+        return TrackSource(
+            track_id=track_id,
+            uri=catalog.uris[i],
+            duration_s=float(catalog.durations_s[i]),
+            playable=bool(catalog.audio_playable[i]),
+        )
 
 
 app = FastAPI(
@@ -274,6 +298,16 @@ async def redoc(request: Request) -> HTMLResponse:
         with_google_fonts=False,
     )
 
+
+# The web page's own files, shipped in the package (no CDN, no build step).
+PAGE_DIR = resources.files("dvamn.serving") / "page"
+PAGE_ASSETS_URL = "/page-assets"
+app.mount(PAGE_ASSETS_URL, StaticFiles(directory=str(PAGE_DIR)), name="page-assets")
+
+_INCLUDE_POSE = (
+    "also answer the pose track the match used (`pose`: the main dancer's joints at "
+    "10 fps and the frames where the dancer was lost; docs/serving.md)"
+)
 
 # Optional bearer token (dvamn.serving.auth): read here, checked by MatchAPI._authorize,
 # so that a missing token is a 401 with WWW-Authenticate, and Swagger UI offers "Authorize".
@@ -410,8 +444,11 @@ class MatchAPI:
         source: str,
         timings: Dict[str, float],
         pose_version: str = "",
-        **extra,
+        query: Optional[Dict[str, Any]] = None,
+        include_pose: bool = False,
     ) -> Dict[str, Any]:
+        query = dict(query or {})
+        pose_track = query.pop("pose_track", None)
         started = time.perf_counter()
         result = await self.matcher.match.remote(features, top_k)
         timings["match_call"] = round(1000 * (time.perf_counter() - started), 2)
@@ -424,7 +461,12 @@ class MatchAPI:
             "batch_size": result["batch_size"],
             "pose_source": source,
             "pose_version": pose_version,  # the pose model files' SHA-256 ("" for keypoints)
-            **extra,
+            "query": query,
+            **(
+                {"pose": pose_track_json(pose_track, query["width"], query["height"])}
+                if include_pose and pose_track is not None
+                else {}
+            ),
         }
 
     @app.get("/healthz")
@@ -450,6 +492,7 @@ class MatchAPI:
         self,
         request: Request,
         top_k: Optional[int] = Query(None, ge=1, le=MAX_TOP_K),
+        include_pose: bool = Query(False, description=_INCLUDE_POSE),
         credentials: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
     ) -> Dict[str, Any]:
         """Multipart upload ``video`` (any format PyAV decodes; its audio is ignored)."""
@@ -483,12 +526,14 @@ class MatchAPI:
             timings,
             pose_version=pose["pose_version"],
             query=pose["pose"],
+            include_pose=include_pose,
         )
 
     @app.post("/match/keypoints", openapi_extra=_KEYPOINTS_OPENAPI)
     async def match_keypoints(
         self,
         request: Request,
+        include_pose: bool = Query(False, description=_INCLUDE_POSE),
         credentials: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
     ) -> Dict[str, Any]:
         """2D keypoints [T][17][2] in pixels at ``fps`` (COCO-17), JSON (``KeypointQuery``)."""
@@ -511,7 +556,51 @@ class MatchAPI:
             del body
         timings = {"features": round(1000 * (time.perf_counter() - started), 2)}
         top_k = top_k or self.settings.default_top_k
-        return await self._answer(features, top_k, "keypoints", timings, query=description)
+        return await self._answer(
+            features,
+            top_k,
+            "keypoints",
+            timings,
+            query=description,
+            include_pose=include_pose,
+        )
+
+    @app.get(
+        "/tracks/{track_id:path}/audio",
+        response_class=Response,
+        responses={200: {"content": {SEGMENT_MEDIA_TYPE: {}}}, 404: {}},
+    )
+    async def track_audio(
+        self,
+        track_id: str,
+        start: float = Query(0.0, ge=0, description="seconds into the track"),
+        duration: Optional[float] = Query(
+            None, gt=0, le=MAX_SEGMENT_S, description="seconds (default 30)"
+        ),
+        credentials: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
+    ) -> Response:
+        """A segment of a catalog track as MP3 (stereo, 44.1 kHz, 128 kbit/s), read from
+        the source the catalog job recorded: 404 when the track is not in the catalog or
+        its audio is not reachable by the service (the message says which)."""
+        self._authorize(credentials)
+        track = await self.matcher.track_source.remote(track_id)
+        if track is None:
+            raise HTTPException(404, f"track {track_id[:200]!r} is not in the catalog")
+        try:
+            start, duration = check_segment(start, duration, track.duration_s)
+            data = await asyncio.to_thread(encode_segment, track, start, duration)
+        except QueryError as exc:
+            raise HTTPException(exc.status, exc.detail) from None
+        return Response(
+            data,
+            media_type=SEGMENT_MEDIA_TYPE,
+            headers={"Cache-Control": "private, max-age=3600"},
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def page(self) -> FileResponse:
+        """The web page (dvamn/serving/page/): drop a dance video, hear the suggestions."""
+        return FileResponse(PAGE_DIR / "index.html", media_type="text/html")
 
 
 def build_app(args: Dict[str, Any]):

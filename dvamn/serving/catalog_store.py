@@ -74,6 +74,13 @@ class Catalog:
     created_at: Optional[str] = None
     version_id: str = ""  # the version directory's ID (CATALOG/versions/ID); "" in memory
     version_uri: str = ""  # that directory: files stored with this version live there
+    # (N,) bool: the catalog job found an audio stream at the track's uri (False: none
+    # recorded, or an in-memory catalog)
+    audio_playable: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.audio_playable is None:
+            self.audio_playable = np.zeros(len(self.track_ids), bool)
 
     def __len__(self) -> int:
         return len(self.track_ids)
@@ -105,6 +112,7 @@ class Catalog:
             "embedding_dim": EMBEDDING_DIM,
             "audio_hop_s": AUDIO_HOP_S,
             "memory_mb": round(self.nbytes / 2**20, 2),
+            "num_playable": int(np.count_nonzero(self.audio_playable)),
             "created_at": self.created_at,
         }
 
@@ -251,6 +259,7 @@ def load_catalog(uri: str) -> Catalog:
         created_at=manifest.get("created_at"),
         version_id=version_id,
         version_uri=version,
+        audio_playable=table["audio_playable"].fill_null(False).to_numpy(zero_copy_only=False),
     )
     log.info(
         "loaded catalog %s version %s: %d tracks, %s, content %s, %.1f MB",

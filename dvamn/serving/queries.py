@@ -23,6 +23,7 @@ from dvamn.constants import (
     POSE_FPS,
     POSE_FRAME_BATCH,
 )
+from dvamn.serving.pose_track import pose_track_arrays
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +299,7 @@ def keypoint_features(
         "height": float(height),
         "frame_size": "derived from the keypoints' extent" if derived else "given",
         "missing_fraction": round(float(missing_fraction), 4),
+        "pose_track": pose_track_arrays(filled, present),  # the ingress takes it out
     }
 
 
@@ -417,4 +419,5 @@ class VideoPose:
             "duration_s": round(float(info.duration_s), 3),
             "missing_fraction": round(float(missing_fraction), 4),
             "decode_pose_ms": round(decode_pose_ms, 2),
+            "pose_track": pose_track_arrays(filled, present),  # the ingress takes it out
         }

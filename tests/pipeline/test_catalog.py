@@ -78,6 +78,7 @@ def test_audio_files_become_tracks_and_every_input_is_accounted_for(
         assert np.isfinite(embedding).all()
     assert catalog.audio_embedding_kind == "logmel"
     assert catalog.version == summary.version
+    assert catalog.audio_playable.tolist() == [True] * 4  # decoded from their uris
 
     import pyarrow.parquet as pq
 
@@ -92,6 +93,7 @@ def test_audio_files_become_tracks_and_every_input_is_accounted_for(
 
     manifest = json.loads(open(os.path.join(version, "manifest.json")).read())
     assert manifest["num_tracks"] == 4 and manifest["num_errors"] == 1
+    assert manifest["num_playable"] == 4
     assert manifest["audio_embedding_kind"] == "logmel"
     assert manifest["version"] == summary.version
 
@@ -148,6 +150,8 @@ def test_extraction_output_soundtracks_become_tracks(ray_local, tmp_path):
     assert catalog.track_ids == ["dance/0"]
     assert catalog.audio_embedding_kind == "vggish"
     assert catalog.audio_weights == "vggish.pth@abc"
+    # The video the extraction read is not on this machine: its audio is not playable.
+    assert catalog.audio_playable.tolist() == [False] and summary.num_playable == 0
     np.testing.assert_array_equal(catalog.track_embedding(0), np.ones((30, EMBEDDING_DIM)))
 
     # Serving refuses a model trained on another embedding, and names the fix.
