@@ -40,6 +40,7 @@ from dvamn.devices import wants_gpu
 from dvamn.pose.flags import DEFAULT_POSE
 from dvamn.ray_setup import cpu_threads, limit_threads
 from dvamn.scoring import DEFAULT_SCORING
+from dvamn.search import DEFAULT_SEARCH, IndexSettings
 from dvamn.serving.audio_segments import (
     MAX_SEGMENT_S,
     SEGMENT_MEDIA_TYPE,
@@ -76,6 +77,8 @@ class ServeSettings:
     pose_detector: Optional[str] = None
     device: str = "auto"  # for the pose model and DVAMN
     scoring: str = DEFAULT_SCORING  # how candidates are compared (dvamn.scoring.SCORINGS)
+    search: str = DEFAULT_SEARCH  # "exact" or "two-stage" (dvamn.search)
+    search_candidates: int = IndexSettings.candidates  # tracks two-stage search re-ranks
     # The query limits (QueryLimits' defaults; its docstring says what each means).
     min_query_s: float = QueryLimits.min_query_s
     max_query_s: float = QueryLimits.max_query_s
@@ -223,6 +226,8 @@ class MatchModel:
             settings.catalog,
             device=settings.device,
             scoring=settings.scoring,
+            search=settings.search,
+            index_settings=IndexSettings(candidates=settings.search_candidates),
         )
         self._track_index: Optional[Dict[str, int]] = None
         self.match.set_max_batch_size(settings.max_batch_size)

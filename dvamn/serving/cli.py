@@ -11,6 +11,7 @@ from typing import Any, Dict, List
 from dvamn.pose.estimators import POSE_KINDS
 from dvamn.pose.flags import add_pose_arguments
 from dvamn.ray_setup import add_address_argument
+from dvamn.search import DEFAULT_SEARCH, SEARCH_MODES, IndexSettings
 from dvamn.serving.queries import DEFAULT_MAX_UPLOAD_MB, QueryLimits
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -80,6 +81,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     limits = QueryLimits()
     serve_parser.add_argument(
+        "--search",
+        choices=SEARCH_MODES,
+        default=DEFAULT_SEARCH,
+        help="exact: every track at every offset; two-stage: a coarse segment index "
+        "proposes candidates and only those are scored exactly (large catalogs; "
+        "default %(default)s)",
+    )
+    serve_parser.add_argument(
+        "--search-candidates",
+        type=int,
+        default=IndexSettings.candidates,
+        help="tracks two-stage search re-ranks exactly (default %(default)s)",
+    )
+    serve_parser.add_argument(
         "--min-query-s",
         type=float,
         default=limits.min_query_s,
@@ -142,6 +157,8 @@ def run_serve(args: argparse.Namespace) -> int:
         "pose_detector": args.pose_detector,
         "device": args.device,
         "min_query_s": args.min_query_s,
+        "search": args.search,
+        "search_candidates": args.search_candidates,
         "max_query_s": args.max_query_s,
         "max_upload_mb": args.max_upload_mb,
         "replicas": args.replicas,

@@ -19,11 +19,18 @@ from dvamn.devices import resolve_torch_device
 from dvamn.scoring import (
     DEFAULT_SCORING,
     TrackBank,
-    best_offsets,
     scoring_parts,
     set_hubness,
     split_scoring,
     standardise,
+)
+from dvamn.search import (
+    DEFAULT_SEARCH,
+    SEARCH_MODES,
+    IndexSettings,
+    SegmentIndex,
+    search,
+    to_device,
 )
 from dvamn.serving.catalog_store import (
     Catalog,
@@ -89,6 +96,12 @@ class Matcher:
         scoring: how candidates are compared (``dvamn.scoring.SCORINGS``; the default
             compares embeddings standardised by the model's target statistics, which
             keeps "average-sounding" tracks from coming out close to every query).
+        search: "exact" scores every track at every offset; "two-stage" asks a coarse
+            segment index (``dvamn.search``) for candidates and scores only those exactly.
+            Two-stage needs a cosine scoring.
+        index: a prebuilt ``SegmentIndex`` for this catalog and scoring; None builds one
+            at start (two-stage only).
+        index_settings: how the index is built and searched (``IndexSettings``).
 
     Raises ``CatalogMismatchError`` when the catalog's audio embedding is not the model's.
     """
@@ -100,7 +113,12 @@ class Matcher:
         catalog: Catalog,
         device: str = "auto",
         scoring: str = DEFAULT_SCORING,
+        search: str = DEFAULT_SEARCH,
+        index: Optional[SegmentIndex] = None,
+        index_settings: Optional[IndexSettings] = None,
     ):
+        if search not in SEARCH_MODES:
+            raise ValueError(f"search must be one of {', '.join(SEARCH_MODES)}, got {search!r}")
         check_compatible(catalog, model_metadata)
         self.device = resolve_torch_device(device)
         self.model = model.to(self.device).eval()
@@ -125,8 +143,25 @@ class Matcher:
                 len(model.query_bank),
                 time.perf_counter() - started,
             )
+        self.search = search
+        self.index_settings = (index_settings or IndexSettings()).check()
+        self.index: Optional[SegmentIndex] = None
+        if search == "two-stage":
+            if self.distance != "cosine":
+                raise ValueError(
+                    f"two-stage search approximates the cosine distance; scoring {scoring!r} "
+                    "is not a cosine scoring: use --search exact or a cosine scoring"
+                )
+            if index is None:
+                started = time.perf_counter()
+                index = SegmentIndex.build(self.bank, self.index_settings)
+                log.info("built the coarse index in %.1f s", time.perf_counter() - started)
+            self.index = to_device(index, self.device)
         self.catalog_info = catalog.summary()
         self.catalog_info["memory_mb"] = round(self.bank.nbytes() / 2**20, 2)
+        self.catalog_info["search"] = search
+        if self.index is not None:
+            self.catalog_info["index_memory_mb"] = round(self.index.nbytes() / 2**20, 2)
         catalog.embeddings = np.zeros((0, EMBEDDING_DIM), np.float32)  # the bank has them
         config = getattr(model, "config", None)
         # Answers carry content versions, never locations: the checkpoint's path or URI and
@@ -155,12 +190,22 @@ class Matcher:
         catalog: str,
         device: str = "auto",
         scoring: str = DEFAULT_SCORING,
+        search: str = DEFAULT_SEARCH,
+        index_settings: Optional[IndexSettings] = None,
     ) -> "Matcher":
         """Load a checkpoint (or a training run's best) and a catalog, local or ``s3://``."""
         from dvamn.model import load_model
 
         model, metadata = load_model(checkpoint)
-        return cls(model, metadata, load_catalog(catalog), device=device, scoring=scoring)
+        return cls(
+            model,
+            metadata,
+            load_catalog(catalog),
+            device=device,
+            scoring=scoring,
+            search=search,
+            index_settings=index_settings,
+        )
 
     def predict(self, poses: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Pose features, each (T_i, 68) -> predicted embeddings, each (T_i // 2, 128).
@@ -185,7 +230,14 @@ class Matcher:
 
     def rank(self, predicted: np.ndarray, top_k: int = DEFAULT_TOP_K) -> List[Match]:
         """Best tracks for one predicted sequence (A, 128), best first."""
-        ranking = best_offsets(predicted, self.bank, top_k=top_k, distance=self.distance)
+        ranking = search(
+            predicted,
+            self.bank,
+            self.index,
+            top_k=top_k,
+            distance=self.distance,
+            settings=self.index_settings,
+        )
         return [
             Match(
                 track_id=self.catalog.track_ids[i],

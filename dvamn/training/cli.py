@@ -6,6 +6,7 @@ import sys
 from typing import Tuple
 
 from dvamn.ray_setup import add_address_argument, ensure_ray
+from dvamn.search import DEFAULT_SEARCH, SEARCH_MODES, IndexSettings
 from dvamn.training.data import (
     DEFAULT_VAL_FRACTION,
     QUERY_STRIDE_POSE_FRAMES,
@@ -208,6 +209,20 @@ def register(subparsers) -> None:
         "output (e.g. the training features, when FEATURES is an unseen set evaluated with "
         "--val-fraction 1.0); default: the training-split videos of FEATURES",
     )
+    e.add_argument(
+        "--search",
+        choices=SEARCH_MODES,
+        default=DEFAULT_SEARCH,
+        help="two-stage: also rank by two-stage search (coarse segment index, then exact "
+        "re-ranking; cosine scorings) and report its R@k beside the exhaustive ones, with "
+        "their agreement (default %(default)s: exhaustive only)",
+    )
+    e.add_argument(
+        "--search-candidates",
+        type=int,
+        default=IndexSettings.candidates,
+        help="tracks two-stage search re-ranks exactly (default %(default)s)",
+    )
     add_address_argument(e)
     e.set_defaults(func=run_evaluate)
 
@@ -300,6 +315,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             json_path=args.json,
             plots_dir=args.plots,
             pad_features=args.pad_features,
+            search=args.search,
+            index_settings=IndexSettings(candidates=args.search_candidates).check(),
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"dvamn evaluate: {exc}", file=sys.stderr)
@@ -324,6 +341,22 @@ def format_metrics(m: dict) -> str:
         f"{'chance':>11}  {m['chance_r_at_1']:6.3f} {m['chance_r_at_5']:6.3f} "
         f"{m['chance_r_at_10']:6.3f} {m['chance_median_rank']:8.1f}"
     )
+    two_stage = {d: r["two_stage"] for d, r in m["by_distance"].items() if "two_stage" in r}
+    if two_stage:
+        lines.append("two-stage search (coarse index, exact re-ranking), same queries:")
+        lines.append(
+            f"{'scoring':>11}  {'R@1':>6} {'R@5':>6} {'R@10':>6} {'med.rank':>8} "
+            f"{'offset<=0.5s':>12} {'top-1 as exact':>14} {'recall@10':>9}"
+        )
+        for d, r in two_stage.items():
+            if not r.get("available"):
+                lines.append(f"{d:>11}  not available: {r['reason']}")
+                continue
+            lines.append(
+                f"{d:>11}  {r['r_at_1']:6.3f} {r['r_at_5']:6.3f} {r['r_at_10']:6.3f} "
+                f"{r['median_rank']:8.1f} {r['offset_within_0_5s']:12.3f} "
+                f"{r['top1_same']:14.3f} {r['recall_at_10']:9.3f}"
+            )
     if "pool100_size" in m:
         lines.append(f"fixed pool of {m['pool100_size']}: {m['pool100_padding']}")
         lines.append(f"{'scoring':>11}  {'R@1':>6} {'R@5':>6} {'R@10':>6} {'med.rank':>8}")

@@ -41,6 +41,7 @@ from dvamn.scoring import (
     set_hubness,
     split_scoring,
 )
+from dvamn.search import DEFAULT_SEARCH, IndexSettings
 from dvamn.training.data import (
     DEFAULT_VAL_FRACTION,
     QUERY_STRIDE_POSE_FRAMES,
@@ -100,6 +101,8 @@ def retrieval_from_predictions(
     scale: Optional[np.ndarray] = None,
     hubness: Optional[str] = None,
     query_bank: Optional[np.ndarray] = None,
+    search: str = DEFAULT_SEARCH,
+    index_settings: Optional[IndexSettings] = None,
 ) -> Dict[str, Any]:
     """Rank every candidate track for each prediction (A, 128) and score the true ones
     (frames standardised with ``center``/``scale`` (128,) when given; hubness-corrected
@@ -110,25 +113,48 @@ def retrieval_from_predictions(
     median_rank, mean_rank, pool_size, chance_r_at_k, chance_median_rank,
     offset_within_0_5s, num_queries, distance, ``ranks`` and ``true_tracks`` (per query);
     with ``keep_scores`` also ``scores`` (Q, N), the distance of every query to every track.
+    ``search="two-stage"`` also ranks every query by two-stage search (``dvamn.search``)
+    and reports it under ``two_stage``: the same figures, and its agreement with the
+    exhaustive ranking (top-1 the same, recall@10).
     """
     bank = prepare_tracks(list(tracks), center=center, scale=scale)
     set_hubness(bank, query_bank, hubness, distance)
     pool = bank.num_tracks
+    two_stage = None
+    if search == "two-stage":
+        two_stage = _two_stage_retrieval(
+            predictions, true_tracks, true_offsets, bank, distance, index_settings
+        )
     ranks, offset_hits, all_scores = [], [], []
+    exact_rankings = []
     for prediction, track, offset in zip(predictions, true_tracks, true_offsets):
         ranking = best_offsets(prediction, bank, top_k=None, distance=distance)
+        exact_rankings.append(ranking)
         where = np.nonzero(ranking.indices == track)[0]
         ranks.append(int(where[0]) + 1 if len(where) else pool + 1)
         error_s = abs(int(ranking.all_offsets[track]) - int(offset)) * AUDIO_HOP_S
         offset_hits.append(error_s <= OFFSET_TOLERANCE_S + 1e-9)
         if keep_scores:
             all_scores.append(ranking.all_scores)
+    out: Dict[str, Any] = {"distance": distance, "pool_size": pool, "num_queries": len(ranks)}
+    out.update(_rank_figures(ranks, offset_hits, pool))
+    if two_stage is not None:
+        if two_stage.get("available", True):
+            from dvamn.search import recall_against_exact
+
+            two_stage.update(recall_against_exact(exact_rankings, two_stage.pop("rankings")))
+        out["two_stage"] = two_stage
+    out["ranks"] = ranks
+    out["true_tracks"] = [int(t) for t in true_tracks]
+    if keep_scores:
+        out["scores"] = np.stack(all_scores) if all_scores else np.zeros((0, pool))
+    return out
+
+
+def _rank_figures(ranks: Sequence[int], offset_hits: Sequence[bool], pool: int) -> Dict[str, Any]:
+    """R@k, chance R@k, median/mean rank and offset accuracy of per-query true ranks."""
     ranks_arr = np.asarray(ranks)
-    out: Dict[str, Any] = {
-        "distance": distance,
-        "pool_size": pool,
-        "num_queries": len(ranks),
-    }
+    out: Dict[str, Any] = {}
     for k in RECALL_KS:
         out[f"r_at_{k}"] = float(np.mean(ranks_arr <= k)) if len(ranks) else float("nan")
         out[f"chance_r_at_{k}"] = min(1.0, k / pool) if pool else float("nan")
@@ -136,10 +162,31 @@ def retrieval_from_predictions(
     out["mean_rank"] = float(np.mean(ranks_arr)) if len(ranks) else float("nan")
     out["chance_median_rank"] = (pool + 1) / 2.0
     out["offset_within_0_5s"] = float(np.mean(offset_hits)) if len(ranks) else float("nan")
-    out["ranks"] = ranks
-    out["true_tracks"] = [int(t) for t in true_tracks]
-    if keep_scores:
-        out["scores"] = np.stack(all_scores) if all_scores else np.zeros((0, pool))
+    return out
+
+
+def _two_stage_retrieval(predictions, true_tracks, true_offsets, bank, distance, settings):
+    """Two-stage search's ranks of the true tracks (a track the coarse stage did not
+    propose ranks last, pool + 1), with its rankings for the comparison with exhaustive."""
+    from dvamn.search import SegmentIndex, two_stage_offsets
+
+    if distance != "cosine":
+        return {
+            "available": False,
+            "reason": f"two-stage search approximates the cosine distance, not {distance}",
+        }
+    index = SegmentIndex.build(bank, settings)
+    pool = bank.num_tracks
+    ranks, offset_hits, rankings = [], [], []
+    for prediction, track, offset in zip(predictions, true_tracks, true_offsets):
+        ranking = two_stage_offsets(prediction, bank, index, top_k=None, settings=settings)
+        rankings.append(ranking)
+        where = np.nonzero(ranking.indices == track)[0]
+        ranks.append(int(where[0]) + 1 if len(where) else pool + 1)
+        error_s = abs(int(ranking.all_offsets[track]) - int(offset)) * AUDIO_HOP_S
+        offset_hits.append(bool(len(where)) and error_s <= OFFSET_TOLERANCE_S + 1e-9)
+    out = _rank_figures(ranks, offset_hits, pool)
+    out.update(available=True, candidates=index.settings.candidates, rankings=rankings)
     return out
 
 
@@ -286,6 +333,8 @@ def evaluate_videos(
     padding: Sequence[Video] = (),
     padding_source: str = "",
     audio_embedding_kind: Optional[str] = None,
+    search: str = DEFAULT_SEARCH,
+    index_settings: Optional[IndexSettings] = None,
 ) -> Dict[str, Any]:
     """Regression and retrieval metrics of ``model`` on validation ``videos``.
 
@@ -296,7 +345,9 @@ def evaluate_videos(
     validation soundtracks padded with the soundtracks of ``padding`` (videos that are
     not queried; ``padding_source`` says what they are) up to ``FIXED_POOL_SIZE``.
     With ``audio_embedding_kind``, ``rhythm_baseline`` holds the no-training matcher's
-    figures on the same queries and pools (``rhythm_baseline``)."""
+    figures on the same queries and pools (``rhythm_baseline``). ``search="two-stage"``
+    adds, per scoring, two-stage search's figures beside the exhaustive ones
+    (``two_stage``, see ``retrieval_from_predictions``)."""
     if not videos:
         raise ValueError("no validation videos to evaluate on")
     queries = build_queries(videos, query_stride, max_queries)
@@ -329,6 +380,8 @@ def evaluate_videos(
             keep_scores=keep_scores and scoring == scorings[0],
             center=center,
             scale=scale,
+            search=search,
+            index_settings=index_settings,
             **hubness,
         )
         by_distance[scoring]["distance"] = scoring
@@ -547,6 +600,8 @@ def evaluate(
     batch_size: int = 64,
     device: Optional[str] = None,
     pad_features: Optional[Any] = None,
+    search: str = DEFAULT_SEARCH,
+    index_settings: Optional[IndexSettings] = None,
 ) -> Dict[str, Any]:
     """Evaluate a run's best checkpoint (or one checkpoint) on the validation videos of
     ``features`` (URI or Dataset; the split stored in the checkpoint unless
@@ -612,6 +667,8 @@ def evaluate(
         padding=padding,
         padding_source=padding_source,
         audio_embedding_kind=provenance.get("audio_embedding_kind"),
+        search=search,
+        index_settings=index_settings,
     )
     metrics["checkpoint"] = metadata["checkpoint_uri"]
     metrics["layer"] = model.config.layer

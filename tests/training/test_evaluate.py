@@ -160,3 +160,25 @@ def test_a_padding_track_that_matches_better_pushes_the_true_track_down():
     m = fixed_pool_retrieval([query], [2], tracks, padding, "l2")
     assert m["pool100_size"] == 11 and m["pool100_r_at_1"] == 0.0
     assert m["pool100_median_rank"] == 2.0
+
+
+def test_two_stage_search_is_reported_beside_exhaustive():
+    from dvamn.search import IndexSettings
+
+    tracks = soundtracks(num_tracks=20, frames=120, seed=3)
+    predictions, true_tracks, true_offsets = queries_cut_from(tracks, every=60)
+    rng = np.random.default_rng(4)
+    predictions = [p + rng.normal(0, 20, p.shape) for p in predictions]
+    settings = IndexSettings(dim=32, nprobe=8, candidates=10, train_segments=2_000)
+    m = retrieval_from_predictions(
+        predictions, true_tracks, true_offsets, tracks, "cosine", search="two-stage",
+        index_settings=settings,
+    )  # fmt: skip
+    two = m["two_stage"]
+    assert two["available"] and two["candidates"] == 10 and two["queries"] == m["num_queries"]
+    assert m["r_at_1"] == 1.0 and two["r_at_1"] == 1.0 and two["top1_same"] == 1.0
+    assert 0.0 < two["recall_at_10"] <= 1.0 and "rankings" not in two
+    l2 = retrieval_from_predictions(
+        predictions[:2], true_tracks[:2], true_offsets[:2], tracks, "l2", search="two-stage"
+    )
+    assert not l2["two_stage"]["available"] and "cosine" in l2["two_stage"]["reason"]

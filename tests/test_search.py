@@ -1,0 +1,153 @@
+"""Two-stage search (dvamn.search): coarse FAISS segment index, then the exact scorer."""
+
+import numpy as np
+import pytest
+import torch
+
+from dvamn.constants import EMBEDDING_DIM
+from dvamn.scoring import best_offsets, prepare_tracks
+from dvamn.search import IndexSettings, SegmentIndex, recall_against_exact, search
+from dvamn.serving.catalog_store import Catalog
+from dvamn.serving.matcher import Matcher
+
+NUM_TRACKS, TRACK_FRAMES, QUERY_FRAMES = 80, 150, 60
+SETTINGS = IndexSettings(dim=32, nprobe=8, candidates=20, train_segments=5_000)
+
+
+def smooth_tracks(seed: int = 0) -> np.ndarray:
+    """Random walks: neighbouring frames alike, as audio embeddings are."""
+    rng = np.random.default_rng(seed)
+    steps = rng.standard_normal((NUM_TRACKS, TRACK_FRAMES, EMBEDDING_DIM)).astype(np.float32)
+    return np.cumsum(steps, axis=1) * 0.3 + rng.standard_normal((NUM_TRACKS, 1, EMBEDDING_DIM))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One math thread, as a 1-CPU replica has (several threads on a loaded 2-core
+    machine spin against each other: the eigendecomposition took seconds instead of 0.2)."""
+    import faiss
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tracks() -> np.ndarray:
+    return smooth_tracks().astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def bank_and_index(tracks):
+    bank = prepare_tracks(tracks, lengths=[TRACK_FRAMES] * NUM_TRACKS)
+    bank.normalise_in_place()
+    return bank, SegmentIndex.build(bank, SETTINGS)
+
+
+def noisy_window(tracks, track, offset, noise, seed):
+    rng = np.random.default_rng(seed)
+    window = tracks[track, offset : offset + QUERY_FRAMES]
+    return window + noise * rng.standard_normal(window.shape).astype(np.float32)
+
+
+def test_finds_the_true_track_at_its_offset_with_the_exact_score(tracks, bank_and_index):
+    bank, index = bank_and_index
+    for seed, (track, offset) in enumerate([(3, 0), (41, 37), (79, 90), (12, 61)]):
+        query = noisy_window(tracks, track, offset, noise=1.0, seed=seed)
+        exact = best_offsets(query, bank, top_k=5, distance="cosine")
+        fast = search(query, bank, index, top_k=5, settings=SETTINGS)
+        assert exact.indices[0] == track and fast.indices[0] == track
+        assert fast.offsets[0] == exact.offsets[0] == offset
+        # The re-ranker is the exact scorer: the same score, not an estimate.
+        assert fast.scores[0] == pytest.approx(exact.scores[0], abs=1e-6)
+
+
+def test_recall_against_exhaustive_on_noisy_queries(tracks, bank_and_index):
+    bank, index = bank_and_index
+    rng = np.random.default_rng(1)
+    exact, fast = [], []
+    for seed in range(12):
+        track, offset = int(rng.integers(NUM_TRACKS)), int(rng.integers(TRACK_FRAMES - 60))
+        query = noisy_window(tracks, track, offset, noise=3.0, seed=100 + seed)
+        exact.append(best_offsets(query, bank, top_k=10, distance="cosine"))
+        fast.append(search(query, bank, index, top_k=10, settings=SETTINGS))
+    recall = recall_against_exact(exact, fast)
+    assert recall["top1_same"] == 1.0
+    # 20 of 80 tracks re-ranked: the rest of the top 10 comes from the coarse estimate.
+    assert recall["recall_at_10"] >= 0.5, recall
+
+
+def test_every_returned_score_is_the_exact_one(tracks, bank_and_index):
+    bank, index = bank_and_index
+    query = noisy_window(tracks, 5, 20, noise=2.0, seed=7)
+    exact = best_offsets(query, bank, top_k=None, distance="cosine")
+    fast = search(query, bank, index, top_k=None, settings=SETTINGS)
+    assert 0 < len(fast.indices) <= SETTINGS.candidates
+    for i, score, offset in zip(fast.indices, fast.scores, fast.offsets):
+        # Searched near the coarse offsets only: never better than the exact best offset,
+        # and exactly the scorer's value at the offset it reports.
+        assert score >= exact.all_scores[i] - 1e-6  # float32 sums in another order
+        window = torch.as_tensor(bank.tracks[i, offset : offset + QUERY_FRAMES])
+        q = bank.transform_query(torch.as_tensor(query))
+        q = q / q.norm(dim=-1, keepdim=True)
+        assert score == pytest.approx(float(1 - (q * window).sum(-1).mean()), abs=1e-5)
+
+
+def test_index_survives_bytes_round_trip(tracks, bank_and_index):
+    bank, index = bank_and_index
+    again = SegmentIndex.from_bytes(index.to_bytes())
+    query = noisy_window(tracks, 9, 44, noise=2.0, seed=3)
+    a = search(query, bank, index, top_k=10, settings=SETTINGS)
+    b = search(query, bank, again, top_k=10, settings=SETTINGS)
+    assert np.array_equal(a.indices, b.indices) and np.array_equal(a.offsets, b.offsets)
+    assert index.nbytes() / NUM_TRACKS < TRACK_FRAMES * EMBEDDING_DIM * 4 / 4
+
+
+def test_short_tracks_are_always_re_ranked(tracks):
+    sequences = [t for t in tracks[:30]] + [tracks[30, :40]]  # one track shorter than a query
+    bank = prepare_tracks(sequences)
+    bank.normalise_in_place()
+    index = SegmentIndex.build(bank, SETTINGS)
+    query = np.concatenate([tracks[30, :40], tracks[30, :20]])
+    fast = search(query, bank, index, top_k=None, settings=SETTINGS)
+    exact = best_offsets(query, bank, top_k=None, distance="cosine")
+    assert np.isfinite(fast.all_scores[30])
+    assert fast.all_scores[30] == pytest.approx(exact.all_scores[30])
+
+
+def test_bad_settings_and_distances_are_refused(bank_and_index):
+    bank, index = bank_and_index
+    with pytest.raises(ValueError, match="candidates must be a positive integer"):
+        IndexSettings(candidates=0).check()
+    with pytest.raises(ValueError, match="approximates the cosine distance"):
+        search(np.zeros((QUERY_FRAMES, EMBEDDING_DIM)), bank, index, distance="l2")
+
+
+class _Model(torch.nn.Module):
+    """No network: these tests hand ``Matcher.rank`` predictions directly, and the plain
+    "cosine" scoring needs no target statistics."""
+
+
+def test_matcher_two_stage_refuses_non_cosine_scoring(tracks):
+    catalog = Catalog.from_sequences(list(tracks[:10]))
+    with pytest.raises(ValueError, match="not a cosine scoring"):
+        Matcher(_Model(), {"audio_embedding_kind": "logmel"}, catalog, "cpu", "l2", "two-stage")
+    with pytest.raises(ValueError, match="search must be one of"):
+        Matcher(_Model(), {"audio_embedding_kind": "logmel"}, catalog, "cpu", "cosine", "fast")
+
+
+def test_matcher_two_stage_ranks_like_exact(tracks):
+    kwargs = dict(device="cpu", scoring="cosine", index_settings=SETTINGS)
+    meta = {"audio_embedding_kind": "logmel"}
+    exact = Matcher(_Model(), meta, Catalog.from_sequences(list(tracks)), **kwargs)
+    fast = Matcher(
+        _Model(), meta, Catalog.from_sequences(list(tracks)), search="two-stage", **kwargs
+    )
+    assert fast.catalog_info["search"] == "two-stage" and fast.catalog_info["index_memory_mb"] > 0
+    query = noisy_window(tracks, 17, 33, noise=1.0, seed=11)
+    a, b = exact.rank(query, top_k=3), fast.rank(query, top_k=3)
+    assert a[0].track_id == b[0].track_id == "track-00017"
+    assert a[0].offset_s == b[0].offset_s and a[0].score == pytest.approx(b[0].score)
