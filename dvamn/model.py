@@ -365,8 +365,6 @@ def save_checkpoint(
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(model.config.to_dict(), f, indent=2)
         torch.save(state, os.path.join(tmp, WEIGHTS_FILE))
-        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-            json.dump(_jsonable(meta), f, indent=2)
         if training_state is not None:
             torch.save(training_state, os.path.join(tmp, TRAINING_STATE_FILE))
         if query_bank is not None:
@@ -376,7 +374,15 @@ def save_checkpoint(
                     f"query bank must be (Qb, A, {model.config.audio_dim}), got {bank.shape}"
                 )
             np.save(os.path.join(tmp, QUERY_BANK_FILE), bank.astype(np.float16))
-        for name in sorted(os.listdir(tmp)):
+        # The metadata names every other file with its size: a checkpoint is complete when
+        # its metadata exists and every file it names has that size, whatever order a copy
+        # (ours, or Ray Train's persisting of a reported checkpoint) wrote them in.
+        meta["files"] = {
+            name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))
+        }
+        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+            json.dump(_jsonable(meta), f, indent=2)
+        for name in sorted(meta["files"]) + [METADATA_FILE]:  # metadata last
             storage.copy_file(os.path.join(tmp, name), storage.join(dir_or_uri, name))
     return dir_or_uri
 
@@ -386,15 +392,43 @@ def _read_json(uri: str) -> Dict[str, Any]:
         return json.loads(f.read().decode())
 
 
+def checkpoint_problem(uri: str) -> Optional[str]:
+    """Why the checkpoint directory ``uri`` is incomplete or unreadable, or None when it is
+    complete: ``config.json``, ``model.pt`` and ``metadata.json`` exist, the metadata is
+    JSON, and every file it names has the size it records (checkpoints written before
+    sizes were recorded are checked for the three files only)."""
+    for name in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE):
+        if not storage.exists(storage.join(uri, name)):
+            return f"it has no {name}"
+    try:
+        meta = _read_json(storage.join(uri, METADATA_FILE))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"its {METADATA_FILE} cannot be read ({type(err).__name__}: {err})"
+    if not isinstance(meta, dict):
+        return f"its {METADATA_FILE} is not a JSON object"
+    fs, path = storage.filesystem(uri)
+    for name, size in (meta.get("files") or {}).items():
+        if "/" in name or name.startswith("."):
+            return f"its {METADATA_FILE} names the file {name!r}"
+        try:
+            found = fs.size(f"{path.rstrip('/')}/{name}")
+        except FileNotFoundError:
+            return f"it has no {name}"
+        if found != size:
+            return f"its {name} has {found} bytes, not the {size} written (truncated?)"
+    return None
+
+
 def is_checkpoint(uri: str) -> bool:
-    return storage.exists(storage.join(uri, CONFIG_FILE)) and storage.exists(
-        storage.join(uri, WEIGHTS_FILE)
-    )
+    """True for a complete checkpoint directory (``checkpoint_problem`` finds nothing)."""
+    return checkpoint_problem(uri) is None
 
 
 def list_checkpoints(run_uri: str) -> List[str]:
-    """Checkpoint directories directly inside a training run directory, sorted by name
-    (Ray Train names them so that the order is the order they were written)."""
+    """Complete checkpoint directories directly inside a training run directory, sorted by
+    name (Ray Train names them so that the order is the order they were written). An
+    incomplete or unreadable one (a write cut short by a crash) is skipped with a warning
+    naming it and saying why."""
     fs, path = storage.filesystem(run_uri)
     if not fs.isdir(path):
         return []
@@ -402,7 +436,12 @@ def list_checkpoints(run_uri: str) -> List[str]:
     for entry in sorted(fs.ls(path, detail=False)):
         name = entry.rstrip("/").rsplit("/", 1)[-1]
         uri = storage.join(run_uri, name)
-        if name.startswith("checkpoint") and is_checkpoint(uri):
+        if not name.startswith("checkpoint") or not fs.isdir(entry):
+            continue
+        problem = checkpoint_problem(uri)
+        if problem:
+            log.warning("skipping the checkpoint %s: %s", uri, problem)
+        else:
             found.append(uri)
     return found
 
@@ -422,8 +461,9 @@ def best_checkpoint(run_uri: str, metric: Optional[str] = None, mode: Optional[s
     checkpoints = list_checkpoints(run_uri)
     if not checkpoints:
         raise FileNotFoundError(
-            f"{run_uri} is neither a DVAMN checkpoint (config.json + model.pt) nor a training "
-            "run with checkpoint_* directories; pass the --out directory of `dvamn train`"
+            f"{run_uri} is neither a complete DVAMN checkpoint (config.json, model.pt, "
+            "metadata.json) nor a training run with complete checkpoint_* directories; pass "
+            "the --out directory of `dvamn train`"
         )
     metas = [_read_json(storage.join(uri, METADATA_FILE)) for uri in checkpoints]
     if metric is None:
@@ -444,8 +484,14 @@ def best_checkpoint(run_uri: str, metric: Optional[str] = None, mode: Optional[s
 
 
 def resolve_checkpoint(uri: str) -> str:
-    """A checkpoint directory itself, or the best checkpoint of a training run directory."""
-    return uri if is_checkpoint(uri) else best_checkpoint(uri)
+    """A checkpoint directory itself, or the best checkpoint of a training run directory.
+    Raises ``FileNotFoundError`` saying why for a checkpoint directory that is incomplete."""
+    if storage.exists(storage.join(uri, CONFIG_FILE)):  # a checkpoint, not a run
+        problem = checkpoint_problem(uri)
+        if problem:
+            raise FileNotFoundError(f"the checkpoint {uri} is incomplete or unreadable: {problem}")
+        return uri
+    return best_checkpoint(uri)
 
 
 def load_model(uri: str, map_location: str = "cpu") -> Tuple[DVAMN, Dict[str, Any]]:

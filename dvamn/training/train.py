@@ -429,6 +429,42 @@ def _crash_once(cfg: Dict[str, Any], ctx) -> None:
         os._exit(1)
 
 
+def _resume_state(checkpoint: Any, run_uri: str) -> Optional[tuple]:
+    """(where, state dict, training state, metadata) to resume from: Ray Train's latest
+    checkpoint when it is complete, else the run's latest complete one (a crash can cut
+    the writing of the last one short; ``dvamn.model.checkpoint_problem``). None, with a
+    warning, when the run has no complete checkpoint at all."""
+    import torch
+
+    from dvamn.model import (
+        METADATA_FILE,
+        WEIGHTS_FILE,
+        checkpoint_problem,
+        list_checkpoints,
+        load_training_state,
+    )
+
+    def read(ckpt_dir: str) -> tuple:
+        with storage.open_uri(storage.join(ckpt_dir, WEIGHTS_FILE), "rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        with storage.open_uri(storage.join(ckpt_dir, METADATA_FILE), "rb") as f:
+            meta = json.loads(f.read().decode())
+        return ckpt_dir, state, load_training_state(ckpt_dir), meta
+
+    with checkpoint.as_directory() as ckpt_dir:
+        problem = checkpoint_problem(ckpt_dir)
+        if problem is None:
+            _, state, training_state, meta = read(ckpt_dir)
+            return checkpoint.path, state, training_state, meta
+    log.warning("the latest checkpoint %s is incomplete (%s)", checkpoint.path, problem)
+    complete = list_checkpoints(run_uri)
+    if not complete:
+        log.warning("%s holds no complete checkpoint: training starts again", run_uri)
+        return None
+    log.warning("resuming from the latest complete checkpoint, %s", complete[-1])
+    return read(complete[-1])
+
+
 def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
     """The Ray Train loop. ``cfg``: TrainConfig.to_dict() plus ``stats`` (feature
     statistics), ``provenance`` and ``run_uri``."""
@@ -441,7 +477,6 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
         DVAMN,
         SELECT_BY_LOSS,
         SELECT_BY_RECALL,
-        load_training_state,
         save_checkpoint,
     )
     from dvamn.training.data import batch_to_videos
@@ -470,15 +505,10 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
     selection = SELECT_BY_RECALL if retrieval_objective else SELECT_BY_LOSS
     start_epoch, step, history = 0, 0, []
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(
-                os.path.join(ckpt_dir, "model.pt"), map_location="cpu", weights_only=True
-            )
-            model.load_state_dict(state)
-            training_state = load_training_state(ckpt_dir)
-            with open(os.path.join(ckpt_dir, "metadata.json")) as f:
-                meta = json.load(f)
+    resumed = _resume_state(checkpoint, cfg["run_uri"]) if checkpoint else None
+    if resumed:
+        resumed_from, state, training_state, meta = resumed
+        model.load_state_dict(state)
         if training_state is not None:
             optimizer.load_state_dict(training_state["optimizer"])
             if log_temperature is not None and "log_temperature" in training_state:
@@ -486,7 +516,7 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
                     log_temperature.copy_(training_state["log_temperature"])
         start_epoch, step, history = meta["epoch"] + 1, meta.get("step", 0), meta.get("history", [])
         if rank == 0:
-            log.info("resuming from %s: epoch %d, step %d", checkpoint.path, start_epoch + 1, step)
+            log.info("resuming from %s: epoch %d, step %d", resumed_from, start_epoch + 1, step)
     torch.manual_seed(cfg["seed"] + 1000 * rank + start_epoch)  # dropout differs per rank
     model = ray.train.torch.prepare_model(model)
     core = getattr(model, "module", model)
