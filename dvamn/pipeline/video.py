@@ -83,7 +83,7 @@ class VideoPoseExtractor:
     def __call__(self, uri: str, video_id: str) -> dict[str, Any]:
         """Returns the pose part of the row plus ``waveform`` (float32 [N] at 16 kHz)."""
         from dvamn.media import MediaError, MediaReader
-        from dvamn.pose import NoPersonError
+        from dvamn.pose import NoPersonError, pose_sequence
 
         config = self.config
         if uri.endswith("/"):
@@ -105,62 +105,41 @@ class VideoPoseExtractor:
                         f"{config.min_duration_s:.0f} s is needed for one training window",
                         "TooShort",
                     )
-                num_frames = num_pose_frames(info.duration_s)
+                num_frames = None
                 if self.estimator is None:
                     waveform = reader.audio()
-                    keypoints, scores, present, width, height = self._keypoints_from_file(
-                        uri, num_frames, info
-                    )
+                    poses = self._keypoint_track(uri)
+                    width = poses.width or info.width
+                    height = poses.height or info.height
+                    num_frames = num_pose_frames(info.duration_s)  # the video's, not the file's
                 else:
-                    keypoints, scores, present = self._keypoints_from_frames(reader)
+                    poses = []  # FramePoses of each 10 fps frame
+                    for frames, _times_s in reader.frame_batches(config.frame_batch_size):
+                        poses.extend(self.estimator(frames))
                     waveform = reader.audio()
                     width, height = info.width, info.height
         except MediaError as error:
             # MediaError, MediaLimitError (too long, too large), InconsistentMediaError.
             raise VideoError("decode", str(error), type(error).__name__) from error
+        try:
+            pose = pose_sequence(
+                poses, width, height, num_frames, max_gap_frames=config.max_gap_frames
+            )
         except NoPersonError as error:
             raise VideoError("pose", f"nobody in any frame: {error}", "NoPerson") from error
-        return self._pose_part(
-            uri, video_id, info, keypoints, scores, present, width, height, waveform
-        )
+        return self._pose_part(uri, video_id, info, pose, width, height, waveform)
 
-    def _keypoints_from_frames(self, reader):
-        from dvamn.pose import track_main_dancer
-
-        per_frame = []
-        for frames, _times_s in reader.frame_batches(self.config.frame_batch_size):
-            per_frame.extend(self.estimator(frames))
-        info = reader.info
-        return track_main_dancer(per_frame, info.width, info.height)
-
-    def _keypoints_from_file(self, uri: str, num_frames: int, info):
-        from dvamn.pose import (
-            KeypointFileError,
-            load_keypoints_for_video,
-            present_from_scores,
-            resample_track,
-        )
+    def _keypoint_track(self, uri: str):
+        from dvamn.pose import KeypointFileError, load_keypoints_for_video
 
         try:
-            track = load_keypoints_for_video(uri, self.config.keypoints_dir, self.config.aist_view)
+            return load_keypoints_for_video(uri, self.config.keypoints_dir, self.config.aist_view)
         except FileNotFoundError as error:
             raise VideoError("pose", str(error), "NoKeypointFile") from error
         except (KeypointFileError, ValueError, KeyError, OSError) as error:
             raise VideoError("pose", str(error), "BadKeypointFile") from error
-        keypoints, scores = resample_track(track, POSE_FPS, num_frames)
-        width = track.width or info.width
-        height = track.height or info.height
-        return keypoints, scores, present_from_scores(scores), width, height
 
-    def _pose_part(self, uri, video_id, info, keypoints, scores, present, width, height, waveform):
-        from dvamn.pose import NoPersonError, pose_sequence
-
-        try:
-            pose = pose_sequence(
-                keypoints, scores, present, width, height, max_gap_frames=self.config.max_gap_frames
-            )
-        except NoPersonError as error:
-            raise VideoError("pose", f"nobody in any frame: {error}", "NoPerson") from error
+    def _pose_part(self, uri, video_id, info, pose, width, height, waveform):
         return {
             "video_id": video_id,
             "uri": uri,

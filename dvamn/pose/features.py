@@ -17,10 +17,15 @@ keypoints and frame size together). Layout: [P̂ (34), M (34)], each joint-major
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
-from dvamn.constants import MAX_GAP_FRAMES, NUM_JOINTS, POSE_FEATURES
+from dvamn.constants import MAX_GAP_FRAMES, NUM_JOINTS, POSE_FEATURES, POSE_FPS
+
+if TYPE_CHECKING:
+    from dvamn.pose.estimators import FramePoses
+    from dvamn.pose.keypoint_files import KeypointTrack
 
 LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_HIP, RIGHT_HIP = 5, 6, 11, 12
 MIN_EXTENT_FRACTION = 0.25  # scale >= this x the keypoints' extent
@@ -87,19 +92,31 @@ class PoseSequence:
 
 
 def pose_sequence(
-    keypoints: np.ndarray,
-    scores: np.ndarray,
-    present: np.ndarray,
-    width: int,
-    height: int,
+    poses: Union["KeypointTrack", Sequence["FramePoses"]],
+    width: float,
+    height: float,
+    num_frames: Optional[int] = None,
     max_gap_frames: int = MAX_GAP_FRAMES,
 ) -> PoseSequence:
-    """Tracked keypoints -> gaps filled -> 68 features a frame, with confidence.
+    """The one path from poses to the 68 features a frame, for extraction and the service.
 
-    Raises ``dvamn.pose.tracking.NoPersonError`` when no frame has the dancer.
+    ``poses``: a ``KeypointTrack`` at any rate (resampled to POSE_FPS, ``num_frames``
+    long, default its duration; a frame without the dancer has all scores 0), or the
+    detections (``FramePoses``) of frames sampled at POSE_FPS (the main dancer is
+    tracked). Frames without the dancer are filled (``fill_gaps``), then featurised in a
+    ``width`` x ``height`` frame. Raises ``dvamn.pose.tracking.NoPersonError`` when no
+    frame has the dancer.
     """
-    from dvamn.pose.tracking import fill_gaps
+    from dvamn.pose.keypoint_files import KeypointTrack, resample_track
+    from dvamn.pose.tracking import fill_gaps, present_from_scores, track_main_dancer
 
+    if isinstance(poses, KeypointTrack):
+        keypoints, scores = resample_track(poses, POSE_FPS, num_frames)
+        present = present_from_scores(scores)
+    else:
+        if num_frames is not None:
+            raise ValueError("num_frames applies to a KeypointTrack, not to detected frames")
+        keypoints, scores, present = track_main_dancer(poses, width, height)
     filled, filled_scores, missing_fraction = fill_gaps(keypoints, scores, present, max_gap_frames)
     return PoseSequence(
         features=pose_features(filled, width, height),

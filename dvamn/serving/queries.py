@@ -20,7 +20,6 @@ from dvamn.constants import (
     MAX_NOMINAL_FPS,
     MIN_DURATION_S,
     NUM_JOINTS,
-    POSE_FPS,
     POSE_FRAME_BATCH,
 )
 from dvamn.serving.pose_track import pose_track_arrays
@@ -251,7 +250,7 @@ def keypoint_features(
     features and a description (frame size used, missing fraction). Values outside
     ``limits`` (see ``QueryLimits``) raise a ``QueryFieldError`` naming the field.
     """
-    from dvamn.pose import KeypointTrack, NoPersonError, fill_gaps, pose_features, resample_track
+    from dvamn.pose import KeypointTrack, NoPersonError, pose_sequence
 
     limits = limits or QueryLimits()
     keypoints = np.asarray(keypoints, np.float32)
@@ -282,15 +281,11 @@ def keypoint_features(
     if derived:
         guess_w, guess_h = frame_size_from_keypoints(keypoints, scores)
         width, height = width or guess_w, height or guess_h
-    resampled, resampled_scores = resample_track(track, POSE_FPS)
-    present = resampled_scores.max(axis=1) > 0
     try:
-        filled, _, missing_fraction = fill_gaps(
-            resampled, resampled_scores, present, max_gap_frames=limits.max_gap_frames
-        )
+        pose = pose_sequence(track, width, height, max_gap_frames=limits.max_gap_frames)
     except NoPersonError as error:
         raise QueryError(422, f"no person: {error}") from error
-    features = pose_features(filled, width, height)
+    features, missing_fraction = pose.features, pose.missing_fraction
     if not np.isfinite(features).all():  # bounded inputs give finite features: a backstop
         raise QueryFieldError(("keypoints",), "keypoints give non-finite pose features")
     return features.astype(np.float32), {
@@ -361,7 +356,7 @@ class VideoPose:
             MediaLimitError,
             MediaReader,
         )
-        from dvamn.pose import NoPersonError, fill_gaps, pose_features, track_main_dancer
+        from dvamn.pose import NoPersonError, pose_sequence
 
         started = time.perf_counter()
         limits = self.limits
@@ -403,16 +398,13 @@ class VideoPose:
             raise QueryError(415, f"cannot use {name} as a video: {error}") from error
         decode_pose_ms = 1000 * (time.perf_counter() - started)
         try:
-            keypoints, scores, present = track_main_dancer(per_frame, info.width, info.height)
-            if not np.any(present):
-                raise NoPersonError("nobody was found in any frame of the video")
-            filled, _, missing_fraction = fill_gaps(
-                keypoints, scores, present, max_gap_frames=limits.max_gap_frames
+            pose = pose_sequence(
+                per_frame, info.width, info.height, max_gap_frames=limits.max_gap_frames
             )
         except NoPersonError as error:
             raise QueryError(422, f"no person found in {name}: {error}") from error
-        features = pose_features(filled, info.width, info.height)
-        return features.astype(np.float32), {
+        features, missing_fraction = pose.features, pose.missing_fraction
+        return features, {
             "frames": int(len(features)),
             "width": int(info.width),
             "height": int(info.height),

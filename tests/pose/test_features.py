@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dvamn.constants import POSE_FEATURES
-from dvamn.pose import keypoint_confidence, pose_features, pose_sequence
+from dvamn.pose import KeypointTrack, keypoint_confidence, pose_features, pose_sequence
 from tests.support.standin_pose import TEMPLATE
 
 
@@ -67,10 +67,10 @@ def test_bad_inputs_are_rejected_with_the_expected_shape():
 def test_confidence_and_pose_sequence():
     keypoints = _dance(10)
     scores = np.full((10, 17), 0.8, np.float32)
-    present = np.ones(10, bool)
-    present[4] = False
     assert keypoint_confidence(scores).shape == (10,)
-    sequence = pose_sequence(keypoints, scores, present, 640, 360)
+    scores[4] = 0.0  # the dancer is missing in frame 4
+    track = KeypointTrack(keypoints, scores, fps=10.0)
+    sequence = pose_sequence(track, 640, 360)
     assert sequence.features.shape == (10, 68)
     assert sequence.missing_fraction == pytest.approx(0.1)
     assert sequence.confidence[4] == 0 and sequence.confidence[3] == pytest.approx(0.8)
