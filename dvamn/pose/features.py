@@ -84,11 +84,15 @@ def keypoint_confidence(scores: np.ndarray) -> np.ndarray:
 @dataclass
 class PoseSequence:
     """What extraction stores for a video's pose: features float32 [T, 68], confidence
-    float32 [T] (0 where the dancer was missing), missing_fraction in [0, 1]."""
+    float32 [T] (0 where the dancer was missing), missing_fraction in [0, 1]; and the
+    gap-filled keypoints float32 [T, 17, 2] pixels with ``present`` bool [T] (frames where
+    the dancer was found), which the service can return with a match."""
 
     features: np.ndarray
     confidence: np.ndarray
     missing_fraction: float
+    keypoints: np.ndarray
+    present: np.ndarray
 
 
 def pose_sequence(
@@ -122,4 +126,6 @@ def pose_sequence(
         features=pose_features(filled, width, height),
         confidence=keypoint_confidence(filled_scores),
         missing_fraction=missing_fraction,
+        keypoints=filled,
+        present=np.asarray(present, bool),
     )
