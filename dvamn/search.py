@@ -25,7 +25,9 @@ segments of W: the sum is a sum of inner products of flattened (W·D) segment ve
 Tracks shorter than the query have no full window to index; they are always re-ranked
 (``dvamn.scoring``'s short-track rule). A hubness correction (``+qb``/``+csls``) is a
 per-track constant: the re-ranker adds it as exhaustive scoring does, the coarse stage
-does not see it.
+does not see it. It is computed from the checkpoint's query bank by two-stage search
+too (``two_stage_hubness``), so that a replica's start costs Qb fast searches, not Qb
+exhaustive ones.
 
 FAISS is the field's standard library for this (faiss-cpu; faiss-gpu on CUDA machines,
 where ``device="cuda"`` moves the index to the GPU). Single queries run on the threads
@@ -144,7 +146,7 @@ class SegmentIndex:
         for start in range(0, n, chunk_tracks):
             stop = min(n, start + chunk_tracks)
             parts = [
-                segment_vectors(units[i, : int(counts[i]) * w], w, w).cpu().numpy()
+                segment_vectors(units[i, : int(counts[i]) * w].float(), w, w).cpu().numpy()
                 for i in range(start, stop)
             ]
             block = np.concatenate(parts) if parts else np.zeros((0, w * units.shape[2]))
@@ -293,7 +295,9 @@ def two_stage_offsets(
 ) -> "Ranking":
     """``best_offsets`` for the cosine distance, scored exactly on the coarse stage's
     candidates only. ``all_scores`` is +inf (and ``all_offsets`` 0) for every track that
-    was not re-ranked. ``bank`` is the one the index was built from."""
+    was not re-ranked. ``bank`` is the one the index was built from; its unit frames may
+    be float16 and memory-mapped (``torch.from_numpy`` of an ``np.memmap``): only the
+    candidates' slices are read."""
     import torch
 
     from dvamn.scoring import TrackBank, _rank, best_offsets
@@ -304,7 +308,7 @@ def two_stage_offsets(
             f"the coarse index holds {index.num_tracks} tracks but the bank {bank.num_tracks}: "
             "rebuild the index for this catalog"
         )
-    query = torch.as_tensor(np.asarray(prediction), dtype=bank.tracks.dtype)
+    query = torch.as_tensor(np.asarray(prediction), dtype=torch.float32)
     if query.dim() != 2 or query.shape[1] != bank.dim or query.shape[0] < 1:
         raise ValueError(f"prediction must be (T >= 1, {bank.dim}), got {tuple(query.shape)}")
     t = query.shape[0]
@@ -328,7 +332,9 @@ def two_stage_offsets(
         inside = frames < torch.as_tensor(ends)[:, None]
         frames = frames.clamp_max(units.shape[1] - 1).to(units.device)
         slices = units[torch.as_tensor(tracks).to(units.device)[:, None], frames]
-        slices = slices * inside.to(units.device)[:, :, None]  # (C, Wc, D), zero past the end
+        # (C, Wc, D), zero past the end; float32 whatever the store holds (a float16
+        # memory-mapped catalog reads only these slices).
+        slices = slices.float() * inside.to(units.device)[:, :, None]
         # The exact scorer on the slices: the same definition as exhaustive search.
         sub = TrackBank(
             slices,
@@ -348,6 +354,38 @@ def two_stage_offsets(
         if bank.track_penalty is not None:
             all_scores[tracks[best]] += bank.track_penalty.cpu().numpy()[tracks[best]]
     return _rank(all_scores, all_offsets, top_k)
+
+
+def two_stage_hubness(
+    bank: "TrackBank",
+    index: SegmentIndex,
+    query_bank: Optional[np.ndarray],
+    method: Optional[str],
+    settings: Optional[IndexSettings] = None,
+) -> "TrackBank":
+    """``dvamn.scoring.set_hubness`` with each bank query scored by two-stage search
+    instead of exhaustively (Qb two-stage calls: seconds, where exhaustive scoring of a
+    10,000-track catalog took minutes). A track that a bank query's search did not
+    re-rank is given that query's worst re-ranked distance (it was farther than the
+    candidates, as far as the coarse stage could tell): an approximation of the exact
+    correction (``dvamn evaluate`` applies the exact one to both of its searches)."""
+    import torch
+
+    from dvamn.scoring import hubness_penalty, set_hubness
+
+    set_hubness(bank, query_bank, None, "cosine")  # clears any previous correction
+    if method is None:
+        return bank
+    if query_bank is None or len(query_bank) == 0:
+        set_hubness(bank, query_bank, method, "cosine")  # raises the "no query bank" error
+    rows = []
+    for query in query_bank:
+        scores = two_stage_offsets(query, bank, index, top_k=None, settings=settings).all_scores
+        finite = np.isfinite(scores)
+        rows.append(np.where(finite, scores, scores[finite].max() if finite.any() else 2.0))
+    penalty = hubness_penalty(np.stack(rows), method)
+    bank.track_penalty = torch.as_tensor(penalty, dtype=torch.float64)
+    return bank
 
 
 def search(

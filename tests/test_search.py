@@ -151,3 +151,18 @@ def test_matcher_two_stage_ranks_like_exact(tracks):
     a, b = exact.rank(query, top_k=3), fast.rank(query, top_k=3)
     assert a[0].track_id == b[0].track_id == "track-00017"
     assert a[0].offset_s == b[0].offset_s and a[0].score == pytest.approx(b[0].score)
+
+
+@pytest.mark.parametrize("method", ["qb", "csls"])
+def test_hubness_from_two_stage_search_follows_the_exact_correction(tracks, method):
+    from dvamn.scoring import set_hubness
+    from dvamn.search import two_stage_hubness
+
+    bank = prepare_tracks(tracks, lengths=[TRACK_FRAMES] * NUM_TRACKS)
+    bank.normalise_in_place()
+    index = SegmentIndex.build(bank, SETTINGS)
+    query_bank = np.stack([noisy_window(tracks, i, i % 90, 2.0, i) for i in range(0, 80, 4)])
+    exact = set_hubness(bank, query_bank, method, "cosine").track_penalty.numpy().copy()
+    fast = two_stage_hubness(bank, index, query_bank, method, SETTINGS).track_penalty.numpy()
+    assert fast.shape == exact.shape and np.isfinite(fast).all()
+    assert np.corrcoef(exact, fast)[0, 1] > 0.9

@@ -31,6 +31,7 @@ from dvamn.search import (
     SegmentIndex,
     search,
     to_device,
+    two_stage_hubness,
 )
 from dvamn.serving.catalog_store import (
     Catalog,
@@ -131,18 +132,6 @@ class Matcher:
             self.bank = standardise(self.bank, center, scale)  # in place: one catalog copy
         if self.distance == "cosine":
             self.bank.normalise_in_place()  # and still one copy, instead of two
-        # Hubness correction ("+qb"/"+csls"): the checkpoint's query bank scored against
-        # the catalog once (Qb scorer calls), as evaluation does; queries then cost the same.
-        hubness = split_scoring(scoring)[1]
-        if hubness is not None:
-            started = time.perf_counter()
-            set_hubness(self.bank, getattr(model, "query_bank", None), hubness, self.distance)
-            log.info(
-                "hubness correction %s from %d bank queries in %.1f s",
-                hubness,
-                len(model.query_bank),
-                time.perf_counter() - started,
-            )
         self.search = search
         self.index_settings = (index_settings or IndexSettings()).check()
         self.index: Optional[SegmentIndex] = None
@@ -157,6 +146,23 @@ class Matcher:
                 index = SegmentIndex.build(self.bank, self.index_settings)
                 log.info("built the coarse index in %.1f s", time.perf_counter() - started)
             self.index = to_device(index, self.device)
+        # Hubness correction ("+qb"/"+csls"): the checkpoint's query bank scored against
+        # the catalog once, as evaluation does (exhaustively: Qb scorer calls; two-stage:
+        # Qb two-stage searches); queries then cost the same.
+        hubness = split_scoring(scoring)[1]
+        if hubness is not None:
+            started = time.perf_counter()
+            query_bank = getattr(model, "query_bank", None)
+            if self.index is None:
+                set_hubness(self.bank, query_bank, hubness, self.distance)
+            else:
+                two_stage_hubness(self.bank, self.index, query_bank, hubness, self.index_settings)
+            log.info(
+                "hubness correction %s from %d bank queries in %.1f s",
+                hubness,
+                len(model.query_bank),
+                time.perf_counter() - started,
+            )
         self.catalog_info = catalog.summary()
         self.catalog_info["memory_mb"] = round(self.bank.nbytes() / 2**20, 2)
         self.catalog_info["search"] = search

@@ -1,0 +1,345 @@
+"""Two-stage search against exhaustive search: recall on real model predictions, latency
+and memory per track, at catalog sizes of 1,000 to 100,000 3-minute tracks.
+
+    python benchmarks/search.py --synth SYNTH --work /tmp/search-bench \\
+        --sizes 1000 10000 --out benchmarks/results/search.json
+
+SYNTH is a `dvamn synth` output (keypoint files beside the videos). The script:
+
+1. Features and a quick model, in process (no Ray, so that it runs on a loaded machine):
+   every video's pose features from its true keypoints and its logmel embedding (the
+   extraction job's own ``process_video``), then a small DVAMN (the demo's widths) trained
+   for ``--epochs`` on the training split with log-cosh, its target statistics and
+   per-dimension weights set as ``dvamn train`` sets them. Cached in --work.
+2. Queries: the model's predictions for 12 s windows of the validation videos (real model
+   predictions, not random vectors).
+3. Catalog of each size: the validation soundtracks, padded with distractor tracks of
+   3 minutes built from real extracted soundtracks (every video's): each distractor is
+   pieces of random real soundtracks, each cut at a random offset, laid end to end, and
+   mixed in embedding space with a time-shifted second real soundtrack (weights 0.7 / 0.3).
+   Frames are stored in the scoring space (cosine-w: standardised, weighted, unit), float16,
+   in a memory-mapped file: exhaustive search reads it in chunks of 1,000 tracks, two-stage
+   search re-ranks from it.
+4. For each size: exhaustive rankings (the exact reference) and two-stage rankings of the
+   same queries; top-1 agreement and recall@10 of two-stage against exhaustive; R@1 of
+   the true track both ways; p50 latency of each search on one thread (from the
+   predicted sequence to the ranked top 10 with offsets); memory of the search structures
+   per track; the model's forward pass (paper-size network, one 12 s query) beside it.
+
+Prints a table and writes JSON (--out).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TRACK_FRAMES = 900  # 3 minutes at 5 Hz
+QUERY_POSE_FRAMES = 120  # 12 s at 10 fps
+CHUNK_TRACKS = 1000
+
+
+def extract_videos(synth: str, work: str):
+    """(video ids, pose features list, audio embeddings list), cached in work."""
+    cache = os.path.join(work, "features.npz")
+    if os.path.exists(cache):
+        with np.load(cache, allow_pickle=False) as z:
+            ids = list(z["ids"])
+            return ids, [z[f"pose_{i}"] for i in ids], [z[f"audio_{i}"] for i in ids]
+    from dvamn.audio.select import make_audio_embedder
+    from dvamn.pipeline.config import ExtractConfig
+    from dvamn.pipeline.video import VideoPoseExtractor, process_video
+
+    config = ExtractConfig(input=synth, out=work, pose="keypoints", audio="logmel", device="cpu")
+    extractor = VideoPoseExtractor(config, num_threads=1)
+    embedder = make_audio_embedder("logmel")
+    ids, poses, audios = [], [], []
+    videos = sorted(p for p in os.listdir(synth) if p.endswith(".mp4"))
+    for n, name in enumerate(videos):
+        row, error = process_video(os.path.join(synth, name), name[:-4], extractor, embedder)
+        if error is not None:
+            print(f"  {name}: {error['error_type']}: {error['message']}", flush=True)
+            continue
+        ids.append(row["video_id"])
+        poses.append(np.asarray(row["pose"], np.float32).reshape(-1, 68))
+        audios.append(np.asarray(row["audio_embedding"], np.float32).reshape(-1, 128))
+        if (n + 1) % 20 == 0:
+            print(f"  {n + 1}/{len(videos)} videos extracted", flush=True)
+    np.savez(
+        cache,
+        ids=np.array(ids),
+        **{f"pose_{i}": p for i, p in zip(ids, poses)},
+        **{f"audio_{i}": a for i, a in zip(ids, audios)},
+    )
+    return ids, poses, audios
+
+
+def quick_model(ids, poses, audios, work: str, epochs: int):
+    """A small DVAMN trained in process on the training split (log-cosh)."""
+    import torch
+
+    from dvamn.model import DVAMN, DVAMNConfig, load_model, log_cosh, save_checkpoint
+    from dvamn.training.data import DEFAULT_VAL_FRACTION, is_validation
+
+    path = os.path.join(work, "model")
+    if os.path.exists(os.path.join(path, "metadata.json")):
+        return load_model(path)[0]
+    torch.manual_seed(0)
+    config = DVAMNConfig(
+        widths=(32, 64, 128), gru_hidden=128, post_gru_widths=(128, 64), fc_width=64
+    )
+    model = DVAMN(config)
+    train = [i for i, v in enumerate(ids) if not is_validation(v, DEFAULT_VAL_FRACTION)]
+    windows_p, windows_a = [], []
+    for i in train:
+        for s in range(0, len(poses[i]) - QUERY_POSE_FRAMES + 1, 10):
+            windows_p.append(poses[i][s : s + QUERY_POSE_FRAMES])
+            windows_a.append(audios[i][s // 2 : s // 2 + QUERY_POSE_FRAMES // 2])
+    x, y = torch.as_tensor(np.stack(windows_p)), torch.as_tensor(np.stack(windows_a))
+    model.set_scaling(
+        x.reshape(-1, 68).mean(0).numpy(),
+        x.reshape(-1, 68).std(0).numpy(),
+        y.reshape(-1, 128).mean(0).numpy(),
+        y.reshape(-1, 128).std(0).numpy(),
+    )
+    optimiser = torch.optim.NAdam(model.parameters(), lr=1e-3)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x))
+        total = 0.0
+        for start in range(0, len(x), 32):
+            batch = order[start : start + 32]
+            loss = log_cosh(model(x[batch]), model.standardise_targets(y[batch]))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(batch)
+        print(f"  epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}", flush=True)
+    # Per-dimension weights as `dvamn train` sets them: the Pearson correlation of
+    # prediction and target on the training windows, clipped to [0, 1].
+    with torch.no_grad():
+        predicted = model.predict(x).reshape(-1, 128)
+    target = y.reshape(-1, 128)
+    pc, tc = predicted - predicted.mean(0), target - target.mean(0)
+    corr = (pc * tc).mean(0) / (pc.std(0) * tc.std(0)).clamp_min(1e-12)
+    model.target_weight.copy_(corr.clamp(0.0, 1.0))
+    save_checkpoint(path, model, {"audio_embedding_kind": "logmel", "epoch": epochs})
+    return model
+
+
+def distractor(rng, audios: List[np.ndarray]) -> np.ndarray:
+    """(TRACK_FRAMES, 128) from real soundtracks: cut pieces end to end, mixed 0.7 / 0.3
+    with a time-shifted second real soundtrack (see the module docstring)."""
+
+    def pieces():
+        out, filled = [], 0
+        while filled < TRACK_FRAMES:
+            a = audios[rng.integers(len(audios))]
+            start = int(rng.integers(0, max(1, len(a) - 20)))
+            piece = a[start : start + int(rng.integers(20, len(a) - start + 1))]
+            out.append(piece)
+            filled += len(piece)
+        return np.concatenate(out)[:TRACK_FRAMES]
+
+    return 0.7 * pieces() + 0.3 * pieces()
+
+
+def scoring_frames(model, frames: np.ndarray) -> np.ndarray:
+    """Raw embeddings (…, 128) -> cosine-w unit frames (the service's scoring space)."""
+    center, scale = model.scoring_transform(weighted=True)
+    x = (frames - center) / np.maximum(scale, 1e-6)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def build_store(model, size, true_tracks, audios, work, seed=0):
+    """Memory-mapped (size, TRACK_FRAMES, 128) float16 unit frames and lengths: the
+    validation soundtracks first (zero-padded), then distractors."""
+    path = os.path.join(work, f"catalog-{size}.f16")
+    lengths = np.full(size, TRACK_FRAMES, np.int64)
+    lengths[: len(true_tracks)] = [len(t) for t in true_tracks]
+    if not os.path.exists(path):
+        store = np.lib.format.open_memmap(
+            path + ".tmp", "w+", np.float16, (size, TRACK_FRAMES, 128)
+        )
+        for i, t in enumerate(true_tracks):
+            store[i, : len(t)] = scoring_frames(model, t)
+        rng = np.random.default_rng(seed)
+        for start in range(len(true_tracks), size, CHUNK_TRACKS):
+            stop = min(size, start + CHUNK_TRACKS)
+            block = np.stack([distractor(rng, audios) for _ in range(start, stop)])
+            store[start:stop] = scoring_frames(model, block)
+        store.flush()
+        del store
+        os.replace(path + ".tmp", path)
+    return np.load(path, mmap_mode="r"), lengths
+
+
+def unit_bank(frames, lengths):
+    """A cosine TrackBank over unit frames already in the scoring space."""
+    import torch
+
+    from dvamn.scoring import TrackBank
+
+    tracks = torch.from_numpy(np.asarray(frames))
+    return TrackBank(tracks, torch.as_tensor(lengths), unit_tracks=tracks, unit_only=True)
+
+
+def exhaustive(store, lengths, queries, top_k=10):
+    """Exact rankings of every query over the whole store, chunk by chunk, merged; and the
+    median seconds one query took per chunk (scaled to the store by the caller)."""
+    from dvamn.scoring import _rank, best_offsets
+
+    scores = np.full((len(queries), len(lengths)), np.inf)
+    offsets = np.zeros((len(queries), len(lengths)), np.int64)
+    per_chunk_s = []
+    for start in range(0, len(lengths), CHUNK_TRACKS):
+        stop = min(len(lengths), start + CHUNK_TRACKS)
+        bank = unit_bank(np.asarray(store[start:stop], np.float32), lengths[start:stop])
+        for q, query in enumerate(queries):
+            began = time.perf_counter()
+            ranking = best_offsets(query, bank, top_k=None, distance="cosine")
+            per_chunk_s.append((stop - start, time.perf_counter() - began))
+            scores[q, start:stop] = ranking.all_scores
+            offsets[q, start:stop] = ranking.all_offsets
+    rankings = [_rank(scores[q], offsets[q], top_k) for q in range(len(queries))]
+    seconds_per_track = np.median([s / n for n, s in per_chunk_s])
+    return rankings, float(seconds_per_track)
+
+
+def true_rank(ranking, track) -> int:
+    where = np.nonzero(ranking.indices == track)[0]
+    return int(where[0]) + 1 if len(where) else 10**9
+
+
+def model_forward_ms(queries_pose) -> float:
+    import torch
+
+    from dvamn.model import DVAMN, DVAMNConfig
+
+    torch.manual_seed(0)
+    paper = DVAMN(DVAMNConfig()).eval()
+    pose = torch.as_tensor(queries_pose[0])
+    paper.predict(pose)
+    times = []
+    for p in queries_pose[:10]:
+        began = time.perf_counter()
+        paper.predict(torch.as_tensor(p))
+        times.append(time.perf_counter() - began)
+    return round(1000 * float(np.median(times)), 1)
+
+
+def bench_size(model, size, queries, query_tracks, true_tracks, audios, args) -> Dict[str, Any]:
+    import faiss
+
+    from dvamn.search import IndexSettings, SegmentIndex, recall_against_exact, two_stage_offsets
+
+    store, lengths = build_store(model, size, true_tracks, audios, args.work)
+    began = time.perf_counter()
+    exact, exact_s_per_track = exhaustive(store, lengths, queries)
+    exact_wall = time.perf_counter() - began
+    bank = unit_bank(store, lengths)  # memory-mapped float16: read per candidate
+    settings = IndexSettings(candidates=args.candidates)
+    began = time.perf_counter()
+    index = SegmentIndex.build(bank, settings)
+    build_s = time.perf_counter() - began
+    faiss.omp_set_num_threads(1)
+    two_stage_offsets(queries[0], bank, index, top_k=10)  # warm-up
+    fast, latencies = [], []
+    for query in queries:
+        began = time.perf_counter()
+        fast.append(two_stage_offsets(query, bank, index, top_k=10))
+        latencies.append(time.perf_counter() - began)
+    agreement = recall_against_exact(exact, fast)
+    exact_ranks = [true_rank(r, t) for r, t in zip(exact, query_tracks)]
+    fast_ranks = [true_rank(r, t) for r, t in zip(fast, query_tracks)]
+    return {
+        "tracks": size,
+        "queries": len(queries),
+        "candidates": settings.candidates,
+        "two_stage_p50_ms": round(1000 * float(np.median(latencies)), 2),
+        "two_stage_p99_ms": round(1000 * float(np.percentile(latencies, 99)), 2),
+        "exhaustive_p50_ms_scaled": round(1000 * exact_s_per_track * size, 1),
+        "exhaustive_scaled_from": f"{CHUNK_TRACKS}-track chunks, x {size / CHUNK_TRACKS:g}",
+        "exhaustive_wall_s": round(exact_wall, 1),
+        "index_bytes_per_track": round(index.nbytes() / size),
+        "index_build_s": round(build_s, 1),
+        "reranking_frames": "float16 memory-mapped file (read per candidate)",
+        "top1_same": agreement["top1_same"],
+        "recall_at_10": agreement["recall_at_10"],
+        "exhaustive_true_r_at_1": float(np.mean(np.array(exact_ranks) == 1)),
+        "two_stage_true_r_at_1": float(np.mean(np.array(fast_ranks) == 1)),
+        "exhaustive_true_r_at_10": float(np.mean(np.array(exact_ranks) <= 10)),
+        "two_stage_true_r_at_10": float(np.mean(np.array(fast_ranks) <= 10)),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--synth", required=True, help="a `dvamn synth` output folder")
+    parser.add_argument("--work", required=True, help="cache folder (features, model, stores)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--queries", type=int, default=100, help="at most, per size")
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    os.makedirs(args.work, exist_ok=True)
+    from dvamn.training.data import DEFAULT_VAL_FRACTION, is_validation
+
+    ids, poses, audios = extract_videos(args.synth, args.work)
+    model = quick_model(ids, poses, audios, args.work, args.epochs).eval()
+    val = [i for i, v in enumerate(ids) if is_validation(v, DEFAULT_VAL_FRACTION)]
+    cut = [(k, s) for k, i in enumerate(val) for s in range(0, len(poses[i]) - 119, 30)]
+    rng = np.random.default_rng(0)
+    cut = [cut[j] for j in sorted(rng.permutation(len(cut))[: args.queries])]
+    query_pose = np.stack([poses[val[k]][s : s + QUERY_POSE_FRAMES] for k, s in cut])
+    with torch.no_grad():
+        queries = model.predict(torch.as_tensor(query_pose)).numpy()
+    results: Dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "threads": 1},
+        "model": f"quick DVAMN, {args.epochs} epochs in process on {len(ids) - len(val)} videos",
+        "validation_tracks": len(val),
+        "model_forward_ms_paper_size": model_forward_ms(query_pose),
+        "sizes": [],
+    }
+    print(
+        f"{'tracks':>7} {'2-stage p50 ms':>14} {'exact p50 ms*':>13} {'bytes/track':>11} "
+        f"{'top-1 same':>10} {'recall@10':>9} {'R@1 exact':>9} {'R@1 2-st':>8}"
+    )
+    for size in args.sizes:
+        row = bench_size(
+            model, size, list(queries), [k for k, _ in cut], [audios[i] for i in val], audios, args
+        )
+        results["sizes"].append(row)
+        print(
+            f"{row['tracks']:>7} {row['two_stage_p50_ms']:>14.1f} "
+            f"{row['exhaustive_p50_ms_scaled']:>13.0f} {row['index_bytes_per_track']:>11} "
+            f"{row['top1_same']:>10.3f} {row['recall_at_10']:>9.3f} "
+            f"{row['exhaustive_true_r_at_1']:>9.3f} {row['two_stage_true_r_at_1']:>8.3f}",
+            flush=True,
+        )
+    print(f"(* exhaustive timed per {CHUNK_TRACKS}-track chunk and scaled linearly)")
+    print(
+        f"model forward pass (paper size, one 12 s query): {results['model_forward_ms_paper_size']} ms"
+    )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
