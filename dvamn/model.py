@@ -499,13 +499,11 @@ def load_model(uri: str, map_location: str = "cpu") -> Tuple[DVAMN, Dict[str, An
     checkpoint), local or any fsspec URI. Returns (model in eval mode, metadata); the
     metadata gains ``checkpoint_uri``."""
     ckpt = resolve_checkpoint(uri)
-    config = DVAMNConfig.from_dict(_read_json(storage.join(ckpt, CONFIG_FILE)))
-    metadata = _read_json(storage.join(ckpt, METADATA_FILE))
+    config = checkpoint_config(ckpt)
+    metadata = checkpoint_metadata(ckpt)
     with storage.open_uri(storage.join(ckpt, WEIGHTS_FILE), "rb") as f:
         state = torch.load(f, map_location=map_location, weights_only=True)
     model = DVAMN(config)
-    # Checkpoints written before target_weight existed score every dimension alike.
-    state.setdefault("target_weight", torch.ones(config.audio_dim))
     model.load_state_dict(state)
     model.eval()
     # Not a buffer: the weights (and their version hash) stay what training wrote.
@@ -515,6 +513,30 @@ def load_model(uri: str, map_location: str = "cpu") -> Tuple[DVAMN, Dict[str, An
         "loaded DVAMN (%s, %d parameters) from %s", config.layer, model.parameter_count(), ckpt
     )
     return model, metadata
+
+
+def checkpoint_config(uri: str) -> DVAMNConfig:
+    """The network configuration of a checkpoint directory, without its weights."""
+    return DVAMNConfig.from_dict(_read_json(storage.join(uri, CONFIG_FILE)))
+
+
+def checkpoint_metadata(uri: str) -> Dict[str, Any]:
+    """The metadata of a checkpoint directory (feature provenance, epoch, metrics,
+    history), without loading its weights."""
+    return _read_json(storage.join(uri, METADATA_FILE))
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    """The directory of the checkpoint saved after 0-based ``epoch``: 1-based, as the
+    progress lines count (epoch 8 -> ``checkpoint_epoch_0009``)."""
+    return f"checkpoint_epoch_{epoch + 1:04d}"
+
+
+def checkpoint_label(metadata: Dict[str, Any]) -> str:
+    """The epoch of a checkpoint as its directory name counts it: "epoch 9" for
+    ``checkpoint_epoch_0009`` (metadata epoch 8)."""
+    epoch = metadata.get("epoch")
+    return "epoch ?" if epoch is None else f"epoch {int(epoch) + 1}"
 
 
 def load_query_bank(checkpoint_dir: str, dim: int = EMBEDDING_DIM) -> Optional[np.ndarray]:

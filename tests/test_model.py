@@ -249,3 +249,29 @@ def test_model_runs_on_the_gpu_like_on_the_cpu():
     expected = model.predict(pose)
     got = model.cuda().predict(pose.cuda()).cpu()
     assert torch.allclose(expected, got, atol=1e-3)
+
+
+def test_a_checkpoint_is_printed_with_the_epoch_its_name_counts():
+    from dvamn.model import checkpoint_dir_name, checkpoint_label
+    from dvamn.training.cli import format_metrics
+
+    assert checkpoint_dir_name(8) == "checkpoint_epoch_0009"
+    assert checkpoint_label({"epoch": 8}) == "epoch 9"
+    by_scoring = {"r_at_1": 0.5, "r_at_5": 1.0, "r_at_10": 1.0, "median_rank": 1.5}
+    metrics = {
+        "checkpoint": "runs/mfc/checkpoint_epoch_0009",
+        "layer": "mfc",
+        "epoch": 8,
+        "loss": 0.1,
+        "rmse": 0.2,
+        "mae": 0.3,
+        "num_queries": 4,
+        "pool_size": 4,
+        "by_distance": {"cosine-w": {**by_scoring, "offset_within_0_5s": 0.5}},
+        "chance_r_at_1": 0.25,
+        "chance_r_at_5": 1.0,
+        "chance_r_at_10": 1.0,
+        "chance_median_rank": 2.5,
+    }
+    first = format_metrics(metrics).splitlines()[0]
+    assert first == "checkpoint: runs/mfc/checkpoint_epoch_0009 (mfc, epoch 9)"

@@ -326,8 +326,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def format_metrics(m: dict) -> str:
+    from dvamn.model import checkpoint_label
+
     lines = [
-        f"checkpoint: {m['checkpoint']} ({m['layer']}, epoch {m.get('epoch')})",
+        f"checkpoint: {m['checkpoint']} ({m['layer']}, {checkpoint_label(m)})",
         f"regression (target units): loss {m['loss']:.3f}  RMSE {m['rmse']:.3f}  MAE {m['mae']:.3f}",
         f"retrieval: {m['num_queries']} queries, {m['pool_size']} candidate tracks",
         f"{'scoring':>11}  {'R@1':>6} {'R@5':>6} {'R@10':>6} {'med.rank':>8} {'offset<=0.5s':>12}",

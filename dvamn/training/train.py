@@ -434,22 +434,12 @@ def _resume_state(checkpoint: Any, run_uri: str) -> Optional[tuple]:
     checkpoint when it is complete, else the run's latest complete one (a crash can cut
     the writing of the last one short; ``dvamn.model.checkpoint_problem``). None, with a
     warning, when the run has no complete checkpoint at all."""
-    import torch
-
-    from dvamn.model import (
-        METADATA_FILE,
-        WEIGHTS_FILE,
-        checkpoint_problem,
-        list_checkpoints,
-        load_training_state,
-    )
+    from dvamn.model import checkpoint_problem, list_checkpoints, load_model, load_training_state
 
     def read(ckpt_dir: str) -> tuple:
-        with storage.open_uri(storage.join(ckpt_dir, WEIGHTS_FILE), "rb") as f:
-            state = torch.load(f, map_location="cpu", weights_only=True)
-        with storage.open_uri(storage.join(ckpt_dir, METADATA_FILE), "rb") as f:
-            meta = json.loads(f.read().decode())
-        return ckpt_dir, state, load_training_state(ckpt_dir), meta
+        # Through the checkpoint contract (config, weights_only load, metadata), as serving.
+        model, meta = load_model(ckpt_dir)
+        return ckpt_dir, model.state_dict(), load_training_state(ckpt_dir), meta
 
     with checkpoint.as_directory() as ckpt_dir:
         problem = checkpoint_problem(ckpt_dir)
@@ -477,6 +467,7 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
         DVAMN,
         SELECT_BY_LOSS,
         SELECT_BY_RECALL,
+        checkpoint_dir_name,
         save_checkpoint,
     )
     from dvamn.training.data import batch_to_videos
@@ -606,7 +597,7 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
             ray.train.report(
                 history[-1],
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}",
+                checkpoint_dir_name=checkpoint_dir_name(epoch),
             )
         if _stop_early(cfg, _no_better_for(history, selection, cfg.get("patience")), device):
             log.info(
@@ -694,15 +685,12 @@ def _run_has_state(run_uri: str) -> bool:
 def _check_resumable(run_uri: str, config: TrainConfig) -> None:
     """Refuse to resume a run with another network than its checkpoints hold (the weights
     would not load, and the error would surface in every worker after start-up)."""
-    from dvamn.model import CONFIG_FILE, list_checkpoints
+    from dvamn.model import checkpoint_config, list_checkpoints
 
     checkpoints = list_checkpoints(run_uri) if config.resume else []
     if not checkpoints:
         return
-    with storage.open_uri(storage.join(checkpoints[-1], CONFIG_FILE)) as f:
-        saved = json.loads(f.read().decode())
-    # Fields added since the run began (e.g. rhythm) take their defaults, as load_model does.
-    saved = json.loads(json.dumps(DVAMNConfig.from_dict(saved).to_dict()))
+    saved = json.loads(json.dumps(checkpoint_config(checkpoints[-1]).to_dict()))
     wanted = json.loads(json.dumps(config.model.to_dict()))  # tuples -> lists, as saved
     if saved != wanted:
         differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
@@ -721,7 +709,7 @@ def train(config: TrainConfig):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from dvamn.model import DVAMN, best_checkpoint, list_checkpoints
+    from dvamn.model import DVAMN, best_checkpoint, checkpoint_metadata, list_checkpoints
     from dvamn.ray_setup import ensure_ray
     from dvamn.training.data import (
         read_features,
@@ -819,8 +807,7 @@ def train(config: TrainConfig):
     best = best_checkpoint(run_uri) if checkpoints else None
     history: List[Dict[str, Any]] = []
     if latest:
-        with storage.open_uri(storage.join(latest, "metadata.json")) as f:
-            history = json.loads(f.read().decode()).get("history", [])
+        history = checkpoint_metadata(latest).get("history", [])
     result = TrainResult(run_uri, best, latest, history, model_size, time.time() - started)
     _write_summary(result)
     return result
