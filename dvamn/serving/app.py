@@ -22,10 +22,12 @@ from URLs named in requests.
 import asyncio
 import dataclasses
 import logging
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Dict, List, Optional
+from typing import IO, Any, Dict, List, Optional
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request, Security
@@ -53,7 +55,9 @@ from dvamn.serving.catalog_store import weights_version
 from dvamn.serving.keypoint_json import KeypointQuery, keypoint_query_features
 from dvamn.serving.pose_track import pose_track_json
 from dvamn.serving.queries import (
+    DEFAULT_MAX_QUEUED_REQUESTS,
     DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_RETRY_AFTER_S,
     DEFAULT_TOP_K,
     MAX_TOP_K,
     QueryError,
@@ -71,7 +75,8 @@ class ServeSettings:
     from ``serve_config.yaml`` are converted)."""
 
     checkpoint: str  # a checkpoint dir or a training run (its best checkpoint), local/s3
-    catalog: str  # a `dvamn catalog` output, local/s3
+    catalog: str  # a `dvamn catalog` output (its current version) or CATALOG/versions/ID
+    watch_catalog_s: float = 0.0  # > 0: follow the catalog's CURRENT, checked every S s
     pose: str = DEFAULT_POSE  # "rtmo" or "rtmpose"
     pose_model: Optional[str] = None  # ONNX path/URI; None = rtmlib's default URL
     pose_detector: Optional[str] = None
@@ -95,6 +100,10 @@ class ServeSettings:
     match_num_gpus: float = 0.0
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.01
+    # Requests waiting for a replica of each deployment, past which callers get 503 with
+    # Retry-After instead of an unbounded queue (Serve's max_queued_requests).
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
+    retry_after_s: int = DEFAULT_RETRY_AFTER_S  # what such a 503 tells the client to wait
 
     @classmethod
     def from_args(cls, args: Dict[str, Any]) -> "ServeSettings":
@@ -214,39 +223,122 @@ class PoseEstimation:
 
 @serve.deployment(name="MatchModel", max_ongoing_requests=32)
 class MatchModel:
-    """DVAMN + scorer over the catalog (``dvamn.serving.matcher.Matcher``), batched."""
+    """DVAMN + scorer over the catalog (``dvamn.serving.matcher.Matcher``), batched.
+
+    The catalog comes from the deployment's ``user_config`` (``build_app`` sets it from
+    the ``catalog`` arg): ``{"catalog": URI, "watch_catalog_s": S}``. ``URI`` is a catalog
+    root (its current version) or one version (``CATALOG/versions/ID``). A changed
+    ``user_config`` (``serve deploy`` of an edited config) reaches the running replicas
+    through ``reconfigure``, without a restart; with ``watch_catalog_s`` > 0 the replica
+    also follows the root's ``CURRENT`` pointer, checked every S seconds. Either way the
+    new version is loaded beside the old one, which keeps answering, and swapped in when
+    ready; a batch finishes on the version it started on, and every answer names it.
+    A version that fails to load is logged and the old one kept.
+    """
 
     def __init__(self, settings: ServeSettings):
-
-        from dvamn.serving.matcher import Matcher
+        from dvamn.model import load_model
 
         limit_threads(settings.num_cpus, uses_torch=True)
-        self.matcher = Matcher.from_uris(
-            settings.checkpoint,
-            settings.catalog,
-            device=settings.device,
-            scoring=settings.scoring,
-            search=settings.search,
-            index_settings=IndexSettings(candidates=settings.search_candidates),
-        )
-        self._track_index: Optional[Dict[str, int]] = None
+        self.settings = settings
+        self.model, self.model_metadata = load_model(settings.checkpoint)
+        self.matcher: Any = None  # set by reconfigure, which Serve calls before any request
+        self.catalog_uri = ""
+        self.watch_catalog_s = 0.0
+        self._swap_lock = threading.Lock()
+        self._watcher: Optional[threading.Thread] = None
+        self._track_index: tuple = (None, {})  # (the matcher it indexes, track id -> row)
         self.match.set_max_batch_size(settings.max_batch_size)
         self.match.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    def reconfigure(self, user_config: Dict[str, Any]) -> None:
+        config = dict(user_config or {})
+        unknown = set(config) - {"catalog", "watch_catalog_s"}
+        if unknown or not config.get("catalog"):
+            raise ValueError(
+                f"MatchModel's user_config needs 'catalog' (a URI) and may set "
+                f"'watch_catalog_s'; got {sorted(config)}"
+            )
+        self.watch_catalog_s = float(config.get("watch_catalog_s") or 0.0)
+        self.catalog_uri = str(config["catalog"])
+        if self.matcher is None:
+            self._load(self.catalog_uri, raise_errors=True)  # the first: no old one to keep
+        else:
+            self._load(self.catalog_uri)
+        if self.watch_catalog_s > 0 and self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="catalog-watch", daemon=True)
+            self._watcher.start()
+
+    def _load(self, uri: str, raise_errors: bool = False) -> bool:
+        """Load the version ``uri`` names unless it is the one served; True on a swap."""
+        from dvamn.catalog_format import resolve_catalog
+        from dvamn.serving.catalog_store import load_catalog
+        from dvamn.serving.matcher import Matcher
+
+        with self._swap_lock:
+            try:
+                _, version_id, _ = resolve_catalog(uri)
+                if self.matcher is not None and version_id == self.matcher.catalog.version_id:
+                    return False
+                started = time.perf_counter()
+                catalog = load_catalog(uri)
+                if self.matcher is None:
+                    matcher = Matcher(
+                        self.model,
+                        self.model_metadata,
+                        catalog,
+                        device=self.settings.device,
+                        scoring=self.settings.scoring,
+                        search=self.settings.search,
+                        index_settings=IndexSettings(candidates=self.settings.search_candidates),
+                    )
+                else:
+                    matcher = self.matcher.with_catalog(catalog)
+            except Exception:
+                if raise_errors:
+                    raise
+                log.exception(
+                    "catalog %s: the new version cannot be served; keeping %s",
+                    uri,
+                    self.matcher.catalog_info["version_id"],
+                )
+                return False
+            old = self.matcher.catalog_info["version_id"] if self.matcher else None
+            self.matcher = matcher  # one reference swap: batches hold the matcher they began on
+            log.info(
+                "catalog %s: now serving version %s (content %s, %d tracks; was %s), "
+                "loaded in %.1f s",
+                uri,
+                matcher.catalog_info["version_id"],
+                matcher.catalog_info["version"],
+                matcher.catalog_info["num_tracks"],
+                old,
+                time.perf_counter() - started,
+            )
+            return True
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(max(0.1, self.watch_catalog_s))
+            self._load(self.catalog_uri)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def match(self, poses: List[np.ndarray], top_ks: List[int]) -> List[Dict[str, Any]]:
         """Queries gathered by Serve: model calls share one forward pass per length."""
-        return self.matcher.match_many(poses, top_ks)
+        matcher = self.matcher  # the whole batch is scored against one catalog version
+        return matcher.match_many(poses, top_ks)
 
     def info(self) -> Dict[str, Any]:
-        return {"model": self.matcher.model_info, "catalog": self.matcher.catalog_info}
+        matcher = self.matcher
+        return {"model": matcher.model_info, "catalog": matcher.catalog_info}
 
     def track_source(self, track_id: str) -> Optional[TrackSource]:
         """Where the catalog job found ``track_id``'s audio (None: not in the catalog)."""
-        catalog = self.matcher.catalog
-        if self._track_index is None:
-            self._track_index = {t: i for i, t in enumerate(catalog.track_ids)}
-        i = self._track_index.get(track_id)
+        matcher = self.matcher  # the version served now (a swap replaces the index too)
+        catalog = matcher.catalog
+        if self._track_index[0] is not matcher:
+            self._track_index = (matcher, {t: i for i, t in enumerate(catalog.track_ids)})
+        i = self._track_index[1].get(track_id)
         if i is None:
             return None
         return TrackSource(
@@ -348,18 +440,23 @@ _KEYPOINTS_OPENAPI = {
 }
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) past ``limit`` bytes without buffering more."""
+async def _limited_chunks(request: Request, limit: int):
+    """The request body's chunks, refusing (413) past ``limit`` bytes (declared or
+    received) without receiving more."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"request body is {int(declared)} bytes; the limit is {limit}")
-    chunks, size = [], 0
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The request body as bytes, refusing (413) past ``limit`` bytes."""
+    return b"".join([chunk async for chunk in _limited_chunks(request, limit)])
 
 
 def _form_top_k(query_value: Optional[int], form_value: Any, default: int) -> int:
@@ -387,16 +484,31 @@ def _form_top_k(query_value: Optional[int], form_value: Any, default: int) -> in
         raise RequestValidationError([exc.validation_error()]) from None
 
 
-async def _replay(request: Request, body: bytes) -> Request:
-    """A request whose body is ``body`` (already read), so that Starlette can parse it."""
-    sent = False
+_SPOOL_MEMORY_BYTES = 1 << 20  # an upload's first MiB stays in memory, the rest on disk
+_SPOOL_CHUNK_BYTES = 1 << 20
+
+
+async def _spool_limited(request: Request, limit: int) -> tempfile.SpooledTemporaryFile:
+    """The request body streamed into a spooled temporary file (memory up to 1 MiB, then
+    disk), refusing (413) past ``limit`` bytes; the caller closes it."""
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY_BYTES)
+    try:
+        async for chunk in _limited_chunks(request, limit):
+            spool.write(chunk)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
+
+
+def _replay(request: Request, spool: IO[bytes]) -> Request:
+    """A request whose body is read from ``spool`` in chunks, so that Starlette's multipart
+    parser (which spools file parts itself) never sees the body as one bytes object."""
 
     async def receive() -> Dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        chunk = spool.read(_SPOOL_CHUNK_BYTES)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunk)}
 
     return Request(request.scope, receive)
 
@@ -410,7 +522,6 @@ class MatchAPI:
         self.pose = pose_handle
         self.matcher = match_handle
         self.settings = settings
-        self._info: Optional[Dict[str, Any]] = None
         # Read once, on this replica; an unusable value stops the replica (never open).
         self._api_token = api_token_from_env()
         log.info(
@@ -437,10 +548,25 @@ class MatchAPI:
                 headers={"WWW-Authenticate": 'Bearer realm="dvamn", error="invalid_token"'},
             )
 
+    async def _at_capacity_is_503(self, response: Any) -> Any:
+        """Await a deployment's answer; its full queue (Serve's ``max_queued_requests``)
+        becomes a retryable 503 with ``Retry-After``, never a 500."""
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            return await response
+        except BackPressureError:
+            raise HTTPException(
+                503,
+                "the service is at capacity (its request queue is full); retry after "
+                f"{self.settings.retry_after_s} s",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            ) from None
+
     async def _service_info(self) -> Dict[str, Any]:
-        if self._info is None:
-            self._info = await self.matcher.info.remote()
-        return self._info
+        """The model and catalog a matching replica serves (asked each time: the catalog
+        version changes while the service runs)."""
+        return await self.matcher.info.remote()
 
     async def _answer(
         self,
@@ -455,13 +581,13 @@ class MatchAPI:
         query = dict(query or {})
         pose_track = query.pop("pose_track", None)
         started = time.perf_counter()
-        result = await self.matcher.match.remote(features, top_k)
+        result = await self._at_capacity_is_503(self.matcher.match.remote(features, top_k))
         timings["match_call"] = round(1000 * (time.perf_counter() - started), 2)
         info = await self._service_info()
         return {
             "matches": result["matches"],
             "model": info["model"],
-            "catalog": {k: info["catalog"][k] for k in ("version", "num_tracks")},
+            "catalog": result["catalog"],  # the version that scored this query
             "timings_ms": {**timings, **result["timings_ms"]},
             "batch_size": result["batch_size"],
             "pose_source": source,
@@ -503,25 +629,34 @@ class MatchAPI:
         """Multipart upload ``video`` (any format PyAV decodes; its audio is ignored)."""
         self._authorize(credentials)
         started = time.perf_counter()
-        body = await _read_limited(request, self.settings.max_upload_bytes)
+        # The upload is held in memory once: the body goes to a spooled file, the multipart
+        # parser spools the video part again, and only its bytes go on to the pose replica.
+        body = await _spool_limited(request, self.settings.max_upload_bytes)
         try:
-            form = await (await _replay(request, body)).form()
+            form = await _replay(request, body).form()
         except Exception as exc:  # Starlette raises several types for broken multipart
+            body.close()
             # Described, not quoted: Starlette's text can carry parts of the body.
             raise HTTPException(
                 422,
                 "the body is not multipart/form-data with a 'video' file: its Content-Type "
                 "boundary, part headers or parts could not be parsed",
             ) from exc
-        upload = form.get("video")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(422, "multipart field 'video' (a file) is missing")
-        top_k = _form_top_k(top_k, form.get("top_k"), self.settings.default_top_k)
-        data = await upload.read()
+        body.close()
+        try:
+            upload = form.get("video")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(422, "multipart field 'video' (a file) is missing")
+            top_k = _form_top_k(top_k, form.get("top_k"), self.settings.default_top_k)
+            data = await upload.read()
+        finally:
+            await form.close()
         name = upload.filename or "upload"
         timings = {"receive": round(1000 * (time.perf_counter() - started), 2)}
         started = time.perf_counter()
-        pose = _raise_if_error(await self.pose.features.remote(data, name))
+        pose = _raise_if_error(
+            await self._at_capacity_is_503(self.pose.features.remote(data, name))
+        )
         timings["pose_call"] = round(1000 * (time.perf_counter() - started), 2)
         timings["decode_pose"] = pose["pose"].pop("decode_pose_ms")
         return await self._answer(
@@ -630,6 +765,25 @@ def build_app(args: Dict[str, Any]):
         pose_options["num_replicas"] = settings.pose_replicas
     if settings.replicas is not None:
         match_options["num_replicas"] = settings.replicas
-    pose = PoseEstimation.options(**pose_options).bind(settings)
-    matcher = MatchModel.options(**match_options).bind(settings)
-    return MatchAPI.options(ray_actor_options={"num_cpus": 0}).bind(pose, matcher, settings)
+    from ray.serve.config import BackpressureConfig
+
+    # A full queue answers 503 with Retry-After: Serve's proxy does it for the ingress,
+    # MatchAPI._at_capacity_is_503 for the deployments behind it.
+    backpressure = {
+        "max_queued_requests": settings.max_queued_requests,
+        "backpressure_config": BackpressureConfig(
+            status_code=503, retry_after_s=settings.retry_after_s
+        ),
+    }
+    pose_options.update(backpressure)
+    match_options.update(backpressure)
+    # The catalog travels in MatchModel's user_config, not in the replicas' constructor
+    # arguments: a new catalog is then a reconfigure of the running replicas, not a restart.
+    match_options["user_config"] = {
+        "catalog": settings.catalog,
+        "watch_catalog_s": settings.watch_catalog_s,
+    }
+    replica_settings = dataclasses.replace(settings, catalog="", watch_catalog_s=0.0)
+    pose = PoseEstimation.options(**pose_options).bind(replica_settings)
+    matcher = MatchModel.options(**match_options).bind(replica_settings)
+    return MatchAPI.options(ray_actor_options={"num_cpus": 0}).bind(pose, matcher, replica_settings)

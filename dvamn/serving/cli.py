@@ -12,7 +12,12 @@ from dvamn.pose.estimators import POSE_KINDS
 from dvamn.pose.flags import add_pose_arguments
 from dvamn.ray_setup import add_address_argument
 from dvamn.search import DEFAULT_SEARCH, SEARCH_MODES, IndexSettings
-from dvamn.serving.queries import DEFAULT_MAX_UPLOAD_MB, QueryLimits
+from dvamn.serving.queries import (
+    DEFAULT_MAX_QUEUED_REQUESTS,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    QueryLimits,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEYPOINT_SUFFIXES = (".npz", ".json")
@@ -63,7 +68,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve_parser.add_argument(
         "--checkpoint", required=True, help="checkpoint dir or training run (best), local/s3"
     )
-    serve_parser.add_argument("--catalog", required=True, help="`dvamn catalog` output, local/s3")
+    serve_parser.add_argument(
+        "--catalog",
+        required=True,
+        help="`dvamn catalog` output (its current version) or CATALOG/versions/ID, local/s3",
+    )
+    serve_parser.add_argument(
+        "--watch-catalog",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="check the catalog's CURRENT version every S seconds and swap a new one in "
+        "without a restart (answers name the version that scored them); default: off",
+    )
     serve_parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -115,6 +132,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve_parser.add_argument(
         "--cpus-per-replica", type=float, default=1.0, help="Ray CPUs per replica (may be < 1)"
     )
+    serve_parser.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=DEFAULT_MAX_QUEUED_REQUESTS,
+        metavar="N",
+        help="requests waiting per deployment; past it clients get 503 with Retry-After "
+        "(default: %(default)s)",
+    )
+    serve_parser.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        metavar="S",
+        help="HTTP requests unanswered after S seconds get 408 from Serve's proxy "
+        "(default: %(default)g, as serve_config.yaml)",
+    )
     add_address_argument(serve_parser)
     serve_parser.set_defaults(func=run_serve)
 
@@ -152,6 +185,7 @@ def run_serve(args: argparse.Namespace) -> int:
     app_args: Dict[str, Any] = {
         "checkpoint": args.checkpoint,
         "catalog": args.catalog,
+        "watch_catalog_s": args.watch_catalog,
         "pose": args.pose,
         "pose_model": args.pose_model,
         "pose_detector": args.pose_detector,
@@ -164,6 +198,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "replicas": args.replicas,
         "pose_replicas": args.pose_replicas,
         "num_cpus": args.cpus_per_replica,
+        "max_queued_requests": args.max_queued_requests,
     }
     from dvamn.serving.auth import TokenConfigError, api_token_from_env, exposure_warning
 
@@ -176,7 +211,13 @@ def run_serve(args: argparse.Namespace) -> int:
     if warning:
         print(f"dvamn serve: warning: {warning}", file=sys.stderr)
     ensure_ray(args.address)
-    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.start(
+        http_options={
+            "host": args.host,
+            "port": args.port,
+            "request_timeout_s": args.request_timeout_s,
+        }
+    )
     try:
         serve.run(build_app(app_args), name="dvamn", route_prefix="/")
     except Exception as exc:  # a replica that fails to start names its cause here

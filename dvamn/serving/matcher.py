@@ -213,6 +213,19 @@ class Matcher:
             index_settings=index_settings,
         )
 
+    def with_catalog(self, catalog: Catalog) -> "Matcher":
+        """A matcher of the same model and scoring over another catalog (a new version),
+        built beside this one, which keeps answering meanwhile."""
+        return Matcher(
+            self.model,
+            self.metadata,
+            catalog,
+            device=self.device,
+            scoring=self.scoring,
+            search=self.search,
+            index_settings=self.index_settings,
+        )
+
     def predict(self, poses: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Pose features, each (T_i, 68) -> predicted embeddings, each (T_i // 2, 128).
 
@@ -260,17 +273,20 @@ class Matcher:
         self, poses: Sequence[np.ndarray], top_ks: Sequence[int]
     ) -> List[Dict[str, Any]]:
         """Several queries at once (what ``@serve.batch`` hands over): one response body
-        part per query with ``matches`` and ``timings_ms`` (model, score)."""
+        part per query with ``matches``, the ``catalog`` version they were scored against
+        and ``timings_ms`` (model, score)."""
         started = time.perf_counter()
         predicted = self.predict(poses)
         model_ms = 1000 * (time.perf_counter() - started) / max(1, len(poses))
         results = []
+        catalog = {k: self.catalog_info[k] for k in ("version", "version_id", "num_tracks")}
         for prediction, top_k in zip(predicted, top_ks, strict=True):
             started = time.perf_counter()
             matches = self.rank(prediction, top_k)
             results.append(
                 {
                     "matches": [m.to_dict() for m in matches],
+                    "catalog": catalog,  # the version these matches were scored against
                     "timings_ms": {
                         "model": round(model_ms, 2),
                         "score": round(1000 * (time.perf_counter() - started), 2),

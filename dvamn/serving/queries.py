@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 DEFAULT_TOP_K = 10
 MAX_TOP_K = 100
 DEFAULT_MAX_UPLOAD_MB = 200.0
+# Overload (docs/serving.md, "Overload"): requests waiting per deployment before callers get
+# 503 with Retry-After, and how long an HTTP request may take before Serve's proxy answers 408.
+DEFAULT_MAX_QUEUED_REQUESTS = 32
+DEFAULT_RETRY_AFTER_S = 5
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
 
 
 class QueryError(ValueError):

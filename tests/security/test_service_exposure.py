@@ -219,7 +219,7 @@ def test_no_answer_of_any_endpoint_names_a_location(service, serving_assets, tmp
 
     # ... and what they carry instead: content versions.
     answer = answers["video"].json()
-    assert set(answer["catalog"]) == {"version", "num_tracks"}
+    assert set(answer["catalog"]) == {"version", "version_id", "num_tracks"}
     assert answer["pose_version"] == file_sha256(serving_assets.pose_model)
     assert answers["keypoints"].json()["pose_version"] == ""
     assert answer["model"]["version"] == answers["healthz"].json()["model_version"]
