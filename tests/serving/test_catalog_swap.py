@@ -1,6 +1,7 @@
 """A new catalog version while the service answers: queries run continuously while the
-catalog is swapped (``reconfigure`` through a redeploy, then the ``CURRENT`` watcher);
-none fails, every answer is consistent with exactly one version, and no replica restarts."""
+catalog is swapped (the replica following ``CURRENT``, then ``reconfigure`` with a new
+``user_config``, which is what Serve calls on a lightweight ``serve deploy``); none fails,
+every answer is consistent with exactly one version, and the replica never restarts."""
 
 import os
 import threading
@@ -55,7 +56,7 @@ def test_queries_during_catalog_swaps_all_succeed_on_exactly_one_version(
     v1, v2, v3 = sorted(versions)
     publish_version(root, v1)  # the service starts on v1
 
-    args = {**service.app_args, "catalog": root}
+    args = {**service.app_args, "catalog": root, "watch_catalog_s": 0.3}
     serve.run(build_app(args), name=APP, route_prefix="/swap")
     url = f"{service.url}/swap/match/keypoints"
     body = keypoint_body(serving_assets, serving_assets.dances[0], top_k=3)
@@ -86,15 +87,14 @@ def test_queries_during_catalog_swaps_all_succeed_on_exactly_one_version(
             raise AssertionError(f"the service never answered from {version_id}")
 
         wait_for(v1)
-        # Swap 1: `serve deploy` of a config whose catalog pins version v2 -> reconfigure.
-        serve.run(
-            build_app({**args, "catalog": version_uri(root, v2)}), name=APP, route_prefix="/swap"
-        )
+        # Swap 1: a new build becomes current; the replica follows CURRENT (watch_catalog_s,
+        # dvamn serve --watch-catalog).
+        publish_version(root, v2)
         wait_for(v2)
-        # Swap 2: follow the root's CURRENT (dvamn serve --watch-catalog); a new build is
-        # published while the queries run.
-        serve.run(build_app({**args, "watch_catalog_s": 0.3}), name=APP, route_prefix="/swap")
-        publish_version(root, v3)
+        # Swap 2: a new user_config pinning version v3 (what `serve deploy` of a config
+        # with an edited MatchModel user_config delivers to the running replica).
+        handle = serve.get_deployment_handle("MatchModel", app_name=APP)
+        handle.reconfigure.remote({"catalog": version_uri(root, v3)}).result(timeout_s=120)
         wait_for(v3)
         time.sleep(0.5)
         assert _replica_actors() == replicas, "a swap must not restart the replica"
