@@ -11,6 +11,7 @@ from dvamn.training.data import (
     AugmentConfig,
     Video,
     augment_poses,
+    batch_to_videos,
     check_provenance,
     collect_features,
     cut_windows,
@@ -85,6 +86,18 @@ def test_mixed_provenance_is_refused_naming_both(ray_local, tmp_path):
     write_features(root, num_videos=3, num_pose_frames=130, seed=1, audio_kind="vggish")
     with pytest.raises(ValueError, match="logmel.*vggish|vggish.*logmel"):
         check_provenance(read_features(root))
+
+
+def test_rows_without_the_onset_channel_become_videos_without_it():
+    # Features extracted before the channel existed (and old parts beside new ones in one
+    # output, which Ray Data reads with nulls) still load; only the rhythm baseline notices.
+    pose, audio = np.zeros((130, 68), np.float32), np.zeros((65, 128), np.float32)
+    new = {"video_id": np.array(["a"]), "pose": [pose], "audio_embedding": [audio]}
+    assert batch_to_videos(new)[0].onset is None
+    new["audio_onset"] = [np.arange(130, dtype=np.float32)]
+    np.testing.assert_array_equal(batch_to_videos(new)[0].onset, np.arange(130))
+    new["audio_onset"] = [None]
+    assert batch_to_videos(new)[0].onset is None
 
 
 def test_missing_features_name_the_fix(ray_local, tmp_path):
