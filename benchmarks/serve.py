@@ -160,8 +160,9 @@ def bench_size(model, num_tracks: int, args) -> Dict[str, Any]:
     }
 
 
-def write_catalog(catalog, out: str) -> None:
-    """Write an in-memory catalog as a version of a `dvamn catalog` catalog."""
+def write_catalog(catalog, out: str, **publish_options) -> None:
+    """Write an in-memory catalog as a version of a `dvamn catalog` catalog
+    (``publish_options``: of ``write_catalog_tables``, e.g. ``index_checkpoint``)."""
     from dvamn.catalog_format import CATALOG_SCHEMA, embedding_sha256
     from dvamn.pipeline.catalog import write_catalog_tables
     from dvamn.schema import rows_to_table
@@ -185,7 +186,7 @@ def write_catalog(catalog, out: str) -> None:
                 "cataloged_at": "",
             }
         )
-    write_catalog_tables(out, rows_to_table(rows, CATALOG_SCHEMA))
+    write_catalog_tables(out, rows_to_table(rows, CATALOG_SCHEMA), **publish_options)
 
 
 def bench_http(model, args) -> Dict[str, Any]:

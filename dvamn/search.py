@@ -356,6 +356,80 @@ def two_stage_offsets(
     return _rank(all_scores, all_offsets, top_k)
 
 
+INDEX_DIR = "index"  # inside a catalog version: CATALOG/versions/ID/index/
+INDEX_FILE = "coarse.npz"
+INDEX_INFO_FILE = "index.json"
+
+
+def transform_digest(center, scale) -> str:
+    """What a coarse index depends on besides the catalog: the scoring's standardisation
+    (a model's target statistics and weights; None for raw cosine), as a short hash."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in (center, scale):
+        if part is not None:
+            digest.update(np.asarray(part, np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def write_catalog_index(
+    version_uri: str, index: SegmentIndex, scoring: str, digest: str, content_version: str
+) -> str:
+    """Store ``index`` in a catalog version (before its manifest is written) with what it
+    was built for; returns the index directory's URI."""
+    from dvamn import storage
+
+    out = storage.join(version_uri, INDEX_DIR)
+    info = {
+        "format": INDEX_FORMAT,
+        "scoring": scoring,
+        "transform_digest": digest,
+        "catalog_version": content_version,
+        "num_tracks": index.num_tracks,
+        "settings": asdict(index.settings),
+        "bytes": index.nbytes(),
+    }
+    storage.write_bytes_atomic(storage.join(out, INDEX_FILE), index.to_bytes())
+    storage.write_bytes_atomic(
+        storage.join(out, INDEX_INFO_FILE), json.dumps(info, indent=2).encode()
+    )
+    return out
+
+
+def read_catalog_index(
+    version_uri: str, scoring: str, digest: str, content_version: str, num_tracks: int
+) -> tuple:
+    """``(SegmentIndex, None)`` when the catalog version holds an index built for this
+    scoring, model transform and content; else ``(None, why)`` with what to do."""
+    from dvamn import storage
+
+    rebuild = (
+        "rebuild the catalog with `dvamn catalog MUSIC --out CATALOG --index-checkpoint RUN "
+        f"--index-scoring {scoring}` (the service builds one in memory meanwhile)"
+    )
+    where = storage.join(version_uri, INDEX_DIR) if version_uri else ""
+    if not where or not storage.exists(storage.join(where, INDEX_INFO_FILE)):
+        return None, f"this catalog version has no coarse index: {rebuild}"
+    with storage.open_uri(storage.join(where, INDEX_INFO_FILE), "rb") as f:
+        info = json.loads(f.read().decode())
+    expected = {
+        "format": INDEX_FORMAT,
+        "scoring": scoring,
+        "transform_digest": digest,
+        "catalog_version": content_version,
+        "num_tracks": num_tracks,
+    }
+    wrong = [k for k, v in expected.items() if info.get(k) != v]
+    if wrong:
+        return None, (
+            f"the catalog's coarse index was built for another {', '.join(wrong)} "
+            f"(it has {', '.join(f'{k}={info.get(k)!r}' for k in wrong)}): {rebuild}"
+        )
+    with storage.open_uri(storage.join(where, INDEX_FILE), "rb") as f:
+        return SegmentIndex.from_bytes(f.read()), None
+
+
 def two_stage_hubness(
     bank: "TrackBank",
     index: SegmentIndex,

@@ -166,3 +166,72 @@ def test_hubness_from_two_stage_search_follows_the_exact_correction(tracks, meth
     fast = two_stage_hubness(bank, index, query_bank, method, SETTINGS).track_penalty.numpy()
     assert fast.shape == exact.shape and np.isfinite(fast).all()
     assert np.corrcoef(exact, fast)[0, 1] > 0.9
+
+
+def test_catalog_index_is_read_back_only_for_what_it_was_built_for(tmp_path, bank_and_index):
+    from dvamn.search import read_catalog_index, transform_digest, write_catalog_index
+
+    _, index = bank_and_index
+    digest = transform_digest(None, None)
+    write_catalog_index(str(tmp_path), index, "cosine", digest, "content-1")
+    loaded, why = read_catalog_index(str(tmp_path), "cosine", digest, "content-1", NUM_TRACKS)
+    assert why is None and loaded.num_tracks == NUM_TRACKS
+    _, why = read_catalog_index(str(tmp_path), "cosine", digest, "content-2", NUM_TRACKS)
+    assert "catalog_version" in why and "--index-checkpoint" in why
+    _, why = read_catalog_index(str(tmp_path), "cosine-w", "other", "content-1", NUM_TRACKS)
+    assert "scoring" in why and "transform_digest" in why
+    _, why = read_catalog_index(str(tmp_path / "old"), "cosine", digest, "content-1", NUM_TRACKS)
+    assert "has no coarse index" in why and "dvamn catalog" in why
+
+
+def test_matcher_uses_the_index_stored_with_the_catalog_version(
+    tmp_path, tracks, caplog, monkeypatch
+):
+    from dvamn.search import transform_digest, write_catalog_index
+
+    meta = {"audio_embedding_kind": "logmel"}
+    catalog = Catalog.from_sequences(list(tracks))
+    built = Matcher(_Model(), meta, catalog, "cpu", "cosine", "two-stage", index_settings=SETTINGS)
+    assert "has no coarse index" in caplog.text and "--index-checkpoint" in caplog.text
+    caplog.clear()
+    write_catalog_index(
+        str(tmp_path), built.index, "cosine", transform_digest(None, None), built.catalog.version
+    )
+    catalog = Catalog.from_sequences(list(tracks))
+    catalog.version_uri = str(tmp_path)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the stored index should have been loaded, not rebuilt")
+
+    monkeypatch.setattr(SegmentIndex, "build", no_build)
+    with caplog.at_level("WARNING", logger="dvamn.serving.matcher"):
+        stored = Matcher(
+            _Model(), meta, catalog, "cpu", "cosine", "two-stage", index_settings=SETTINGS
+        )
+    assert "no coarse index" not in caplog.text
+    query = noisy_window(tracks, 23, 50, noise=1.0, seed=5)
+    assert [m.track_id for m in stored.rank(query, 5)] == [m.track_id for m in built.rank(query, 5)]
+
+
+def test_catalog_build_stores_the_index_the_service_loads(tmp_path, tracks, monkeypatch):
+    from benchmarks.serve import write_catalog
+    from dvamn.model import DVAMN, DVAMNConfig, save_checkpoint
+    from dvamn.serving.catalog_store import load_catalog
+
+    torch.manual_seed(0)
+    model = DVAMN(
+        DVAMNConfig(widths=(8, 8, 16), gru_hidden=8, post_gru_widths=(16, 8), fc_width=8)
+    ).eval()
+    save_checkpoint(str(tmp_path / "ckpt"), model, {"audio_embedding_kind": "logmel"})
+    write_catalog(
+        Catalog.from_sequences(list(tracks)),
+        str(tmp_path / "catalog"),
+        index_checkpoint=str(tmp_path / "ckpt"),
+    )
+    catalog = load_catalog(str(tmp_path / "catalog"))
+    monkeypatch.setattr(SegmentIndex, "build", None)  # a rebuild would fail: it must load
+    matcher = Matcher.from_uris(
+        str(tmp_path / "ckpt"), str(tmp_path / "catalog"), device="cpu", search="two-stage"
+    )
+    assert matcher.index.num_tracks == len(catalog) == NUM_TRACKS
+    assert matcher.scoring == "cosine-w"

@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
@@ -50,6 +51,7 @@ from dvamn.devices import wants_gpu
 from dvamn.pipeline.config import AUDIO_KINDS
 from dvamn.ray_setup import limit_threads
 from dvamn.schema import VIDEOS_DIR, rows_to_table, sequence_to_numpy
+from dvamn.scoring import DEFAULT_SCORING
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,10 @@ class CatalogConfig:
     limit: Optional[int] = None  # only the first N inputs (smoke runs)
     max_duration_s: float = MAX_DURATION_S  # longer audio files become error rows
     keep_versions: int = 3  # complete versions kept after a build, the new current one included
+    # Two-stage search's coarse index (dvamn.search), built into the version for this
+    # checkpoint's scoring space; None builds none (the service then builds it at start).
+    index_checkpoint: Optional[str] = None
+    index_scoring: str = DEFAULT_SCORING
 
     def __post_init__(self) -> None:
         if self.audio not in AUDIO_KINDS:
@@ -439,11 +445,16 @@ _META_COLUMNS = [
 
 
 def write_catalog_tables(
-    out: str, tracks: pa.Table, errors: Optional[pa.Table] = None, keep_versions: int = 3
+    out: str,
+    tracks: pa.Table,
+    errors: Optional[pa.Table] = None,
+    keep_versions: int = 3,
+    index_checkpoint: Optional[str] = None,
+    index_scoring: str = DEFAULT_SCORING,
 ) -> CatalogSummary:
     """Publish tracks already embedded (a ``CATALOG_SCHEMA`` table: benchmarks, tests,
     other tools) as a new current version of the catalog at ``out``, as ``build_catalog``
-    does."""
+    does (with the coarse index for ``index_checkpoint`` when given)."""
     tracks = tracks.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA)
     errors = CATALOG_ERROR_SCHEMA.empty_table() if errors is None else errors
     kinds = sorted(set(tracks["audio_embedding_kind"].to_pylist()))
@@ -452,6 +463,8 @@ def write_catalog_tables(
         out=out,
         audio=kinds[0] if len(kinds) == 1 and kinds[0] in AUDIO_KINDS else "logmel",
         keep_versions=keep_versions,
+        index_checkpoint=index_checkpoint,
+        index_scoring=index_scoring,
     )
     return _publish(
         config,
@@ -524,6 +537,9 @@ def _write_version(
     else:
         _write_table(CATALOG_SCHEMA.empty_table(), storage.join(tracks_uri, "empty.parquet"))
 
+    if config.index_checkpoint and meta_table.num_rows:
+        _write_index(config, out)
+
     # With no track at all, the manifest still says what was asked for.
     kind = kinds[0] if kinds else (config.audio if source == "audio-file" else "unknown")
     weight = weights[0] if weights else ""
@@ -564,6 +580,54 @@ def _write_version(
         storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2).encode()
     )
     return summary
+
+
+def _write_index(config: CatalogConfig, out: str) -> None:
+    """The coarse index of the version's tracks, in the scoring space of
+    ``config.index_checkpoint``'s model: the tracks just written are read back in catalog
+    order (by track id, as the service loads them) and indexed in this process."""
+    from dvamn.model import load_model
+    from dvamn.scoring import prepare_tracks, scoring_parts
+    from dvamn.search import SegmentIndex, transform_digest, write_catalog_index
+
+    started = time.perf_counter()
+    model, _ = load_model(config.index_checkpoint, map_location="cpu")
+    distance, center, scale = scoring_parts(config.index_scoring, model)
+    if distance != "cosine":
+        raise ValueError(
+            f"--index-scoring {config.index_scoring!r}: two-stage search needs a cosine scoring"
+        )
+    fs, path = storage.filesystem(storage.join(out, TRACKS_DIR))
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+    columns = ["track_id", "embedding", "embedding_sha256", "audio_embedding_kind", "audio_weights"]
+    tables = []
+    for file in files:
+        with fs.open(file, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    table = pa.concat_tables(tables).sort_by("track_id")
+    embedding = table["embedding"].combine_chunks()  # list<fixed_size_list<float32, 128>>
+    offsets = embedding.offsets.to_numpy().astype(np.int64)
+    frames = embedding.values.flatten().to_numpy(zero_copy_only=False).reshape(-1, EMBEDDING_DIM)
+    sequences = [frames[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    bank = prepare_tracks(sequences, center=center, scale=scale)
+    bank.normalise_in_place()
+    index = SegmentIndex.build(bank)
+    content = catalog_version(
+        table["track_id"].to_pylist(),
+        table["embedding_sha256"].to_pylist(),
+        table["audio_embedding_kind"][0].as_py(),
+        table["audio_weights"][0].as_py() or "",
+    )
+    where = write_catalog_index(
+        out, index, config.index_scoring, transform_digest(center, scale), content
+    )
+    log.info(
+        "catalog: coarse index of %d tracks (%.1f KB a track) in %s, %.1f s",
+        index.num_tracks,
+        index.nbytes() / max(1, index.num_tracks) / 1024,
+        where,
+        time.perf_counter() - started,
+    )
 
 
 def _prune_versions(root: str, current: str, keep: int) -> None:

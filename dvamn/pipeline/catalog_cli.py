@@ -61,6 +61,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="complete versions to keep, the new current one included; older ones are "
         "removed after the new one is current (default: %(default)s)",
     )
+    parser.add_argument(
+        "--index-checkpoint",
+        metavar="RUN",
+        help="also build two-stage search's coarse index (dvamn.search) into the catalog "
+        "version, in the scoring space of this checkpoint or training run (the one the "
+        "service will load); without it, `dvamn serve --search two-stage` builds the index "
+        "at every replica start",
+    )
+    parser.add_argument(
+        "--index-scoring",
+        default="cosine-w",
+        help="the service's scoring the index is for (a cosine one; default %(default)s)",
+    )
     add_address_argument(parser)
     parser.set_defaults(func=run_catalog)
 
@@ -82,6 +95,8 @@ def run_catalog(args: argparse.Namespace) -> int:
             limit=args.limit,
             max_duration_s=args.max_duration,
             keep_versions=args.keep_versions,
+            index_checkpoint=args.index_checkpoint,
+            index_scoring=args.index_scoring,
         )
         ensure_ray(args.address)
         summary = build_catalog(config)

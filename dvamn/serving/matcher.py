@@ -29,8 +29,10 @@ from dvamn.search import (
     SEARCH_MODES,
     IndexSettings,
     SegmentIndex,
+    read_catalog_index,
     search,
     to_device,
+    transform_digest,
     two_stage_hubness,
 )
 from dvamn.serving.catalog_store import (
@@ -142,9 +144,18 @@ class Matcher:
                     "is not a cosine scoring: use --search exact or a cosine scoring"
                 )
             if index is None:
-                started = time.perf_counter()
-                index = SegmentIndex.build(self.bank, self.index_settings)
-                log.info("built the coarse index in %.1f s", time.perf_counter() - started)
+                index, why = read_catalog_index(
+                    catalog.version_uri,
+                    scoring,
+                    transform_digest(center, scale),
+                    catalog.version,
+                    len(catalog),
+                )
+                if index is None:
+                    log.warning("%s: %s", catalog.uri, why)
+                    started = time.perf_counter()
+                    index = SegmentIndex.build(self.bank, self.index_settings)
+                    log.info("built the coarse index in %.1f s", time.perf_counter() - started)
             self.index = to_device(index, self.device)
         # Hubness correction ("+qb"/"+csls"): the checkpoint's query bank scored against
         # the catalog once, as evaluation does (exhaustively: Qb scorer calls; two-stage:
