@@ -480,6 +480,26 @@ def search(
     return two_stage_offsets(prediction, bank, index, top_k=top_k, settings=settings)
 
 
+def shard_bounds(num_tracks: int, num_shards: int) -> list:
+    """Contiguous catalog-order ranges ``[(start, stop), ...]`` of ``num_shards`` shards
+    of near-equal size (a catalog larger than one replica's memory is split this way)."""
+    if num_shards < 1 or num_shards > max(1, num_tracks):
+        raise ValueError(f"shards must be between 1 and {max(1, num_tracks)}, got {num_shards}")
+    edges = np.linspace(0, num_tracks, num_shards + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def merge_rankings(rankings: Sequence["Ranking"], starts: Sequence[int], top_k: int) -> tuple:
+    """Each shard's top-k (indices local to the shard that starts at ``starts[i]``) ->
+    ``(indices, scores, offsets)`` of the catalog's top-k, ordered as one bank orders
+    them: by score, then by catalog index (``dvamn.scoring``'s tie rule)."""
+    indices = np.concatenate([r.indices + s for r, s in zip(rankings, starts)])
+    scores = np.concatenate([r.scores for r in rankings])
+    offsets = np.concatenate([r.offsets for r in rankings])
+    order = np.lexsort((indices, scores))[:top_k]
+    return indices[order], scores[order], offsets[order]
+
+
 def recall_against_exact(
     exact: Sequence["Ranking"], approx: Sequence["Ranking"], k: int = 10
 ) -> dict:

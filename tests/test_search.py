@@ -235,3 +235,26 @@ def test_catalog_build_stores_the_index_the_service_loads(tmp_path, tracks, monk
     )
     assert matcher.index.num_tracks == len(catalog) == NUM_TRACKS
     assert matcher.scoring == "cosine-w"
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_shards_merged_return_exactly_the_ranking_of_one_bank(tracks, num_shards):
+    from dvamn.search import merge_rankings, shard_bounds
+
+    bank = prepare_tracks(tracks, lengths=[TRACK_FRAMES] * NUM_TRACKS)
+    bank.normalise_in_place()
+    bounds = shard_bounds(NUM_TRACKS, num_shards)
+    assert bounds[0][0] == 0 and bounds[-1][1] == NUM_TRACKS
+    shards = []
+    for start, stop in bounds:
+        shard = prepare_tracks(tracks[start:stop], lengths=[TRACK_FRAMES] * (stop - start))
+        shard.normalise_in_place()
+        shards.append(shard)
+    for seed in range(3):
+        query = noisy_window(tracks, 10 + 20 * seed, 15 * seed, noise=2.0, seed=seed)
+        whole = best_offsets(query, bank, top_k=10, distance="cosine")
+        parts = [best_offsets(query, s, top_k=10, distance="cosine") for s in shards]
+        indices, scores, offsets = merge_rankings(parts, [a for a, _ in bounds], 10)
+        assert np.array_equal(indices, whole.indices)
+        assert np.array_equal(offsets, whole.offsets)
+        assert np.allclose(scores, whole.scores, atol=1e-9)
