@@ -424,7 +424,9 @@ def _print_answer(video: dict, answer: dict) -> None:
 def _report(plan, synth, trained, held_out, answers, service, audio_kind, pose_kind, timings):
     import numpy as np
 
+    from dvamn.scoring import DEFAULT_SCORING
     from dvamn.training.evaluate import evaluate, write_plots
+    from dvamn.training.metrics import OFFSET_TOLERANCE_S, RETRIEVAL_FIGURES, rank_figures
 
     ranks, offset_hits, scores, truths = [], [], [], []
     track_order = None
@@ -436,34 +438,27 @@ def _report(plan, synth, trained, held_out, answers, service, audio_kind, pose_k
         ranks.append(rank)
         if truth in ids:
             offset = answer["matches"][rank - 1]["offset_s"]
-            offset_hits.append(abs(offset - video["music"]["offset_s"]) <= 0.5)
+            offset_hits.append(abs(offset - video["music"]["offset_s"]) <= OFFSET_TOLERANCE_S)
         if track_order is None:
             track_order = sorted(ids)
         by_id = {m["track_id"]: m["score"] for m in answer["matches"]}
         scores.append([by_id.get(t, np.nan) for t in track_order])
         truths.append(track_order.index(truth) if truth in track_order else -1)
-    ranks_arr = np.asarray(ranks)
     pool = int(service["catalog"]["num_tracks"])
     regression = evaluate(trained.run_uri, plan.path("features"), val_fraction=plan.val_fraction)
     report = {
         "loss": regression["loss"],
         "rmse": regression["rmse"],
         "mae": regression["mae"],
-        "r_at_1": float(np.mean(ranks_arr <= 1)),
-        "r_at_5": float(np.mean(ranks_arr <= 5)),
-        "r_at_10": float(np.mean(ranks_arr <= 10)),
-        "median_rank": float(np.median(ranks_arr)),
+        # offset_within_0_5s over the queries whose track was among the answers
+        **rank_figures(ranks, offset_hits, pool),
         "pool_size": pool,
-        "chance_r_at_1": 1.0 / pool,
-        "chance_r_at_5": min(1.0, 5.0 / pool),
-        "chance_r_at_10": min(1.0, 10.0 / pool),
-        "offset_within_0_5_s": float(np.mean(offset_hits)) if offset_hits else 0.0,
         "queries": len(answers),
         "query_endpoint": "/match/keypoints" if pose_kind == "keypoints" else "/match",
         "audio_embedding": audio_kind,
         "pose_source": pose_kind,
         "window_retrieval": {
-            k: regression[k] for k in ("r_at_1", "r_at_5", "r_at_10", "median_rank", "pool_size")
+            k: regression[k] for k in (*(key for key, _, _ in RETRIEVAL_FIGURES), "pool_size")
         },
         "ranks": {item["video"]["id"]: int(r) for item, r in zip(answers, ranks)},
         "plan": dataclasses.asdict(plan),
@@ -474,7 +469,11 @@ def _report(plan, synth, trained, held_out, answers, service, audio_kind, pose_k
     plots = write_plots(
         plan.workdir,
         trained.history,
-        {"scores": np.asarray(scores), "query_true_tracks": np.asarray(truths)},
+        {
+            "scores": np.asarray(scores),
+            "query_true_tracks": np.asarray(truths),
+            "scoring": DEFAULT_SCORING,  # the service's: the demo does not choose another
+        },
     )
     with open(plan.path("report.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -505,7 +504,7 @@ def _markdown(report: dict, plots: list, trained) -> str:
         f"| Recall@10 | {report['r_at_10']:.3f} | {report['chance_r_at_10']:.3f} |",
         f"| median rank | {report['median_rank']:.1f} | {(report['pool_size'] + 1) / 2:.1f} |",
         f"| best offset within 0.5 s of the truth (when found) | "
-        f"{report['offset_within_0_5_s']:.3f} | |",
+        f"{report['offset_within_0_5s']:.3f} | |",
         "",
         "Regression on the validation windows (`dvamn evaluate`, targets' own units): "
         f"loss {report['loss']:.4f}, RMSE {report['rmse']:.4f}, MAE {report['mae']:.4f}.",

@@ -267,7 +267,7 @@ def test_a_checkpoint_is_printed_with_the_epoch_its_name_counts():
         "mae": 0.3,
         "num_queries": 4,
         "pool_size": 4,
-        "by_distance": {"cosine-w": {**by_scoring, "offset_within_0_5s": 0.5}},
+        "by_scoring": {"cosine-w": {**by_scoring, "offset_within_0_5s": 0.5}},
         "chance_r_at_1": 0.25,
         "chance_r_at_5": 1.0,
         "chance_r_at_10": 1.0,

@@ -416,5 +416,7 @@ class VideoPose:
             "duration_s": round(float(info.duration_s), 3),
             "missing_fraction": round(float(missing_fraction), 4),
             "decode_pose_ms": round(decode_pose_ms, 2),
-            "pose_track": pose_track_arrays(pose.keypoints, pose.present),  # the ingress takes it out
+            "pose_track": pose_track_arrays(
+                pose.keypoints, pose.present
+            ),  # the ingress takes it out
         }

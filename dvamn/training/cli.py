@@ -327,23 +327,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def format_metrics(m: dict) -> str:
     from dvamn.model import checkpoint_label
+    from dvamn.training.metrics import RETRIEVAL_FIGURES
 
     lines = [
         f"checkpoint: {m['checkpoint']} ({m['layer']}, {checkpoint_label(m)})",
         f"regression (target units): loss {m['loss']:.3f}  RMSE {m['rmse']:.3f}  MAE {m['mae']:.3f}",
         f"retrieval: {m['num_queries']} queries, {m['pool_size']} candidate tracks",
-        f"{'scoring':>11}  {'R@1':>6} {'R@5':>6} {'R@10':>6} {'med.rank':>8} {'offset<=0.5s':>12}",
+        f"{'scoring':>11}  "
+        + " ".join(f"{t:>8}" for _, t, _ in RETRIEVAL_FIGURES)
+        + f" {'offset<=0.5s':>12}",
     ]
-    for d, r in m["by_distance"].items():
-        lines.append(
-            f"{d:>11}  {r['r_at_1']:6.3f} {r['r_at_5']:6.3f} {r['r_at_10']:6.3f} "
-            f"{r['median_rank']:8.1f} {r['offset_within_0_5s']:12.3f}"
-        )
-    lines.append(
-        f"{'chance':>11}  {m['chance_r_at_1']:6.3f} {m['chance_r_at_5']:6.3f} "
-        f"{m['chance_r_at_10']:6.3f} {m['chance_median_rank']:8.1f}"
+    for d, r in m["by_scoring"].items():
+        figures = " ".join(f"{fmt.format(r[key]):>8}" for key, _, fmt in RETRIEVAL_FIGURES)
+        lines.append(f"{d:>11}  {figures} {r['offset_within_0_5s']:12.3f}")
+    chance = {"median_rank": m["chance_median_rank"]}
+    chance.update(
+        {key: m[f"chance_{key}"] for key, _, _ in RETRIEVAL_FIGURES if key != "median_rank"}
     )
-    two_stage = {d: r["two_stage"] for d, r in m["by_distance"].items() if "two_stage" in r}
+    figures = " ".join(f"{fmt.format(chance[key]):>8}" for key, _, fmt in RETRIEVAL_FIGURES)
+    lines.append(f"{'chance':>11}  {figures}")
+    two_stage = {d: r["two_stage"] for d, r in m["by_scoring"].items() if "two_stage" in r}
     if two_stage:
         lines.append("two-stage search (coarse index, exact re-ranking), same queries:")
         lines.append(
@@ -361,12 +364,12 @@ def format_metrics(m: dict) -> str:
             )
     if "pool100_size" in m:
         lines.append(f"fixed pool of {m['pool100_size']}: {m['pool100_padding']}")
-        lines.append(f"{'scoring':>11}  {'R@1':>6} {'R@5':>6} {'R@10':>6} {'med.rank':>8}")
-        for d, r in m["by_distance"].items():
-            lines.append(
-                f"{d:>11}  {r['pool100_r_at_1']:6.3f} {r['pool100_r_at_5']:6.3f} "
-                f"{r['pool100_r_at_10']:6.3f} {r['pool100_median_rank']:8.1f}"
+        lines.append(f"{'scoring':>11}  " + " ".join(f"{t:>8}" for _, t, _ in RETRIEVAL_FIGURES))
+        for d, r in m["by_scoring"].items():
+            figures = " ".join(
+                f"{fmt.format(r['pool100_' + key]):>8}" for key, _, fmt in RETRIEVAL_FIGURES
             )
+            lines.append(f"{d:>11}  {figures}")
         lines.append(f"{'chance':>11}  {m['pool100_chance_r_at_1']:6.3f}")
     rhythm = m.get("rhythm_baseline")
     if rhythm and rhythm.get("available"):

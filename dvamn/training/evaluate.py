@@ -48,13 +48,12 @@ from dvamn.training.data import (
     Video,
     window_starts,
 )
+from dvamn.training.metrics import OFFSET_TOLERANCE_S, RECALL_KS, pool_metrics, rank_figures
 
 log = logging.getLogger(__name__)
 
 # What `dvamn evaluate` reports unless asked: log-cosh, having no matmul form, is slow.
 REPORTED_SCORINGS = ("cosine-w", "l2-w", "cosine-std", "l2-std", "cosine", "l2")
-OFFSET_TOLERANCE_S = 0.5
-RECALL_KS = (1, 5, 10)
 # Runs with different numbers of validation videos compare at one fixed pool size: the
 # ``pool100_*`` figures rank each query's true track among this many candidates.
 FIXED_POOL_SIZE = 100
@@ -137,7 +136,7 @@ def retrieval_from_predictions(
         if keep_scores:
             all_scores.append(ranking.all_scores)
     out: Dict[str, Any] = {"distance": distance, "pool_size": pool, "num_queries": len(ranks)}
-    out.update(_rank_figures(ranks, offset_hits, pool))
+    out.update(rank_figures(ranks, offset_hits, pool))
     if two_stage is not None:
         if two_stage.get("available", True):
             from dvamn.search import recall_against_exact
@@ -148,20 +147,6 @@ def retrieval_from_predictions(
     out["true_tracks"] = [int(t) for t in true_tracks]
     if keep_scores:
         out["scores"] = np.stack(all_scores) if all_scores else np.zeros((0, pool))
-    return out
-
-
-def _rank_figures(ranks: Sequence[int], offset_hits: Sequence[bool], pool: int) -> Dict[str, Any]:
-    """R@k, chance R@k, median/mean rank and offset accuracy of per-query true ranks."""
-    ranks_arr = np.asarray(ranks)
-    out: Dict[str, Any] = {}
-    for k in RECALL_KS:
-        out[f"r_at_{k}"] = float(np.mean(ranks_arr <= k)) if len(ranks) else float("nan")
-        out[f"chance_r_at_{k}"] = min(1.0, k / pool) if pool else float("nan")
-    out["median_rank"] = float(np.median(ranks_arr)) if len(ranks) else float("nan")
-    out["mean_rank"] = float(np.mean(ranks_arr)) if len(ranks) else float("nan")
-    out["chance_median_rank"] = (pool + 1) / 2.0
-    out["offset_within_0_5s"] = float(np.mean(offset_hits)) if len(ranks) else float("nan")
     return out
 
 
@@ -185,7 +170,7 @@ def _two_stage_retrieval(predictions, true_tracks, true_offsets, bank, distance,
         ranks.append(int(where[0]) + 1 if len(where) else pool + 1)
         error_s = abs(int(ranking.all_offsets[track]) - int(offset)) * AUDIO_HOP_S
         offset_hits.append(bool(len(where)) and error_s <= OFFSET_TOLERANCE_S + 1e-9)
-    out = _rank_figures(ranks, offset_hits, pool)
+    out = rank_figures(ranks, offset_hits, pool)
     out.update(available=True, candidates=index.settings.candidates, rankings=rankings)
     return out
 
@@ -270,19 +255,6 @@ def fixed_pool_retrieval(
     return pool_metrics(ranks_in_pools(scores, true_tracks, pools), used, used - len(tracks))
 
 
-def pool_metrics(ranks: np.ndarray, pool_used: int, padding: int, prefix: str = "pool100_"):
-    """R@k, median and mean rank of ``ranks`` in a pool of ``pool_used``, keys ``prefix*``."""
-    out: Dict[str, Any] = {}
-    for k in RECALL_KS:
-        out[f"{prefix}r_at_{k}"] = float(np.mean(ranks <= k)) if len(ranks) else float("nan")
-    out[f"{prefix}median_rank"] = float(np.median(ranks)) if len(ranks) else float("nan")
-    out[f"{prefix}mean_rank"] = float(np.mean(ranks)) if len(ranks) else float("nan")
-    out[f"{prefix}chance_r_at_1"] = 1.0 / pool_used if pool_used else float("nan")
-    out[f"{prefix}size"] = int(pool_used)
-    out[f"{prefix}padding_tracks"] = int(padding)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Model on videos
 
@@ -339,7 +311,7 @@ def evaluate_videos(
     """Regression and retrieval metrics of ``model`` on validation ``videos``.
 
     The first of ``scorings`` (``SCORINGS``) gives the top-level retrieval numbers; every
-    one is also under ``by_distance`` (for comparing L2, cosine and log-cosh, raw and
+    one is also under ``by_scoring`` (for comparing L2, cosine and log-cosh, raw and
     standardised; log-cosh, being slow, on at most ``max_logcosh_queries`` evenly spread
     queries). Each also has the ``pool100_*`` figures (``fixed_pool_retrieval``): the
     validation soundtracks padded with the soundtracks of ``padding`` (videos that are
@@ -363,7 +335,7 @@ def evaluate_videos(
     predictions = predict_windows(model, poses, batch_size, device)
     sums = regression_sums(torch.from_numpy(predictions), torch.from_numpy(targets))
     out: Dict[str, Any] = regression_from_sums(sums)
-    by_distance = {}
+    by_scoring = {}
     for scoring in scorings:
         distance, center, scale = scoring_parts(scoring, model)
         hubness = {"hubness": split_scoring(scoring)[1], "query_bank": model.query_bank}
@@ -371,7 +343,7 @@ def evaluate_videos(
         if distance == "logcosh" and len(queries) > max_logcosh_queries:
             # log-cosh has no matmul form (see dvamn.scoring): compare on a spread subset.
             chosen = np.linspace(0, len(queries) - 1, max_logcosh_queries).round().astype(int)
-        by_distance[scoring] = retrieval_from_predictions(
+        by_scoring[scoring] = retrieval_from_predictions(
             [predictions[q] for q in chosen],
             [queries[q][0] for q in chosen],
             [queries[q][1] // POSE_FRAMES_PER_AUDIO_FRAME for q in chosen],
@@ -384,8 +356,8 @@ def evaluate_videos(
             index_settings=index_settings,
             **hubness,
         )
-        by_distance[scoring]["distance"] = scoring
-        by_distance[scoring].update(
+        by_scoring[scoring]["distance"] = scoring
+        by_scoring[scoring].update(
             fixed_pool_retrieval(
                 [predictions[q] for q in chosen],
                 [queries[q][0] for q in chosen],
@@ -397,11 +369,12 @@ def evaluate_videos(
                 **hubness,
             )
         )
-    main = by_distance[scorings[0]]
+    main = by_scoring[scorings[0]]
     out.update({k: v for k, v in main.items() if k not in ("ranks", "true_tracks")})
-    out["by_distance"] = {
+    out["scoring"] = scorings[0]
+    out["by_scoring"] = {
         d: {k: v for k, v in m.items() if k not in ("ranks", "scores", "true_tracks")}
-        for d, m in by_distance.items()
+        for d, m in by_scoring.items()
     }
     out["query_stride_frames"] = query_stride
     out["query_true_tracks"] = main["true_tracks"]
@@ -473,17 +446,13 @@ def rhythm_baseline(
         "method": method,
         "num_queries": len(queries),
     }
-    out.update({k: v for k, v in pool_metrics(ranks, len(videos), 0, prefix="").items()})
-    out["pool_size"] = out.pop("size")
-    out.pop("padding_tracks")
-    for k in RECALL_KS:
-        out[f"chance_r_at_{k}"] = min(1.0, k / len(videos))
     hits = [
         abs(int(offsets[q][i]) - start // POSE_FRAMES_PER_AUDIO_FRAME) * AUDIO_HOP_S
         <= OFFSET_TOLERANCE_S + 1e-9
         for q, (i, start) in enumerate(queries)
     ]
-    out["offset_within_0_5s"] = float(np.mean(hits)) if hits else float("nan")
+    out.update(rank_figures(ranks, hits, len(videos)))
+    out["pool_size"] = len(videos)
     pools, used = fixed_pools(true_tracks, len(videos), len(candidate_videos) - len(videos))
     out.update(
         pool_metrics(ranks_in_pools(scores_arr, true_tracks, pools), used, used - len(videos))
@@ -573,7 +542,7 @@ def write_plots(
         )
         ax.set_xlabel("candidate track (validation soundtracks)")
         ax.set_ylabel("query window")
-        ax.set_title(f"best-offset distance ({metrics.get('distance')}); lower is closer")
+        ax.set_title(f"best-offset score ({metrics['scoring']}); lower is closer")
         fig.colorbar(image, ax=ax)
         ax.legend(loc="upper right")
         fig.tight_layout()

@@ -56,6 +56,7 @@ from dvamn.training.data import (
     TRAIN_STRIDE_POSE_FRAMES,
     AugmentConfig,
 )
+from dvamn.training.metrics import EPOCH_RETRIEVAL_KEYS, RETRIEVAL_FIGURES
 
 log = logging.getLogger(__name__)
 
@@ -559,16 +560,7 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
             (cfg["scoring"],),
             device=str(device),
         )
-        for key in (
-            "r_at_1",
-            "r_at_5",
-            "r_at_10",
-            "median_rank",
-            "pool_size",
-            "chance_r_at_1",
-            "offset_within_0_5s",
-            "num_queries",
-        ):
+        for key in EPOCH_RETRIEVAL_KEYS:
             metrics[f"val_{key}"] = retrieval[key]
         metrics["epoch_seconds"] = time.time() - epoch_start
         metrics["samples_per_s"] = metrics["train_samples"] / max(metrics["train_seconds"], 1e-9)
@@ -828,10 +820,7 @@ def summary_table(history: List[Dict[str, Any]]) -> str:
         ("val_loss", "val loss", "{:.3f}"),
         ("val_rmse", "val RMSE", "{:.3f}"),
         ("val_mae", "val MAE", "{:.3f}"),
-        ("val_r_at_1", "R@1", "{:.3f}"),
-        ("val_r_at_5", "R@5", "{:.3f}"),
-        ("val_r_at_10", "R@10", "{:.3f}"),
-        ("val_median_rank", "med.rank", "{:.1f}"),
+        *((f"val_{key}", title, fmt) for key, title, fmt in RETRIEVAL_FIGURES),
         ("samples_per_s", "samples/s", "{:.0f}"),
     ]
     rows = []

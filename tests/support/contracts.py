@@ -14,7 +14,7 @@ EVALUATION_JSON_KEYS = (
 )
 
 # `dvamn evaluate --json` only (issue 13): the same queries against a fixed pool of 100
-# candidates (and what pads it), top-level and in every `by_distance` entry.
+# candidates (and what pads it), top-level and in every `by_scoring` entry.
 FIXED_POOL_JSON_KEYS = (
     "pool100_r_at_1",
     "pool100_r_at_5",

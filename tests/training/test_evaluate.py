@@ -93,13 +93,13 @@ def test_evaluate_videos_reports_every_scoring_and_the_keys_of_the_json():
     )
     for key in (*EVALUATION_JSON_KEYS, *FIXED_POOL_JSON_KEYS):
         assert key in m
-    for scoring in m["by_distance"].values():
+    for scoring in m["by_scoring"].values():
         assert set(FIXED_POOL_JSON_KEYS) <= set(scoring)
     assert m["pool_size"] == 5 and m["num_queries"] == 5
     assert m["pool100_size"] == 10 and m["pool100_padding_tracks"] == 5
     assert "5 validation soundtracks + 5 other tracks: reversed copies" in m["pool100_padding"]
     assert m["distance"] == "cosine-w"
-    assert set(m["by_distance"]) == {"cosine-w", "cosine-std", "l2", "logcosh"}
+    assert set(m["by_scoring"]) == {"cosine-w", "cosine-std", "l2", "logcosh"}
 
 
 def test_fewer_own_tracks_are_padded_to_the_fixed_pool_with_the_first_padding_tracks():

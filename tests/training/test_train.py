@@ -78,7 +78,7 @@ def test_evaluate_cli_writes_json_and_plots(first_run, features, tmp_path):
     for key in EVALUATION_JSON_KEYS:
         assert key in metrics
     assert metrics["chance_r_at_1"] == pytest.approx(1 / metrics["pool_size"])
-    assert set(metrics["by_distance"]) == set(REPORTED_SCORINGS)
+    assert set(metrics["by_scoring"]) == set(REPORTED_SCORINGS)
     assert sorted(os.listdir(plots)) == ["query_by_candidate.png", "training_curves.png"]
 
 
