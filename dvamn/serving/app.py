@@ -548,25 +548,39 @@ class MatchAPI:
                 headers={"WWW-Authenticate": 'Bearer realm="dvamn", error="invalid_token"'},
             )
 
-    async def _at_capacity_is_503(self, response: Any) -> Any:
-        """Await a deployment's answer; its full queue (Serve's ``max_queued_requests``)
-        becomes a retryable 503 with ``Retry-After``, never a 500."""
-        from ray.serve.exceptions import BackPressureError
+    async def _retryable_503(self, response: Any) -> Any:
+        """Await a deployment's answer. Its full queue (Serve's ``max_queued_requests``) or
+        the loss of the replica that held the request (Serve starts another) becomes a
+        retryable 503 with ``Retry-After``, never a 500."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+        from ray.serve.exceptions import (
+            BackPressureError,
+            DeploymentUnavailableError,
+            ReplicaUnavailableError,
+        )
 
         try:
             return await response
         except BackPressureError:
-            raise HTTPException(
-                503,
-                "the service is at capacity (its request queue is full); retry after "
-                f"{self.settings.retry_after_s} s",
-                headers={"Retry-After": str(self.settings.retry_after_s)},
-            ) from None
+            reason = "the service is at capacity (its request queue is full)"
+        except (
+            RayActorError,
+            ActorUnavailableError,
+            ReplicaUnavailableError,
+            DeploymentUnavailableError,
+        ) as exc:
+            log.warning("a replica was lost while answering: %s", type(exc).__name__)
+            reason = "the replica answering this request was lost and is being replaced"
+        raise HTTPException(
+            503,
+            f"{reason}; retry after {self.settings.retry_after_s} s",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+        )
 
     async def _service_info(self) -> Dict[str, Any]:
         """The model and catalog a matching replica serves (asked each time: the catalog
         version changes while the service runs)."""
-        return await self.matcher.info.remote()
+        return await self._retryable_503(self.matcher.info.remote())
 
     async def _answer(
         self,
@@ -581,7 +595,7 @@ class MatchAPI:
         query = dict(query or {})
         pose_track = query.pop("pose_track", None)
         started = time.perf_counter()
-        result = await self._at_capacity_is_503(self.matcher.match.remote(features, top_k))
+        result = await self._retryable_503(self.matcher.match.remote(features, top_k))
         timings["match_call"] = round(1000 * (time.perf_counter() - started), 2)
         info = await self._service_info()
         return {
@@ -654,9 +668,7 @@ class MatchAPI:
         name = upload.filename or "upload"
         timings = {"receive": round(1000 * (time.perf_counter() - started), 2)}
         started = time.perf_counter()
-        pose = _raise_if_error(
-            await self._at_capacity_is_503(self.pose.features.remote(data, name))
-        )
+        pose = _raise_if_error(await self._retryable_503(self.pose.features.remote(data, name)))
         timings["pose_call"] = round(1000 * (time.perf_counter() - started), 2)
         timings["decode_pose"] = pose["pose"].pop("decode_pose_ms")
         return await self._answer(
@@ -768,7 +780,7 @@ def build_app(args: Dict[str, Any]):
     from ray.serve.config import BackpressureConfig
 
     # A full queue answers 503 with Retry-After: Serve's proxy does it for the ingress,
-    # MatchAPI._at_capacity_is_503 for the deployments behind it.
+    # MatchAPI._retryable_503 for the deployments behind it.
     backpressure = {
         "max_queued_requests": settings.max_queued_requests,
         "backpressure_config": BackpressureConfig(
