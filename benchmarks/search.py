@@ -188,7 +188,7 @@ def unit_bank(frames, lengths):
 
     from dvamn.scoring import TrackBank
 
-    tracks = torch.from_numpy(np.asarray(frames))
+    tracks = torch.from_numpy(np.asarray(frames))  # read-only memory map: never written
     return TrackBank(tracks, torch.as_tensor(lengths), unit_tracks=tracks, unit_only=True)
 
 
@@ -306,7 +306,10 @@ def main() -> int:
     cut = [cut[j] for j in sorted(rng.permutation(len(cut))[: args.queries])]
     query_pose = np.stack([poses[val[k]][s : s + QUERY_POSE_FRAMES] for k, s in cut])
     with torch.no_grad():
-        queries = model.predict(torch.as_tensor(query_pose)).numpy()
+        predicted = model.predict(torch.as_tensor(query_pose)).numpy()
+    # Into the scoring space the store holds (the bank's transform_query does this in the
+    # service; these banks hold frames already transformed).
+    queries = scoring_frames(model, predicted).astype(np.float32)
     results: Dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "threads": 1},
         "model": f"quick DVAMN, {args.epochs} epochs in process on {len(ids) - len(val)} videos",
