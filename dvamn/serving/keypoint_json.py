@@ -121,74 +121,22 @@ def _too_many_frames(field: str, limits: QueryLimits) -> QueryError:
     )
 
 
-def _read_keypoints(next_event: Callable, limits: QueryLimits) -> np.ndarray:
-    """[T][17][2] numbers -> float32 (T, 17, 2), streamed (the events after the key)."""
-    event, _ = next_event()
-    if event != "start_array":
+def _read_frames(
+    first_event: str,
+    next_event: Callable,
+    limits: QueryLimits,
+    field: str,
+    shape: str,
+    frame_kind: str,
+    read_frame: Callable,
+) -> Tuple[array.array, int]:
+    """The frame loop of ``keypoints`` and ``scores``: an array of at most
+    ``max_keypoint_frames`` frames, each an array that ``read_frame(next_event, t,
+    append)`` reads after its opening, into float32 values (4 bytes a number, whatever
+    the text's length). Returns (values, number of frames)."""
+    if first_event != "start_array":
         raise QueryFieldError(
-            ("keypoints",),
-            f"keypoints must be an array [T][{NUM_JOINTS}][2] of numbers, got {_KINDS[event]}",
-        )
-    values = array.array("f")  # float32: 8 bytes per joint, whatever the text's length
-    append = values.append
-    frames = 0
-    try:
-        while True:
-            event, _ = next_event()
-            if event == "end_array":
-                break
-            if frames == limits.max_keypoint_frames:
-                raise _too_many_frames("keypoints", limits)
-            if event != "start_array":
-                raise QueryFieldError(
-                    ("keypoints", frames),
-                    f"keypoints[{frames}] must be an array of {NUM_JOINTS} [x, y] pairs, "
-                    f"got {_KINDS[event]}",
-                )
-            for joint in range(NUM_JOINTS):
-                opened, _ = next_event()
-                if opened != "start_array":
-                    got = str(joint) if opened == "end_array" else _KINDS[opened]
-                    raise QueryFieldError(
-                        ("keypoints", frames),
-                        f"keypoints[{frames}] must hold {NUM_JOINTS} [x, y] pairs (COCO-17), "
-                        f"got {got}",
-                    )
-                kind_x, x = next_event()
-                kind_y, y = next_event()
-                closed, _ = next_event()
-                if kind_x != "number" or kind_y != "number" or closed != "end_array":
-                    raise QueryFieldError(
-                        ("keypoints", frames, joint),
-                        f"keypoints[{frames}][{joint}] must be [x, y]: two numbers",
-                    )
-                append(x)
-                append(y)
-            event, _ = next_event()
-            if event != "end_array":
-                raise QueryFieldError(
-                    ("keypoints", frames),
-                    f"keypoints[{frames}] must hold {NUM_JOINTS} [x, y] pairs (COCO-17), got more",
-                )
-            frames += 1
-    except ijson.JSONError as exc:
-        raise QueryFieldError(
-            ("keypoints", frames), f"keypoints[{frames}]: not valid JSON: {_json_problem(exc)}"
-        ) from None
-    if frames == 0:
-        raise QueryFieldError(("keypoints",), f"keypoints is empty; expected [T][{NUM_JOINTS}][2]")
-    return np.frombuffer(values, np.float32).reshape(frames, NUM_JOINTS, 2)
-
-
-def _read_scores(next_event: Callable, limits: QueryLimits) -> Optional[np.ndarray]:
-    """[T][17] numbers (or null) -> float32 (T, 17), streamed."""
-    event, _ = next_event()
-    if event == "null":
-        return None
-    if event != "start_array":
-        raise QueryFieldError(
-            ("scores",),
-            f"scores must be an array [T][{NUM_JOINTS}] of numbers, got {_KINDS[event]}",
+            (field,), f"{field} must be an array {shape} of numbers, got {_KINDS[first_event]}"
         )
     values = array.array("f")
     append = values.append
@@ -199,32 +147,97 @@ def _read_scores(next_event: Callable, limits: QueryLimits) -> Optional[np.ndarr
             if event == "end_array":
                 break
             if frames == limits.max_keypoint_frames:
-                raise _too_many_frames("scores", limits)
+                raise _too_many_frames(field, limits)
             if event != "start_array":
                 raise QueryFieldError(
-                    ("scores", frames),
-                    f"scores[{frames}] must be an array of {NUM_JOINTS} numbers, got "
-                    f"{_KINDS[event]}",
+                    (field, frames),
+                    f"{field}[{frames}] must be {frame_kind}, got {_KINDS[event]}",
                 )
-            count = 0
-            kind, value = next_event()
-            while kind == "number" and count < NUM_JOINTS:
-                append(value)
-                count += 1
-                kind, value = next_event()
-            if kind != "end_array" or count != NUM_JOINTS:
-                got = f"{count} numbers" if kind == "end_array" else "more"
-                if kind not in ("end_array", "number"):
-                    got = f"{_KINDS[kind]} after {count} numbers"
-                raise QueryFieldError(
-                    ("scores", frames),
-                    f"scores[{frames}] must hold {NUM_JOINTS} numbers (one per joint), got {got}",
-                )
+            read_frame(next_event, frames, append)
             frames += 1
     except ijson.JSONError as exc:
         raise QueryFieldError(
-            ("scores", frames), f"scores[{frames}]: not valid JSON: {_json_problem(exc)}"
+            (field, frames), f"{field}[{frames}]: not valid JSON: {_json_problem(exc)}"
         ) from None
+    return values, frames
+
+
+def _keypoint_frame(next_event: Callable, t: int, append: Callable) -> None:
+    """One frame of keypoints after its ``[``: 17 [x, y] pairs and the closing ``]``."""
+    for joint in range(NUM_JOINTS):
+        opened, _ = next_event()
+        if opened != "start_array":
+            got = str(joint) if opened == "end_array" else _KINDS[opened]
+            raise QueryFieldError(
+                ("keypoints", t),
+                f"keypoints[{t}] must hold {NUM_JOINTS} [x, y] pairs (COCO-17), got {got}",
+            )
+        kind_x, x = next_event()
+        kind_y, y = next_event()
+        closed, _ = next_event()
+        if kind_x != "number" or kind_y != "number" or closed != "end_array":
+            raise QueryFieldError(
+                ("keypoints", t, joint), f"keypoints[{t}][{joint}] must be [x, y]: two numbers"
+            )
+        append(x)
+        append(y)
+    event, _ = next_event()
+    if event != "end_array":
+        raise QueryFieldError(
+            ("keypoints", t),
+            f"keypoints[{t}] must hold {NUM_JOINTS} [x, y] pairs (COCO-17), got more",
+        )
+
+
+def _score_frame(next_event: Callable, t: int, append: Callable) -> None:
+    """One frame of scores after its ``[``: 17 numbers and the closing ``]``."""
+    count = 0
+    kind, value = next_event()
+    while kind == "number" and count < NUM_JOINTS:
+        append(value)
+        count += 1
+        kind, value = next_event()
+    if kind != "end_array" or count != NUM_JOINTS:
+        got = f"{count} numbers" if kind == "end_array" else "more"
+        if kind not in ("end_array", "number"):
+            got = f"{_KINDS[kind]} after {count} numbers"
+        raise QueryFieldError(
+            ("scores", t),
+            f"scores[{t}] must hold {NUM_JOINTS} numbers (one per joint), got {got}",
+        )
+
+
+def _read_keypoints(next_event: Callable, limits: QueryLimits) -> np.ndarray:
+    """[T][17][2] numbers -> float32 (T, 17, 2), streamed (the events after the key)."""
+    event, _ = next_event()
+    values, frames = _read_frames(
+        event,
+        next_event,
+        limits,
+        "keypoints",
+        f"[T][{NUM_JOINTS}][2]",
+        f"an array of {NUM_JOINTS} [x, y] pairs",
+        _keypoint_frame,
+    )
+    if frames == 0:
+        raise QueryFieldError(("keypoints",), f"keypoints is empty; expected [T][{NUM_JOINTS}][2]")
+    return np.frombuffer(values, np.float32).reshape(frames, NUM_JOINTS, 2)
+
+
+def _read_scores(next_event: Callable, limits: QueryLimits) -> Optional[np.ndarray]:
+    """[T][17] numbers (or null) -> float32 (T, 17), streamed."""
+    event, _ = next_event()
+    if event == "null":
+        return None
+    values, frames = _read_frames(
+        event,
+        next_event,
+        limits,
+        "scores",
+        f"[T][{NUM_JOINTS}]",
+        f"an array of {NUM_JOINTS} numbers",
+        _score_frame,
+    )
     return np.frombuffer(values, np.float32).reshape(frames, NUM_JOINTS)
 
 
