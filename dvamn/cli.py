@@ -8,9 +8,10 @@ has ``register(subparsers)``, which adds its subcommand(s) with ``func`` set to 
 
 import argparse
 import importlib
-import logging
 import sys
 from typing import Optional, Sequence
+
+from dvamn import console
 
 COMMAND_MODULES = (
     "dvamn.demo",
@@ -32,7 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Ray Train, builds a music catalog and answers queries with Ray Serve, offline."
         ),
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show every log record on the console, Ray's internal ones included (by "
+        "default they go to a log file whose path is printed at the end)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -41,16 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with console.session(args.command, args.verbose):
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            where = console.where_logs_went()
+            if where:
+                print(where, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ service are shut down when the demo ends, fails or is interrupted.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -19,6 +21,8 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from dvamn import console
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,8 @@ class DemoPlan:
     stride: int = 10
     workers: int = 2
     port: int = 0  # 0: a free port
+    keep_serving: bool = False  # after the report, serve the page until Ctrl-C
+    pose_model: Optional[str] = None  # RTMO ONNX for the service's video uploads
 
     @classmethod
     def quick(cls, workdir: str) -> "DemoPlan":
@@ -89,6 +95,18 @@ def register(subparsers) -> None:
         help="a smaller demo, about 2 minutes on 2 cores (default: about 4)",
     )
     parser.add_argument("--port", type=int, default=0, help="service port (default: a free one)")
+    parser.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="after the report, keep the service running and print the web page's URL "
+        "(drop a dance video there and hear the suggestions); Ctrl-C stops it",
+    )
+    parser.add_argument(
+        "--pose-model",
+        metavar="PATH",
+        help="an RTMO ONNX file for the service's video uploads (the page), for machines "
+        "that cannot download rtmlib's; the demo's own queries are unchanged",
+    )
     parser.set_defaults(func=run)
 
 
@@ -99,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs:
         plan.epochs = args.epochs
     plan.port = args.port
+    plan.keep_serving = args.keep_serving
+    plan.pose_model = args.pose_model
     try:
         report = run_demo(plan)
     except KeyboardInterrupt:
@@ -109,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def say(message: str) -> None:
-    print(message, flush=True)
+    """A line of the demo's own output (above any progress bar)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -165,11 +189,23 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
             timings,
         )
         say(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+        if plan.keep_serving:
+            _keep_serving(service["url"])
         return report
     finally:
         _shutdown(ray, own_ray)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _keep_serving(url: str) -> None:
+    """Serve until Ctrl-C or SIGTERM (a normal end of a --keep-serving demo)."""
+    say(f"\nthe web page: {url}/  (the API: {url}/docs); the service runs until Ctrl-C")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        say("stopping the service")
 
 
 def _stage(title: str, timings: dict, fn, *args):
@@ -217,20 +253,22 @@ def _synthesise(plan: DemoPlan) -> dict:
         say(f"   reusing {plan.videos} videos in {out}")
         return load_manifest(out)
 
-    def progress(done, total, what, entry, took_s):  # noqa: ARG001
-        if done == total or done % 10 == 0:
-            say(f"   {done}/{total} videos written")
+    with console.progress(total=plan.videos, desc="   videos", unit="video") as bar:
 
-    synthesize(
-        out,
-        videos=plan.videos,
-        seconds=plan.seconds,
-        seed=SEED,
-        track_seconds=plan.seconds + plan.extra_track_s,
-        write_music=True,
-        workers=os.cpu_count() or 1,
-        progress=progress,
-    )
+        def progress(done, total, what, entry, took_s):  # noqa: ARG001
+            bar.update(done - bar.n)
+
+        synthesize(
+            out,
+            videos=plan.videos,
+            seconds=plan.seconds,
+            seed=SEED,
+            track_seconds=plan.seconds + plan.extra_track_s,
+            write_music=True,
+            workers=os.cpu_count() or 1,
+            progress=progress,
+        )
+    say(f"   {plan.videos} videos written to {out}")
     with open(marker, "w") as f:
         json.dump(wanted, f)
     return load_manifest(out)
@@ -251,7 +289,12 @@ def _choose_models() -> tuple[str, str]:
             "   audio: VGGish weights cannot be had offline: using the weight-free logmel embedding"
         )
     try:
-        load_pose_estimator("rtmo", device="cpu")
+        # rtmlib prints its download attempt: into the log file, not onto the console.
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            try:
+                load_pose_estimator("rtmo", device="cpu")
+            finally:
+                log.info("rtmlib: %s", printed.getvalue().strip())
         pose = "rtmo"
         say("   pose: pretrained RTMO: queries are uploaded as videos (POST /match)")
     except PoseWeightsError:
@@ -367,18 +410,20 @@ def _serve_and_query(plan, trained, catalog, held_out, pose_kind):
             "catalog": plan.path("catalog"),
             "device": "cpu",
             "num_cpus": 0.25,
+            **({"pose_model": plan.pose_model} if plan.pose_model else {}),
         }
     )
     serve.run(app, name=APP_NAME, route_prefix="/")
+    console.route_ray_logs()  # Serve's driver-side loggers, set up by serve.run
     url = f"http://127.0.0.1:{port}"
-    say(f"   service up at {url} (OpenAPI at {url}/docs)")
+    say(f"   service up at {url} (the web page; OpenAPI at {url}/docs)")
     answers = []
     # A DVAMN_API_TOKEN in the environment reaches the local replicas: send it too.
     headers = bearer_headers(os.environ.get(API_TOKEN_ENV))
     with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
         info = client.get("/catalog").json()
         pool = int(info["num_tracks"])
-        for video in held_out:
+        for video in console.progress(held_out, desc="   queries", unit="video"):
             if pose_kind == "keypoints":
                 track = load_keypoint_file(plan.path("videos", video["keypoints"]))
                 body = {

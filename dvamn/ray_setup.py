@@ -17,16 +17,24 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[float] = None) 
     Returns True when it started a local instance (which the caller should shut down).
     """
     import ray
+    import ray.data  # noqa: F401 - installs its console handler on import: routed below
+
+    from dvamn import console
 
     if ray.is_initialized():
         return False
+    # Ray's logs go to the command's log file (the console with --verbose): dvamn.console.
+    console.route_ray_logs()
+    quiet = dict(configure_logging=False, log_to_driver=console.verbose())
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **quiet)
+        console.remember_ray_session()
         log.info("connected to the Ray cluster at %s", address)
         return False
     cpus = num_cpus or max(4, os.cpu_count() or 1)
-    ray.init(num_cpus=cpus, include_dashboard=False)
+    ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+    console.remember_ray_session()
     log.info("started a local Ray instance with %s logical CPUs", cpus)
     return True
 

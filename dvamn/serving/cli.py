@@ -179,6 +179,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from dvamn import console
     from dvamn.ray_setup import ensure_ray
     from dvamn.serving.app import build_app
 
@@ -220,11 +221,15 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     try:
         serve.run(build_app(app_args), name="dvamn", route_prefix="/")
+        console.route_ray_logs()  # Serve's driver-side loggers, set up by serve.run
     except Exception as exc:  # a replica that fails to start names its cause here
         print(f"dvamn serve: the application did not start: {exc}", file=sys.stderr)
         serve.shutdown()
         return 1
-    print(f"serving on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops")
+    print(
+        f"serving on http://{args.host}:{args.port}: the web page at /, the API at /docs; "
+        "Ctrl-C stops"
+    )
     try:
         while True:
             time.sleep(3600)

@@ -5,7 +5,7 @@
 // that a route prefix works): POST match, POST match/keypoints, GET tracks/{id}/audio.
 "use strict";
 
-const TOP_K = 10;
+const TOP_K = 20; // suggestions listed (a catalog with fewer lists all)
 const MAX_SEGMENT_S = 60; // GET tracks/{id}/audio's longest segment
 const DRIFT_S = 0.15; // audio further than this from the video's clock is re-aligned
 
