@@ -17,6 +17,7 @@ const state = {
   segment: null, // {track, start, videoStart, duration, url}
   clock: null, // keypoint queries have no video: a clock stands in for it
   drawnFrames: 0,
+  drawing: false,
   token: "",
 };
 window.dvamnPage = state; // for people (and tests) poking at the page in a console
@@ -228,7 +229,10 @@ function show(answer, file) {
     `(${answer.catalog?.num_tracks ?? "?"} tracks).`;
   renderTracks();
   drawTimeline();
-  requestAnimationFrame(drawLoop);
+  if (!state.drawing) {
+    state.drawing = true;
+    requestAnimationFrame(drawLoop);
+  }
 }
 
 function renderTracks() {
@@ -312,6 +316,11 @@ async function playTrack(i) {
 
 async function loadSegment(videoTime) {
   const match = state.matches[state.current];
+  const video = $("video");
+  if (!state.clock && video.readyState < 1) {
+    // The segment's length is the video's: wait until the video knows it.
+    await new Promise((resolve) => video.addEventListener("loadedmetadata", resolve, { once: true }));
+  }
   const videoStart = Math.max(0, Math.floor(videoTime * 10) / 10);
   const duration = Math.min(MAX_SEGMENT_S, Math.max(1, mediaDuration() - videoStart));
   const start = match.offset_s + videoStart;
