@@ -133,6 +133,27 @@ def route_ray_logs() -> None:
                 logger.removeHandler(handler)
         logger.propagate = True
         logger.setLevel(logging.DEBUG if _state["verbose"] else logging.INFO)
+    if not _state["verbose"]:
+        _route_raylet_messages()
+
+
+def _route_raylet_messages() -> None:
+    """The raylet's messages to a driver ("(raylet) WARNING: 10 PYTHON worker processes
+    have been started ...") are printed by Ray's error listener to sys.stdout whatever
+    ``log_to_driver`` says, and Ray has no setting for them: its printing function is
+    replaced by one that logs them (into the log file)."""
+    import ray._private.worker as ray_worker
+
+    if getattr(ray_worker.print_to_stdstream, "_dvamn", False):
+        return
+    ray_log = logging.getLogger("ray.driver_output")
+
+    def log_instead(data, ignore_prefix: bool) -> None:  # noqa: ARG001 - Ray's signature
+        for line in data.get("lines", []):
+            ray_log.info("(%s) %s", data.get("pid", "?"), line)
+
+    log_instead._dvamn = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = log_instead
 
 
 def progress(iterable: Optional[Iterable] = None, **kwargs):

@@ -290,7 +290,8 @@ def _choose_models() -> tuple[str, str]:
         )
     try:
         # rtmlib prints its download attempt: into the log file, not onto the console.
-        with contextlib.redirect_stdout(io.StringIO()) as printed:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
             try:
                 load_pose_estimator("rtmo", device="cpu")
             finally:
@@ -403,6 +404,7 @@ def _serve_and_query(plan, trained, catalog, held_out, pose_kind):
     from dvamn.serving.auth import API_TOKEN_ENV, bearer_headers
 
     port = plan.port or _free_port()
+    console.route_ray_logs()  # Serve's logger, given a console handler when ray.serve loads
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app(
         {
@@ -414,7 +416,6 @@ def _serve_and_query(plan, trained, catalog, held_out, pose_kind):
         }
     )
     serve.run(app, name=APP_NAME, route_prefix="/")
-    console.route_ray_logs()  # Serve's driver-side loggers, set up by serve.run
     url = f"http://127.0.0.1:{port}"
     say(f"   service up at {url} (the web page; OpenAPI at {url}/docs)")
     answers = []

@@ -18,7 +18,7 @@ RAY_INTERNAL = re.compile(
     r"|core_worker|streaming_executor|Ray Train|ray\._private|RAY_AUTH_MODE|Downloading: "
 )
 # The quick demo's own output: its 6 stages, one line per held-out query and the report.
-CONSOLE_LINE_BUDGET = 60
+CONSOLE_LINE_BUDGET = 75  # it shows about 60; Ray's own output made 510 before (issue 14)
 
 
 def run_quick_demo(workdir) -> str:
@@ -151,7 +151,7 @@ def check_page_in_browser(url: str, video_path: str, video: dict, tmp_path) -> N
     refusal = httpx.post(f"{url}/match", files={"video": (bad.name, bad.read_bytes())})
     assert refusal.status_code == 415, refusal.text
 
-    driver = headless_chromium()
+    driver = headless_chromium(1280, 1000)
     try:
         wait = WebDriverWait(driver, 300)
         driver.get(f"{url}/")
@@ -199,6 +199,7 @@ def check_page_in_browser(url: str, video_path: str, video: dict, tmp_path) -> N
             )
         )
         assert drawn > 200
+        driver.execute_script("arguments[0].style.display = ''; window.scrollTo(0, 0)", chooser)
         driver.save_screenshot(str(tmp_path / "page.png"))
         print(f"screenshot of the page: {tmp_path / 'page.png'}")
     finally:

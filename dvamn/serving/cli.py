@@ -212,6 +212,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if warning:
         print(f"dvamn serve: warning: {warning}", file=sys.stderr)
     ensure_ray(args.address)
+    console.route_ray_logs()  # Serve's logger, given a console handler when ray.serve loads
     serve.start(
         http_options={
             "host": args.host,
@@ -221,7 +222,6 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     try:
         serve.run(build_app(app_args), name="dvamn", route_prefix="/")
-        console.route_ray_logs()  # Serve's driver-side loggers, set up by serve.run
     except Exception as exc:  # a replica that fails to start names its cause here
         print(f"dvamn serve: the application did not start: {exc}", file=sys.stderr)
         serve.shutdown()
