@@ -58,9 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="serve music matching over HTTP with Ray Serve",
         description=(
-            "Start the matching service: POST /match (video upload), POST /match/keypoints "
-            "(JSON), GET /healthz, GET /catalog, OpenAPI at /docs. With DVAMN_API_TOKEN set "
-            "in the environment, /match, /match/keypoints and /catalog need that bearer token. "
+            "Start the matching service: a web page at / (drop a dance video, hear the "
+            "suggestions), POST /match (video upload), POST /match/keypoints (JSON), GET "
+            "/tracks/ID/audio, GET /healthz, GET /catalog, OpenAPI at /docs. With "
+            "DVAMN_API_TOKEN set in the environment, /match, /match/keypoints, /catalog and "
+            "the track audio need that bearer token. "
             "For a cluster deployment use `serve deploy serve_config.yaml` instead (same "
             "application)."
         ),
