@@ -15,7 +15,7 @@ from tests.support.contracts import EVALUATION_JSON_KEYS
 # output, its C++ core's log lines, Ray Data's and Ray Train's messages).
 RAY_INTERNAL = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\s|^\[\d{4}-\d\d-\d\d |\((?:raylet|pid=|\w+ pid=)"
-    r"|core_worker|streaming_executor|Ray Train|ray\._private|RAY_AUTH_MODE|Downloading: "
+    r"|core_worker|streaming_executor|Ray Train Controller|ray\._private|RAY_AUTH_MODE|Downloading: "
 )
 # The quick demo's own output: its 6 stages, one line per held-out query and the report.
 CONSOLE_LINE_BUDGET = 75  # it shows about 60; Ray's own output made 510 before (issue 14)
