@@ -33,6 +33,7 @@ def run_quick_demo(workdir) -> str:
     return done.stdout
 
 
+@pytest.mark.timeout(1800)  # two demo runs and a browser session: over the default 600 s
 def test_quick_demo_reports_what_the_service_answered_and_reuses_its_work(tmp_path):
     from dvamn.demo import DemoPlan
 
