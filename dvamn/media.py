@@ -648,11 +648,17 @@ class MediaReader:
         held_array: Optional[np.ndarray] = None
         index = 0
 
-        def emit(frame_array: np.ndarray) -> None:
-            nonlocal index
+        def emit(frame_array: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+            """Takes the next sample; returns the batch to yield once it is full."""
+            nonlocal index, batch, times
             batch.append(frame_array)
             times.append(index / self.pose_fps)
             index += 1
+            if len(batch) < batch_size:
+                return None
+            full = np.stack(batch), np.asarray(times, np.float64)
+            batch, times = [], []
+            return full
 
         for frame, time_s in self._pass:
             # Every sample time before this frame's pts shows the held frame (or, before
@@ -662,10 +668,9 @@ class MediaReader:
                     held, held_array = frame, None
                 if held_array is None:
                     held_array = held.to_ndarray(format="bgr24")
-                emit(held_array)
-                if len(batch) == batch_size:
-                    yield np.stack(batch), np.asarray(times, np.float64)
-                    batch, times = [], []
+                full = emit(held_array)
+                if full is not None:
+                    yield full
             held, held_array = frame, None
             if index >= total:
                 # All samples taken: finish the pass for the audio without decoding video.
@@ -675,10 +680,9 @@ class MediaReader:
         while index < total:
             if held_array is None:
                 held_array = held.to_ndarray(format="bgr24")
-            emit(held_array)
-            if len(batch) == batch_size:
-                yield np.stack(batch), np.asarray(times, np.float64)
-                batch, times = [], []
+            full = emit(held_array)
+            if full is not None:
+                yield full
         if batch:
             yield np.stack(batch), np.asarray(times, np.float64)
 

@@ -39,6 +39,11 @@ NETWORK_FLAGS = ("widths", "gru_hidden", "post_gru_widths", "fc_width", "kernel_
 
 
 def register(subparsers) -> None:
+    _register_train(subparsers)
+    _register_evaluate(subparsers)
+
+
+def _register_train(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
         help="train DVAMN on extracted features with Ray Train",
@@ -48,6 +53,17 @@ def register(subparsers) -> None:
             "runs on a CPU. Checkpoints and per-epoch metrics go to RUN (local or s3://)."
         ),
     )
+    _add_data_and_optimiser_arguments(p)
+    _add_network_arguments(p)
+    _add_worker_and_validation_arguments(p)
+    _add_objective_arguments(p)
+    _add_augmentation_arguments(p)
+    add_address_argument(p)
+    p.set_defaults(func=run_train)
+
+
+def _add_data_and_optimiser_arguments(p) -> None:
+    """FEATURES, RUN, workers, epochs, the layer kind, resume and the optimiser."""
     p.add_argument(
         "features",
         metavar="FEATURES",
@@ -81,6 +97,10 @@ def register(subparsers) -> None:
         default=DEFAULT_VAL_FRACTION,
         help="videos held out, by video id hash (default %(default)s, the paper's 4:1)",
     )
+
+
+def _add_network_arguments(p) -> None:
+    """The network's shape (None: DVAMNConfig's value, see NETWORK_FLAGS)."""
     p.add_argument(
         "--dropout", type=float, default=None, help="dropout in the MFC blocks (default 0.1)"
     )
@@ -109,12 +129,20 @@ def register(subparsers) -> None:
         default=None,
         help="MFC kernel in frames (default 7)",
     )
+
+
+def _add_worker_and_validation_arguments(p) -> None:
+    """Fault tolerance, worker size, per-epoch retrieval scoring and the epoch cap."""
     p.add_argument("--max-failures", type=int, default=2, help="worker-group restarts allowed")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--scoring", help="how per-epoch retrieval compares: " + SCORING_HELP)
     p.add_argument(
         "--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)"
     )
+
+
+def _add_objective_arguments(p) -> None:
+    """The training objective, the rhythm features and early stopping."""
     p.add_argument(
         "--objective",
         choices=("logcosh", "contrastive", "both"),
@@ -154,6 +182,9 @@ def register(subparsers) -> None:
         default=None,
         help="stop after this many epochs without a better checkpoint (default: never)",
     )
+
+
+def _add_augmentation_arguments(p) -> None:
     aug = p.add_argument_group("pose augmentation (training windows only; default none)")
     aug.add_argument(
         "--aug-mirror", type=float, default=0.0, help="probability of a left-right mirror"
@@ -169,9 +200,9 @@ def register(subparsers) -> None:
     aug.add_argument(
         "--aug-time-jitter", type=int, default=0, help="pose shifted by up to this many frames"
     )
-    add_address_argument(p)
-    p.set_defaults(func=run_train)
 
+
+def _register_evaluate(subparsers) -> None:
     e = subparsers.add_parser(
         "evaluate",
         help="regression and retrieval metrics of a trained model",
