@@ -29,7 +29,6 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dvamn import storage
 from dvamn.catalog_format import (
@@ -48,6 +47,7 @@ from dvamn.catalog_format import (
 )
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, MAX_DURATION_S, SAMPLE_RATE_HZ
 from dvamn.devices import wants_gpu
+from dvamn.parquet_parts import part_files, read_footer, read_parts, write_part
 from dvamn.pipeline.config import AUDIO_KINDS
 from dvamn.ray_setup import limit_threads
 from dvamn.schema import VIDEOS_DIR, rows_to_table, sequence_to_numpy
@@ -122,8 +122,7 @@ def is_extraction_output(music: str) -> bool:
     """True when ``music`` is a directory/prefix holding ``videos/`` Parquet files."""
     videos = storage.join(music, VIDEOS_DIR)
     try:
-        fs, path = storage.filesystem(videos)
-        return fs.isdir(path) and any(p.endswith(".parquet") for p in fs.find(path))
+        return bool(part_files(videos))
     except (OSError, ValueError):
         return False
 
@@ -322,13 +321,6 @@ def _remove(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def _write_table(table: pa.Table, uri: str) -> None:
-    fs, path = storage.filesystem(uri)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # also makes OUT for the manifest
-    with fs.open(path, "wb") as f:
-        pq.write_table(table, f)
-
-
 def _write_dataset(ds: Any, uri: str) -> None:
     """``ds.write_parquet`` through our fsspec filesystem, so that remote outputs use the
     same credentials and endpoint settings as every other read and write."""
@@ -388,12 +380,8 @@ def _stage_dataset(config: CatalogConfig) -> tuple:
 
 def _parquet_rows(uri: str) -> int:
     """Rows in the Parquet files below ``uri``, from their footers (no data read)."""
-    fs, path = storage.filesystem(uri)
-    total = 0
-    for file in sorted(p for p in fs.find(path) if p.endswith(".parquet")):
-        with fs.open(file, "rb") as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total
+    fs, _ = storage.filesystem(uri)
+    return sum(read_footer(fs, file).num_rows for file in part_files(uri))
 
 
 def build_catalog(config: CatalogConfig) -> CatalogSummary:
@@ -409,21 +397,9 @@ def build_catalog(config: CatalogConfig) -> CatalogSummary:
     ensure_ray()
     ds, num_inputs, source = _stage_dataset(config)
     ds = ds.materialize()  # both outputs below read it: embed each track only once
-
     tracks = ds.map_batches(_only_tracks, batch_format="pyarrow")
-    errors = [
-        t
-        for t in ds.map_batches(_only_errors, batch_format="pyarrow").iter_batches(
-            batch_format="pyarrow"
-        )
-    ]
-    error_table = pa.concat_tables(errors) if errors else CATALOG_ERROR_SCHEMA.empty_table()
-    meta = [b for b in tracks.select_columns(_META_COLUMNS).iter_batches(batch_format="pyarrow")]
-    meta_table = (
-        pa.concat_tables(meta)
-        if meta
-        else pa.schema([CATALOG_SCHEMA.field(c) for c in _META_COLUMNS]).empty_table()
-    )
+    meta_table = _meta_table(tracks)
+    error_table = _error_table(ds)
     return _publish(
         config,
         meta_table,
@@ -442,6 +418,24 @@ _META_COLUMNS = [
     "duration_s",
     "audio_playable",
 ]
+
+
+def _meta_table(tracks: Any) -> pa.Table:
+    """The tracks' _META_COLUMNS, collected on the driver (no embeddings)."""
+    meta = [b for b in tracks.select_columns(_META_COLUMNS).iter_batches(batch_format="pyarrow")]
+    if not meta:
+        return pa.schema([CATALOG_SCHEMA.field(c) for c in _META_COLUMNS]).empty_table()
+    return pa.concat_tables(meta)
+
+
+def _error_table(staged: Any) -> pa.Table:
+    """The staged rows that failed, as CATALOG_ERROR_SCHEMA rows."""
+    errors = list(
+        staged.map_batches(_only_errors, batch_format="pyarrow").iter_batches(
+            batch_format="pyarrow"
+        )
+    )
+    return pa.concat_tables(errors) if errors else CATALOG_ERROR_SCHEMA.empty_table()
 
 
 def write_catalog_tables(
@@ -470,7 +464,7 @@ def write_catalog_tables(
         config,
         tracks.select(_META_COLUMNS),
         errors,
-        lambda uri: _write_table(tracks, storage.join(uri, "tracks.parquet")),
+        lambda uri: write_part(tracks, storage.join(uri, "tracks.parquet")),
         tracks.num_rows + errors.num_rows,
         "tables",
     )
@@ -524,7 +518,7 @@ def _write_version(
     root = config.out.rstrip("/")
     out = version_uri(root, version_id)
     tracks_uri = storage.join(out, TRACKS_DIR)
-    _write_table(error_table, storage.join(out, ERRORS_DIR, "errors.parquet"))
+    write_part(error_table, storage.join(out, ERRORS_DIR, "errors.parquet"))
     kinds = sorted(set(meta_table["audio_embedding_kind"].to_pylist()))
     weights = sorted(set(meta_table["audio_weights"].to_pylist()))
     if len(kinds) > 1 or len(weights) > 1:
@@ -535,7 +529,7 @@ def _write_version(
     if meta_table.num_rows:
         write_tracks(tracks_uri)
     else:
-        _write_table(CATALOG_SCHEMA.empty_table(), storage.join(tracks_uri, "empty.parquet"))
+        write_part(CATALOG_SCHEMA.empty_table(), storage.join(tracks_uri, "empty.parquet"))
 
     if config.index_checkpoint and meta_table.num_rows:
         _write_index(config, out)
@@ -597,14 +591,8 @@ def _write_index(config: CatalogConfig, out: str) -> None:
         raise ValueError(
             f"--index-scoring {config.index_scoring!r}: two-stage search needs a cosine scoring"
         )
-    fs, path = storage.filesystem(storage.join(out, TRACKS_DIR))
-    files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
     columns = ["track_id", "embedding", "embedding_sha256", "audio_embedding_kind", "audio_weights"]
-    tables = []
-    for file in files:
-        with fs.open(file, "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
-    table = pa.concat_tables(tables).sort_by("track_id")
+    table = pa.concat_tables(read_parts(storage.join(out, TRACKS_DIR), columns)).sort_by("track_id")
     embedding = table["embedding"].combine_chunks()  # list<fixed_size_list<float32, 128>>
     offsets = embedding.offsets.to_numpy().astype(np.int64)
     frames = embedding.values.flatten().to_numpy(zero_copy_only=False).reshape(-1, EMBEDDING_DIM)

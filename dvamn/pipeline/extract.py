@@ -36,10 +36,10 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dvamn import storage
 from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES
+from dvamn.parquet_parts import part_files, read_footer, read_part, read_parts, write_part
 from dvamn.pipeline.config import ExtractConfig, StageResources
 from dvamn.pipeline.video import VideoPoseExtractor, error_row, finish_rows, utc_now
 from dvamn.ray_setup import limit_threads
@@ -244,33 +244,13 @@ def peak_rss_mb() -> float:
 
 
 def _write_table(table: pa.Table, uri: str, stats: dict[str, Any]) -> None:
-    fs, path = storage.filesystem(uri)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    table = table.replace_schema_metadata({PART_STATS_KEY: json.dumps(stats)})
-    with storage.atomic_output(uri) as f:  # a crash mid-write leaves no truncated part
-        pq.write_table(table, f)
+    write_part(table.replace_schema_metadata({PART_STATS_KEY: json.dumps(stats)}), uri)
 
 
 def read_table(out: str, subdir: str, columns: Optional[list[str]] = None) -> Optional[pa.Table]:
     """All parts of ``OUT/<subdir>`` as one table, or None when there are none."""
-    fs, path = storage.filesystem(storage.join(out, subdir))
-    if not fs.exists(path):
-        return None
-    files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
-    if not files:
-        return None
-    tables = []
-    for file in files:
-        with fs.open(file, "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
-    return pa.concat_tables(tables)
-
-
-def _part_files(out: str, subdir: str) -> list[str]:
-    fs, path = storage.filesystem(storage.join(out, subdir))
-    if not fs.exists(path):
-        return []
-    return sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+    tables = read_parts(storage.join(out, subdir), columns)
+    return pa.concat_tables(tables) if tables else None
 
 
 @dataclass
@@ -296,10 +276,9 @@ def readable_part_uris(out: str, subdir: str) -> set[str]:
     naming it, so that its videos count as not done and are extracted again."""
     fs, _ = storage.filesystem(out)
     uris: set[str] = set()
-    for file in _part_files(out, subdir):
+    for file in part_files(storage.join(out, subdir)):
         try:
-            with fs.open(file, "rb") as f:
-                uris.update(pq.read_table(f, columns=["uri"]).column("uri").to_pylist())
+            uris.update(read_part(fs, file, ["uri"]).column("uri").to_pylist())
             continue
         except Exception as error:  # noqa: BLE001 - any unreadable part is set aside
             reason = f"{type(error).__name__}: {error}"
@@ -327,7 +306,9 @@ def plan(config: ExtractConfig) -> ExtractPlan:
     done = readable_part_uris(config.out, VIDEOS_DIR)
     readable_part_uris(config.out, ERRORS_DIR)  # sets aside what the summary could not read
     todo = [(uri, vid) for uri, vid in inputs if uri not in done]
-    return ExtractPlan(inputs, todo, len(inputs) - len(todo), _part_files(config.out, ERRORS_DIR))
+    return ExtractPlan(
+        inputs, todo, len(inputs) - len(todo), part_files(storage.join(config.out, ERRORS_DIR))
+    )
 
 
 def check_weights(config: ExtractConfig) -> None:
@@ -502,9 +483,8 @@ def _footers(out: str, subdir: str) -> list[PartFooter]:
     """Row count and statistics of every part in ``OUT/<subdir>``, from footers only."""
     fs, _ = storage.filesystem(out)
     footers = []
-    for file in _part_files(out, subdir):
-        with fs.open(file, "rb") as f:
-            metadata = pq.ParquetFile(f).metadata
+    for file in part_files(storage.join(out, subdir)):
+        metadata = read_footer(fs, file)
         stats = (metadata.metadata or {}).get(PART_STATS_KEY.encode())
         footers.append(
             PartFooter(file, metadata.num_rows, json.loads(stats) if stats else {})

@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dvamn import storage
 from dvamn.catalog_format import (
@@ -26,6 +25,7 @@ from dvamn.catalog_format import (
     resolve_catalog,
 )
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM
+from dvamn.parquet_parts import read_parts
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +155,7 @@ class Catalog:
 
 
 def _read_tracks(version: str) -> pa.Table:
-    fs, path = storage.filesystem(storage.join(version, TRACKS_DIR))
-    files = sorted(p for p in fs.find(path) if p.endswith(".parquet")) if fs.isdir(path) else []
-    tables = []
-    for file in files:
-        with fs.open(file, "rb") as f:
-            tables.append(pq.read_table(f))
+    tables = read_parts(storage.join(version, TRACKS_DIR))
     if not tables:
         return CATALOG_SCHEMA.empty_table()
     return pa.concat_tables([t.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA) for t in tables])
