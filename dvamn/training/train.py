@@ -464,15 +464,7 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from dvamn.model import (
-        DVAMN,
-        SELECT_BY_LOSS,
-        SELECT_BY_RECALL,
-        checkpoint_dir_name,
-        save_checkpoint,
-    )
-    from dvamn.training.data import batch_to_videos
-    from dvamn.training.evaluate import evaluate_videos, predict_windows
+    from dvamn.model import DVAMN, SELECT_BY_LOSS, SELECT_BY_RECALL
 
     _setup_worker_logging()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -485,43 +477,18 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
     model = DVAMN(DVAMNConfig.from_dict(cfg["model"]))
     model.set_scaling(**{k: np.asarray(v, np.float32) for k, v in cfg["stats"].items()})
     retrieval_objective = cfg.get("objective", "logcosh") != "logcosh"
-    parameters = list(model.parameters())
-    log_temperature = None
-    if retrieval_objective:
-        fixed = cfg.get("temperature")
-        log_temperature = torch.tensor(math.log(fixed or INITIAL_TEMPERATURE), device=device)
-        if fixed is None:  # learnable
-            log_temperature = torch.nn.Parameter(log_temperature)
-            parameters.append(log_temperature)
-    optimizer = torch.optim.NAdam(parameters, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+    optimizer, log_temperature = _make_optimizer(model, cfg, device, retrieval_objective)
     selection = SELECT_BY_RECALL if retrieval_objective else SELECT_BY_LOSS
-    start_epoch, step, history = 0, 0, []
-    checkpoint = ray.train.get_checkpoint()
-    resumed = _resume_state(checkpoint, cfg["run_uri"]) if checkpoint else None
-    if resumed:
-        resumed_from, state, training_state, meta = resumed
-        model.load_state_dict(state)
-        if training_state is not None:
-            optimizer.load_state_dict(training_state["optimizer"])
-            if log_temperature is not None and "log_temperature" in training_state:
-                with torch.no_grad():
-                    log_temperature.copy_(training_state["log_temperature"])
-        start_epoch, step, history = meta["epoch"] + 1, meta.get("step", 0), meta.get("history", [])
-        if rank == 0:
-            log.info("resuming from %s: epoch %d, step %d", resumed_from, start_epoch + 1, step)
+    start_epoch, step, history = _restore_from_checkpoint(
+        model, optimizer, log_temperature, cfg["run_uri"], rank
+    )
     torch.manual_seed(cfg["seed"] + 1000 * rank + start_epoch)  # dropout differs per rank
     model = ray.train.torch.prepare_model(model)
     core = getattr(model, "module", model)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    val_videos = []
-    if rank == 0:
-        for batch in ray.train.get_dataset_shard("val_videos").iter_batches(
-            batch_format="numpy", batch_size=64
-        ):
-            val_videos.extend(batch_to_videos(batch))
-        val_videos.sort(key=lambda v: v.video_id)
+    val_videos = _read_val_videos() if rank == 0 else []
 
     bank_poses: Optional[List[np.ndarray]] = [] if rank == 0 else None
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -552,45 +519,23 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
             if _stop_early(cfg, False, device):
                 return
             continue
-        retrieval = evaluate_videos(
-            core,
-            val_videos,
-            cfg["query_stride"],
-            cfg["max_retrieval_queries"],
-            (cfg["scoring"],),
-            device=str(device),
-        )
-        for key in EPOCH_RETRIEVAL_KEYS:
-            metrics[f"val_{key}"] = retrieval[key]
-        metrics["epoch_seconds"] = time.time() - epoch_start
-        metrics["samples_per_s"] = metrics["train_samples"] / max(metrics["train_seconds"], 1e-9)
+        _add_retrieval_metrics(metrics, core, val_videos, cfg, device, epoch_start)
         if retrieval_objective:
             metrics["selection_score"] = selection_score(metrics)
         history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         _log_epoch(metrics, cfg["epochs"])
-        metadata = {
-            "epoch": epoch,
-            "step": step,
-            "metrics": history[-1],
-            "history": history,
-            "selection": selection,
-            "provenance": cfg["provenance"],
-            "train_config": {k: v for k, v in cfg.items() if k not in ("stats",)},
-        }
-        training_state = {"optimizer": optimizer.state_dict()}
-        if log_temperature is not None:
-            training_state["log_temperature"] = log_temperature.detach().cpu()
-        query_bank = None
-        if bank_poses:
-            poses = np.stack(bank_poses)  # (Qb, 120, 68)
-            query_bank = predict_windows(core, poses, cfg["batch_size"], str(device))
-        with tempfile.TemporaryDirectory(prefix="dvamn-report-") as tmp:
-            save_checkpoint(tmp, core, metadata, training_state, query_bank=query_bank)
-            ray.train.report(
-                history[-1],
-                checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=checkpoint_dir_name(epoch),
-            )
+        _report_checkpoint(
+            core,
+            optimizer,
+            log_temperature,
+            bank_poses,
+            cfg,
+            epoch,
+            step,
+            history,
+            selection,
+            device,
+        )
         if _stop_early(cfg, _no_better_for(history, selection, cfg.get("patience")), device):
             log.info(
                 "early stop after epoch %d: no better checkpoint (%s) for %d epochs",
@@ -599,6 +544,111 @@ def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
                 cfg["patience"],
             )
             return
+
+
+def _make_optimizer(model, cfg: Dict[str, Any], device, retrieval_objective: bool):
+    """NAdam over the model's parameters and, for a learnable temperature, its log.
+    Returns (optimizer, log_temperature tensor or None)."""
+    parameters = list(model.parameters())
+    log_temperature = None
+    if retrieval_objective:
+        fixed = cfg.get("temperature")
+        log_temperature = torch.tensor(math.log(fixed or INITIAL_TEMPERATURE), device=device)
+        if fixed is None:  # learnable
+            log_temperature = torch.nn.Parameter(log_temperature)
+            parameters.append(log_temperature)
+    optimizer = torch.optim.NAdam(parameters, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+    return optimizer, log_temperature
+
+
+def _restore_from_checkpoint(model, optimizer, log_temperature, run_uri: str, rank: int):
+    """Loads Ray Train's checkpoint, if any, into the model, optimizer and temperature.
+    Returns (start_epoch, step, history): (0, 0, []) for a fresh run."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    resumed = _resume_state(checkpoint, run_uri) if checkpoint else None
+    if not resumed:
+        return 0, 0, []
+    resumed_from, state, training_state, meta = resumed
+    model.load_state_dict(state)
+    if training_state is not None:
+        optimizer.load_state_dict(training_state["optimizer"])
+        if log_temperature is not None and "log_temperature" in training_state:
+            with torch.no_grad():
+                log_temperature.copy_(training_state["log_temperature"])
+    start_epoch, step, history = meta["epoch"] + 1, meta.get("step", 0), meta.get("history", [])
+    if rank == 0:
+        log.info("resuming from %s: epoch %d, step %d", resumed_from, start_epoch + 1, step)
+    return start_epoch, step, history
+
+
+def _read_val_videos() -> list:
+    """Rank 0's whole validation videos, for per-epoch retrieval, in video id order."""
+    import ray.train
+
+    from dvamn.training.data import batch_to_videos
+
+    val_videos = []
+    for batch in ray.train.get_dataset_shard("val_videos").iter_batches(
+        batch_format="numpy", batch_size=64
+    ):
+        val_videos.extend(batch_to_videos(batch))
+    val_videos.sort(key=lambda v: v.video_id)
+    return val_videos
+
+
+def _add_retrieval_metrics(metrics, core, val_videos, cfg, device, epoch_start: float) -> None:
+    """Adds rank 0's validation retrieval figures and the epoch's timing to ``metrics``."""
+    from dvamn.training.evaluate import evaluate_videos
+
+    retrieval = evaluate_videos(
+        core,
+        val_videos,
+        cfg["query_stride"],
+        cfg["max_retrieval_queries"],
+        (cfg["scoring"],),
+        device=str(device),
+    )
+    for key in EPOCH_RETRIEVAL_KEYS:
+        metrics[f"val_{key}"] = retrieval[key]
+    metrics["epoch_seconds"] = time.time() - epoch_start
+    metrics["samples_per_s"] = metrics["train_samples"] / max(metrics["train_seconds"], 1e-9)
+
+
+def _report_checkpoint(
+    core, optimizer, log_temperature, bank_poses, cfg, epoch, step, history, selection, device
+) -> None:
+    """Saves the epoch's checkpoint (model, optimizer, query bank, metadata) and reports it
+    to Ray Train under training's checkpoint name."""
+    import ray.train
+
+    from dvamn.model import checkpoint_dir_name, save_checkpoint
+    from dvamn.training.evaluate import predict_windows
+
+    metadata = {
+        "epoch": epoch,
+        "step": step,
+        "metrics": history[-1],
+        "history": history,
+        "selection": selection,
+        "provenance": cfg["provenance"],
+        "train_config": {k: v for k, v in cfg.items() if k not in ("stats",)},
+    }
+    training_state = {"optimizer": optimizer.state_dict()}
+    if log_temperature is not None:
+        training_state["log_temperature"] = log_temperature.detach().cpu()
+    query_bank = None
+    if bank_poses:
+        poses = np.stack(bank_poses)  # (Qb, 120, 68)
+        query_bank = predict_windows(core, poses, cfg["batch_size"], str(device))
+    with tempfile.TemporaryDirectory(prefix="dvamn-report-") as tmp:
+        save_checkpoint(tmp, core, metadata, training_state, query_bank=query_bank)
+        ray.train.report(
+            history[-1],
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=checkpoint_dir_name(epoch),
+        )
 
 
 def selection_score(metrics: Dict[str, Any]) -> float:
@@ -698,17 +748,10 @@ def train(config: TrainConfig):
     checkpoint, per-epoch history). Raises FloatingPointError naming the step when the
     loss became NaN, ValueError for unusable features."""
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    import ray.data
 
-    from dvamn.model import DVAMN, best_checkpoint, checkpoint_metadata, list_checkpoints
+    from dvamn.model import DVAMN
     from dvamn.ray_setup import ensure_ray
-    from dvamn.training.data import (
-        read_features,
-        split_by_video,
-        survey_features,
-        windows_dataset,
-    )
 
     started = time.time()
     ensure_ray()
@@ -716,6 +759,33 @@ def train(config: TrainConfig):
     ray.data.DataContext.get_current().enable_progress_bars = False
     storage_path, name = config.run_location()
     run_uri = storage.join(storage_path, name)
+    _prepare_run_dir(run_uri, config)
+    survey, train_videos, val_videos = _survey_and_split(config)
+    model_size = DVAMN(config.model).parameter_count()
+    log.info(
+        "training DVAMN (%s, %s parameters) on %d videos, validating on %d; features %s",
+        config.model.layer,
+        f"{model_size:,}",
+        survey.num_train_videos,
+        survey.num_val_videos,
+        survey.provenance,
+    )
+    loop_config = config.to_dict()
+    loop_config.update(
+        stats={k: v.tolist() for k, v in survey.stats.items()},
+        provenance=survey.provenance,
+        run_uri=run_uri,
+    )
+    _make_trainer(config, loop_config, storage_path, name, train_videos, val_videos).fit()
+    _raise_for_nan_report(run_uri)
+    result = _collect_result(run_uri, model_size, started)
+    _write_summary(result)
+    return result
+
+
+def _prepare_run_dir(run_uri: str, config: TrainConfig) -> None:
+    """Refuses to overwrite a run unless resuming it with the same network, and clears a
+    previous attempt's NaN report."""
     if _run_has_state(run_uri) and not config.resume:
         raise FileExistsError(
             f"{run_uri} already holds a training run: pass --resume to continue it, or "
@@ -726,10 +796,14 @@ def train(config: TrainConfig):
         fs, path = storage.filesystem(storage.join(run_uri, NAN_REPORT_FILE))
         fs.rm(path)
 
-    # One read of the Parquet, then one pass for provenance, split counts and statistics.
+
+def _survey_and_split(config: TrainConfig):
+    """One read of the Parquet, then one pass for provenance, split counts and statistics.
+    Returns (survey, train_videos, val_videos); ValueError when either split is empty."""
+    from dvamn.training.data import read_features, split_by_video, survey_features
+
     ds = read_features(config.features).materialize()
     survey = survey_features(ds, config.val_fraction)
-    provenance, stats = survey.provenance, survey.stats
     n_train, n_val = survey.num_train_videos, survey.num_val_videos
     if n_train == 0 or n_val == 0:
         raise ValueError(
@@ -737,22 +811,17 @@ def train(config: TrainConfig):
             f"validation videos (val_fraction {config.val_fraction}): give more videos"
         )
     train_videos, val_videos = split_by_video(ds, config.val_fraction)
-    model_size = DVAMN(config.model).parameter_count()
-    log.info(
-        "training DVAMN (%s, %s parameters) on %d videos, validating on %d; features %s",
-        config.model.layer,
-        f"{model_size:,}",
-        n_train,
-        n_val,
-        provenance,
-    )
-    loop_config = config.to_dict()
-    loop_config.update(
-        stats={k: v.tolist() for k, v in stats.items()},
-        provenance=provenance,
-        run_uri=run_uri,
-    )
-    trainer = TorchTrainer(
+    return survey, train_videos, val_videos
+
+
+def _make_trainer(config: TrainConfig, loop_config, storage_path, name, train_videos, val_videos):
+    """The TorchTrainer: workers, checkpoint ranking, failure retries and window datasets."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from dvamn.training.data import windows_dataset
+
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
@@ -784,8 +853,10 @@ def train(config: TrainConfig):
         },
         dataset_config=ray.train.DataConfig(datasets_to_split=["train", "val"]),
     )
-    trainer.fit()
 
+
+def _raise_for_nan_report(run_uri: str) -> None:
+    """FloatingPointError naming the epoch and step when a worker wrote a NaN report."""
     nan_uri = storage.join(run_uri, NAN_REPORT_FILE)
     if storage.exists(nan_uri):
         with storage.open_uri(nan_uri) as f:
@@ -794,15 +865,19 @@ def train(config: TrainConfig):
             f"training stopped: the loss became NaN/inf at epoch {report['epoch'] + 1}, global "
             f"step {report['step']}; lower --lr, or check the features for NaN/inf values"
         )
+
+
+def _collect_result(run_uri: str, model_size: int, started: float) -> "TrainResult":
+    """The run's best and latest complete checkpoints and the latest one's history."""
+    from dvamn.model import best_checkpoint, checkpoint_metadata, list_checkpoints
+
     checkpoints = list_checkpoints(run_uri)
     latest = checkpoints[-1] if checkpoints else None
     best = best_checkpoint(run_uri) if checkpoints else None
     history: List[Dict[str, Any]] = []
     if latest:
         history = checkpoint_metadata(latest).get("history", [])
-    result = TrainResult(run_uri, best, latest, history, model_size, time.time() - started)
-    _write_summary(result)
-    return result
+    return TrainResult(run_uri, best, latest, history, model_size, time.time() - started)
 
 
 def _write_summary(result: TrainResult) -> None:
