@@ -56,21 +56,20 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+# The scoring names live in a module without torch, so that CLIs and config dataclasses
+# can name them without importing torch; re-exported here, their usual home.
+from dvamn.scoring_names import (  # noqa: F401
+    ALL_SCORINGS,
+    DEFAULT_DISTANCE,
+    DEFAULT_SCORING,
+    DISTANCES,
+    HUBNESS_METHODS,
+    HUBNESS_SCORINGS,
+    SCORINGS,
+)
+
 log = logging.getLogger(__name__)
 
-DISTANCES = ("l2", "cosine", "logcosh")
-DEFAULT_DISTANCE = "l2"
-
-# How candidates are compared, by name: a distance on raw embeddings ("l2"), or, with
-# "-std", on embeddings standardised by the model's target mean/std; "-w" also weighs each
-# standardised dimension by how well training predicted it (DVAMN.target_weight). The
-# comparison in docs/training.md made "cosine-w" the default of evaluation and service.
-SCORINGS = tuple(d + suffix for suffix in ("-w", "-std", "") for d in DISTANCES)
-DEFAULT_SCORING = "cosine-w"
-# Hubness corrections (see the module docstring), appended to a scoring name: "cosine-w+qb".
-HUBNESS_METHODS = ("qb", "csls")
-HUBNESS_SCORINGS = tuple(f"{s}+{h}" for h in HUBNESS_METHODS for s in SCORINGS)
-ALL_SCORINGS = SCORINGS + HUBNESS_SCORINGS
 QB_BETA = 20.0  # QB-Norm's inverse temperature on similarities in [-1, 1] (its paper's value)
 CSLS_K = 10  # CSLS's neighbourhood size
 

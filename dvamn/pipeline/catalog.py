@@ -51,7 +51,7 @@ from dvamn.parquet_parts import part_files, read_footer, read_parts, write_part
 from dvamn.pipeline.config import AUDIO_KINDS
 from dvamn.ray_setup import limit_threads
 from dvamn.schema import VIDEOS_DIR, rows_to_table, sequence_to_numpy
-from dvamn.scoring import DEFAULT_SCORING
+from dvamn.scoring_names import DEFAULT_SCORING
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--index-scoring",
-        default="cosine-w",
+        default=CatalogConfig.index_scoring,
         help="the service's scoring the index is for (a cosine one; default %(default)s)",
     )
     add_address_argument(parser)
