@@ -176,6 +176,7 @@ def test_no_answer_of_any_endpoint_names_a_location(service, serving_assets, tmp
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("this is not a video\n" * 50)
     big = b"\0" * int((MAX_UPLOAD_MB + 0.5) * 2**20)
+    track, segment = serving_assets.dances[0]["id"], {"start": 1, "duration": 2}
 
     def video(base: str, path: str, **kwargs) -> httpx.Response:
         with open(path, "rb") as f:
@@ -204,6 +205,20 @@ def test_no_answer_of_any_endpoint_names_a_location(service, serving_assets, tmp
         "auth keypoints": httpx.post(f"{auth}/match/keypoints", json=dance, headers=bearer),
         "auth catalog": httpx.get(f"{auth}/catalog", headers=bearer),
         "auth healthz": httpx.get(f"{auth}/healthz"),
+        # The page, its static files and the audio route, answers and refusals alike.
+        "page": httpx.get(f"{url}/"),
+        "page.js": httpx.get(f"{url}/page-assets/page.js"),
+        "page.css": httpx.get(f"{url}/page-assets/page.css"),
+        "404 asset": httpx.get(f"{url}/page-assets/no-such-file.js"),
+        "404 asset path": httpx.get(f"{url}/page-assets/..%2F..%2Fapp.py"),
+        "audio": httpx.get(f"{url}/tracks/{track}/audio", params=segment, timeout=60),
+        "422 audio": httpx.get(f"{url}/tracks/{track}/audio", params={"start": 10_000}),
+        "404 audio": httpx.get(f"{url}/tracks/no-such-track/audio"),
+        "404 audio path": httpx.get(f"{url}/tracks/%2Fetc%2Fpasswd/audio"),
+        "401 audio": httpx.get(f"{auth}/tracks/{track}/audio", params=segment),
+        "auth audio": httpx.get(
+            f"{auth}/tracks/{track}/audio", params=segment, headers=bearer, timeout=60
+        ),
     }
     statuses = {name: r.status_code for name, r in answers.items()}
     assert statuses == {
@@ -211,6 +226,9 @@ def test_no_answer_of_any_endpoint_names_a_location(service, serving_assets, tmp
         **{"keypoints": 200, "413 video": 413, "413 keypoints": 413, "415": 415},
         **{"422 nobody": 422, "422 keypoints": 422, "401": 401, "401 catalog": 401},
         **{"503": 503, "auth keypoints": 200, "auth catalog": 200, "auth healthz": 200},
+        **{"page": 200, "page.js": 200, "page.css": 200, "404 asset": 404, "404 asset path": 404},
+        **{"audio": 200, "422 audio": 422, "404 audio": 404, "404 audio path": 404},
+        **{"401 audio": 401, "auth audio": 200},
     }
     for name, response in answers.items():
         text = _everything(response)
