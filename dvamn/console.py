@@ -168,6 +168,36 @@ def progress(iterable: Optional[Iterable] = None, **kwargs):
     return tqdm(iterable, file=sys.stderr, **kwargs)
 
 
+def say(message: str) -> None:
+    """A line of a command's own output on stdout (above any progress bar)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+
+
+@contextlib.contextmanager
+def stage(title: str) -> Iterator[None]:
+    """One stage of a command: its title, then how long it took (as the demo prints)."""
+    say(f"\n== {title}")
+    started = time.perf_counter()
+    yield
+    say(f"   done in {time.perf_counter() - started:.1f} s")
+
+
+def materialize(dataset, total: int, desc: str, unit: str):
+    """``dataset.materialize()`` with our progress bar over its rows (Ray Data's own bars
+    are off without --verbose: ``ray_setup.ensure_ray``). The pipelines that use it
+    produce Arrow blocks (``batch_format="pyarrow"``)."""
+    import ray.data
+
+    refs = []
+    with progress(total=total, desc=desc, unit=unit) as bar:
+        for bundle in dataset.iter_internal_ref_bundles():
+            refs.extend(bundle.block_refs)
+            bar.update(bundle.num_rows() or 0)
+    return ray.data.from_arrow_refs(refs)
+
+
 def remember_ray_session() -> None:
     """Note where this Ray instance writes its workers' logs (called once Ray is up)."""
     try:

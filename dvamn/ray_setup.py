@@ -17,14 +17,17 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[float] = None) 
     Returns True when it started a local instance (which the caller should shut down).
     """
     import ray
-    import ray.data  # noqa: F401 - installs its console handler on import: routed below
+    import ray.data  # installs its console handler on import: routed below
 
     from dvamn import console
 
-    if ray.is_initialized():
-        return False
+    # Ray Data's own progress bars print on sys.stderr, which stays the console: only with
+    # --verbose. Our commands show their own (dvamn.console.progress / materialize).
+    ray.data.DataContext.get_current().enable_progress_bars = console.verbose()
     # Ray's logs go to the command's log file (the console with --verbose): dvamn.console.
     console.route_ray_logs()
+    if ray.is_initialized():
+        return False
     quiet = dict(configure_logging=False, log_to_driver=console.verbose())
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

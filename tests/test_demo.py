@@ -2,21 +2,15 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from tests.support.console import RAY_INTERNAL
 from tests.support.contracts import EVALUATION_JSON_KEYS
 
-# Lines that Ray itself writes (its loggers' format, its workers' and raylets' forwarded
-# output, its C++ core's log lines, Ray Data's and Ray Train's messages).
-RAY_INTERNAL = re.compile(
-    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\s|^\[\d{4}-\d\d-\d\d |\((?:raylet|pid=|\w+ pid=)"
-    r"|core_worker|streaming_executor|Ray Train Controller|ray\._private|RAY_AUTH_MODE|Downloading: "
-)
 # The quick demo's own output: its 6 stages, one line per held-out query and the report.
 CONSOLE_LINE_BUDGET = 75  # it shows about 60; Ray's own output made 510 before (issue 14)
 

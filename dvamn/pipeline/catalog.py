@@ -396,7 +396,11 @@ def build_catalog(config: CatalogConfig) -> CatalogSummary:
 
     ensure_ray()
     ds, num_inputs, source = _stage_dataset(config)
-    ds = ds.materialize()  # both outputs below read it: embed each track only once
+    from dvamn import console
+
+    # Both outputs below read it: embed each track only once.
+    ds = console.materialize(ds, num_inputs, "   tracks", "track")
+
     tracks = ds.map_batches(_only_tracks, batch_format="pyarrow")
     meta_table = _meta_table(tracks)
     error_table = _error_table(ds)

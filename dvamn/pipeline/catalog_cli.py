@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from dvamn import console
 from dvamn.audio import add_audio_arguments
 from dvamn.pipeline.catalog import CatalogConfig
 from dvamn.ray_setup import add_address_argument
@@ -99,7 +100,8 @@ def run_catalog(args: argparse.Namespace) -> int:
             index_scoring=args.index_scoring,
         )
         ensure_ray(args.address)
-        summary = build_catalog(config)
+        with console.stage(f"embed the tracks of {config.music} (Ray Data)"):
+            summary = build_catalog(config)
     except (FileNotFoundError, ValueError) as exc:
         print(f"dvamn catalog: {exc}", file=sys.stderr)
         return 2

@@ -156,9 +156,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"dvamn extract: {error}", file=sys.stderr)
         return 2
+    from dvamn import console
+
     ensure_ray(args.address)
     try:
-        summary = run_extract(config)
+        with console.stage(f"extract pose and audio features of {config.input} (Ray Data)"):
+            summary = run_extract(config)
     except (FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"dvamn extract: {error}", file=sys.stderr)
         return 1

@@ -215,15 +215,16 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"dvamn serve: warning: {warning}", file=sys.stderr)
     ensure_ray(args.address)
     console.route_ray_logs()  # Serve's logger, given a console handler when ray.serve loads
-    serve.start(
-        http_options={
-            "host": args.host,
-            "port": args.port,
-            "request_timeout_s": args.request_timeout_s,
-        }
-    )
     try:
-        serve.run(build_app(app_args), name="dvamn", route_prefix="/")
+        with console.stage("start the matching service (Ray Serve)"):
+            serve.start(
+                http_options={
+                    "host": args.host,
+                    "port": args.port,
+                    "request_timeout_s": args.request_timeout_s,
+                }
+            )
+            serve.run(build_app(app_args), name="dvamn", route_prefix="/")
     except Exception as exc:  # a replica that fails to start names its cause here
         print(f"dvamn serve: the application did not start: {exc}", file=sys.stderr)
         serve.shutdown()
@@ -325,11 +326,22 @@ def run_match(args: argparse.Namespace) -> int:
                 timeout=args.timeout_s,
             )
         else:
-            with open(args.query, "rb") as f:
+            from tqdm.utils import CallbackIOWrapper
+
+            from dvamn import console
+
+            size = os.path.getsize(args.query)
+            # The upload's progress on stderr (stdout keeps only the answer, for --json).
+            with (
+                open(args.query, "rb") as f,
+                console.progress(total=size, desc="upload", unit="B", unit_scale=True) as bar,
+            ):
                 response = httpx.post(
                     f"{url}/match",
                     params={"top_k": args.top_k},
-                    files={"video": (os.path.basename(args.query), f)},
+                    files={
+                        "video": (os.path.basename(args.query), CallbackIOWrapper(bar.update, f))
+                    },
                     headers=headers,
                     timeout=args.timeout_s,
                 )

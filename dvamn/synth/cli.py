@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 
+from dvamn import console
 from dvamn.constants import MIN_DURATION_S
 
 # Named here, not imported, so that `dvamn --help` imports no numpy; a test checks that
@@ -104,20 +105,24 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             detail = f"broken: {entry['kind']}"
-        print(f"[{done:>{len(str(total))}}/{total}] {entry['video']}  {detail}  ({took_s:.1f} s)")
+        console.say(
+            f"[{done:>{len(str(total))}}/{total}] {entry['video']}  {detail}  ({took_s:.1f} s)"
+        )
+        bar.update(1)
 
-    result = synthesize(
-        args.out,
-        args.videos,
-        args.seconds,
-        seed=args.seed,
-        broken=args.broken,
-        track_seconds=args.track_seconds,
-        write_music=args.write_music,
-        workers=args.workers,
-        progress=progress,
-        families=families,
-    )
+    with console.progress(total=args.videos + args.broken, desc="files", unit="file") as bar:
+        result = synthesize(
+            args.out,
+            args.videos,
+            args.seconds,
+            seed=args.seed,
+            broken=args.broken,
+            track_seconds=args.track_seconds,
+            write_music=args.write_music,
+            workers=args.workers,
+            progress=progress,
+            families=families,
+        )
     print(
         f"wrote {len(result.videos)} videos and {len(result.broken)} broken files to "
         f"{result.out_dir} in {result.elapsed_s:.1f} s; manifest {result.manifest}"

@@ -5,6 +5,7 @@ import logging
 import sys
 from typing import Tuple
 
+from dvamn import console
 from dvamn.ray_setup import add_address_argument, ensure_ray
 from dvamn.search import DEFAULT_SEARCH, SEARCH_MODES, IndexSettings
 from dvamn.training.data import (
@@ -286,7 +287,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     try:
         ensure_ray(args.address)
-        result = train(config)
+        with console.stage("train DVAMN (Ray Train)"):
+            result = train(config)
     except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as exc:
         print(f"dvamn train: {exc}", file=sys.stderr)
         return 2
@@ -336,19 +338,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
         scorings = (args.scoring,) if args.scoring else REPORTED_SCORINGS
     try:
         ensure_ray(args.address)
-        metrics = evaluate(
-            args.checkpoint,
-            args.features,
-            val_fraction=args.val_fraction,
-            query_stride=args.query_stride,
-            max_queries=args.max_queries,
-            scorings=scorings,
-            json_path=args.json,
-            plots_dir=args.plots,
-            pad_features=args.pad_features,
-            search=args.search,
-            index_settings=IndexSettings(candidates=args.search_candidates).check(),
-        )
+        with console.stage(f"evaluate {args.checkpoint} on {args.features}"):
+            metrics = evaluate(
+                args.checkpoint,
+                args.features,
+                val_fraction=args.val_fraction,
+                query_stride=args.query_stride,
+                max_queries=args.max_queries,
+                scorings=scorings,
+                json_path=args.json,
+                plots_dir=args.plots,
+                pad_features=args.pad_features,
+                search=args.search,
+                index_settings=IndexSettings(candidates=args.search_candidates).check(),
+            )
     except (ValueError, FileNotFoundError) as exc:
         print(f"dvamn evaluate: {exc}", file=sys.stderr)
         return 2

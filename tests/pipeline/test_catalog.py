@@ -16,6 +16,7 @@ from dvamn.pipeline.catalog import (
 )
 from dvamn.schema import VIDEO_SCHEMA, rows_to_table
 from dvamn.serving.catalog_store import CatalogMismatchError, check_compatible, load_catalog
+from tests.support.console import ray_internal_lines
 
 pytestmark = pytest.mark.ray
 
@@ -101,8 +102,13 @@ def test_audio_files_become_tracks_and_every_input_is_accounted_for(
     # version; the previous one stays readable.
     from dvamn.cli import main
 
+    capsys.readouterr()
     assert main(["catalog", str(music_dir), "--out", out, "--audio", "logmel"]) == 0
-    printed = capsys.readouterr().out
+    shown = capsys.readouterr()
+    printed = shown.out
+    # Its own stage and summary on the console; Ray Data's bars and messages in the log file.
+    assert "== embed the tracks of" in printed and "done in" in printed
+    assert not ray_internal_lines(shown.out + shown.err), shown.out + shown.err
     assert f"version {summary.version}" in printed
     rebuilt = load_catalog(out)
     assert rebuilt.version_id != summary.version_id and rebuilt.version_id in printed
