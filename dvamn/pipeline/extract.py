@@ -427,13 +427,7 @@ def extract_dataset(config: ExtractConfig, write_manifest: bool = True):
         len(job.todo),
     )
     started = time.perf_counter()
-    dataset = None
-    if job.todo:
-        from dvamn import console
-
-        dataset = console.materialize(
-            build_dataset(config, job.todo, run_id), len(job.todo), "   videos", "video"
-        )
+    dataset = build_dataset(config, job.todo, run_id).materialize() if job.todo else None
     wall_s = time.perf_counter() - started
     videos = _footers(config.out, VIDEOS_DIR)
     errors = _footers(config.out, ERRORS_DIR)
