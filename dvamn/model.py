@@ -37,14 +37,12 @@ from a local path or any fsspec URI (``s3://``), or picks the best checkpoint of
 run directory.
 """
 
-import dataclasses
 import io
 import json
 import logging
 import math
 import os
 import tempfile
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -56,9 +54,12 @@ from dvamn import storage
 from dvamn.constants import (
     EMBEDDING_DIM,
     NUM_JOINTS,
-    POSE_FEATURES,
     POSE_FRAMES_PER_AUDIO_FRAME,
 )
+
+# The network's configuration lives in a module without torch (CLIs read its defaults);
+# re-exported here, its usual home.
+from dvamn.model_config import RHYTHM_FEATURES, DVAMNConfig  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,6 @@ SELECT_BY_RECALL = {
 }
 
 
-# Extra input channels per ``DVAMNConfig.rhythm`` setting (see ``rhythm_features``).
-RHYTHM_FEATURES = {"none": 0, "accel": 2 * NUM_JOINTS + NUM_JOINTS + 1}
-
-
 def rhythm_features(x: torch.Tensor) -> torch.Tensor:
     """Timing the 68 features hold only implicitly, made explicit: x (B, T, 68)
     standardised pose features ([normalised (34), motion (34)], joint-major x, y) ->
@@ -100,62 +97,6 @@ def rhythm_features(x: torch.Tensor) -> torch.Tensor:
     total = speed.sum(-1, keepdim=True) / math.sqrt(NUM_JOINTS)  # (B, T, 1)
     onset = F.relu(F.pad(total[:, 1:] - total[:, :-1], (0, 0, 1, 0)))  # (B, T, 1)
     return torch.cat([accel, speed, onset], dim=-1)
-
-
-@dataclass
-class DVAMNConfig:
-    """The network's shape; defaults are the paper's (and the authors' code's kernels)."""
-
-    pose_features: int = POSE_FEATURES  # 34 normalised coordinates + 34 motion residuals
-    audio_dim: int = EMBEDDING_DIM  # VGGish embedding size
-    widths: Tuple[int, ...] = (128, 256, 512)  # the three MFC blocks before the GRUs
-    gru_hidden: int = 512  # per direction; each bidirectional layer outputs 2 * gru_hidden
-    post_gru_widths: Tuple[int, ...] = (512, 256)  # the two MFC blocks after the GRUs
-    fc_width: int = 128  # the frame-wise fully connected layer before the output
-    kernel_size: int = 7  # MFC kernel in frames (see the module docstring)
-    output_kernel_size: int = 5  # the last MFC layer
-    dropout: float = 0.1  # before the 3rd layer of blocks 2.. (authors: Keras Dropout(0.9))
-    layer: str = "mfc"  # "mfc" or "fc" (kernel size 1 everywhere: the paper's ablation)
-    # Rhythm the network sees beside the 68 features, derived in the network from them
-    # (``rhythm_features``): "none" (the paper), or "accel": per-joint acceleration (34),
-    # speed (17) and the motion onset, the rectified rise of summed joint speed (1).
-    rhythm: str = "none"
-
-    def __post_init__(self) -> None:
-        self.widths = tuple(int(w) for w in self.widths)
-        self.post_gru_widths = tuple(int(w) for w in self.post_gru_widths)
-        if self.layer not in ("mfc", "fc"):
-            raise ValueError(f"DVAMNConfig.layer must be 'mfc' or 'fc', got {self.layer!r}")
-        if self.rhythm not in RHYTHM_FEATURES:
-            raise ValueError(
-                f"DVAMNConfig.rhythm must be one of {sorted(RHYTHM_FEATURES)}, got {self.rhythm!r}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"DVAMNConfig.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("kernel_size", "output_kernel_size"):
-            k = getattr(self, name)
-            if k < 1 or k % 2 == 0:
-                raise ValueError(f"DVAMNConfig.{name} must be odd and >= 1 to keep T, got {k}")
-
-    @property
-    def input_features(self) -> int:
-        """Channels of the first MFC block: the 68 pose features and the rhythm ones."""
-        return self.pose_features + RHYTHM_FEATURES[self.rhythm]
-
-    def kernel(self, k: int) -> int:
-        """The kernel actually used: ``k`` for MFC, 1 for the frame-wise FC ablation."""
-        return 1 if self.layer == "fc" else k
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "DVAMNConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown DVAMNConfig fields {sorted(unknown)} in checkpoint config")
-        return cls(**values)
 
 
 class MFC(nn.Module):

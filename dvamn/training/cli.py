@@ -6,15 +6,18 @@ import sys
 from typing import Tuple
 
 from dvamn import console
+from dvamn.model_config import RHYTHM_FEATURES, DVAMNConfig
 from dvamn.ray_setup import add_address_argument, ensure_ray
+from dvamn.scoring_names import DEFAULT_SCORING, SCORINGS
 from dvamn.search import DEFAULT_SEARCH, SEARCH_MODES, IndexSettings
-from dvamn.training.data import (
-    DEFAULT_VAL_FRACTION,
-    QUERY_STRIDE_POSE_FRAMES,
-    TRAIN_STRIDE_POSE_FRAMES,
-)
+from dvamn.training.config import INITIAL_TEMPERATURE, OBJECTIVES, TrainConfig
+from dvamn.training.data import QUERY_STRIDE_POSE_FRAMES, AugmentConfig
 
 log = logging.getLogger(__name__)
+
+
+def _joined(values: Tuple[int, ...]) -> str:
+    return ",".join(str(v) for v in values)
 
 
 def _widths(text: str) -> Tuple[int, ...]:
@@ -32,10 +35,11 @@ def _widths(text: str) -> Tuple[int, ...]:
 SCORING_HELP = (
     "a distance (l2, cosine, logcosh) on raw embeddings; with -std on embeddings "
     "standardised by the training targets' mean and std; with -w also weighted by how "
-    "well training predicted each dimension (default cosine-w)"
+    f"well training predicted each dimension (default {DEFAULT_SCORING})"
 )
-# Network flags default to None, meaning DVAMNConfig's value (the paper's): the defaults
-# live in one place, and this module imports no torch so that `dvamn --help` stays fast.
+# Defaults come from the config dataclasses (TrainConfig, DVAMNConfig, AugmentConfig), which
+# import no torch, so that `dvamn --help` stays fast. Network flags default to None,
+# meaning DVAMNConfig's value (the paper's), so that only the flags given are recorded.
 NETWORK_FLAGS = ("widths", "gru_hidden", "post_gru_widths", "fc_width", "kernel_size", "dropout")
 
 
@@ -71,13 +75,18 @@ def _add_data_and_optimiser_arguments(p) -> None:
         help="output of `dvamn extract` (OUT or OUT/videos), local or s3://",
     )
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (local or s3://)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=TrainConfig.workers,
+        help="Ray Train workers (default %(default)s)",
+    )
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="(default %(default)s)")
     p.add_argument(
         "--layer",
         choices=("mfc", "fc"),
-        default="mfc",
+        default=DVAMNConfig.layer,
         help="mfc, or the paper's frame-wise fc ablation",
     )
     p.add_argument(
@@ -86,16 +95,26 @@ def _add_data_and_optimiser_arguments(p) -> None:
     p.add_argument(
         "--stride",
         type=int,
-        default=TRAIN_STRIDE_POSE_FRAMES,
+        default=TrainConfig.stride,
         help="pose frames between training windows (even; default %(default)s = 2 s)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="per worker (paper: 64)")
-    p.add_argument("--lr", type=float, default=2e-4, help="NAdam learning rate (paper: 2e-4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=TrainConfig.batch_size,
+        help="per worker (default %(default)s, the paper's)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=TrainConfig.lr,
+        help="NAdam learning rate (default %(default)s, the paper's)",
+    )
+    p.add_argument("--seed", type=int, default=TrainConfig.seed, help="(default %(default)s)")
     p.add_argument(
         "--val-fraction",
         type=float,
-        default=DEFAULT_VAL_FRACTION,
+        default=TrainConfig.val_fraction,
         help="videos held out, by video id hash (default %(default)s, the paper's 4:1)",
     )
 
@@ -103,39 +122,57 @@ def _add_data_and_optimiser_arguments(p) -> None:
 def _add_network_arguments(p) -> None:
     """The network's shape (None: DVAMNConfig's value, see NETWORK_FLAGS)."""
     p.add_argument(
-        "--dropout", type=float, default=None, help="dropout in the MFC blocks (default 0.1)"
+        "--dropout",
+        type=float,
+        default=None,
+        help=f"dropout in the MFC blocks (default {DVAMNConfig.dropout})",
     )
     p.add_argument(
         "--widths",
         type=_widths,
         default=None,
-        help="MFC block widths before the GRUs (paper: 128,256,512)",
+        help=f"MFC block widths before the GRUs (paper: {_joined(DVAMNConfig.widths)})",
     )
     p.add_argument(
         "--gru-hidden",
         type=int,
         default=None,
-        help="GRU units per direction (paper: 512)",
+        help=f"GRU units per direction (paper: {DVAMNConfig.gru_hidden})",
     )
     p.add_argument(
         "--post-gru-widths",
         type=_widths,
         default=None,
-        help="MFC blocks after the GRUs (paper: 512,256)",
+        help=f"MFC blocks after the GRUs (paper: {_joined(DVAMNConfig.post_gru_widths)})",
     )
-    p.add_argument("--fc-width", type=int, default=None, help="frame-wise FC width (paper: 128)")
+    p.add_argument(
+        "--fc-width",
+        type=int,
+        default=None,
+        help=f"frame-wise FC width (paper: {DVAMNConfig.fc_width})",
+    )
     p.add_argument(
         "--kernel-size",
         type=int,
         default=None,
-        help="MFC kernel in frames (default 7)",
+        help=f"MFC kernel in frames (default {DVAMNConfig.kernel_size})",
     )
 
 
 def _add_worker_and_validation_arguments(p) -> None:
     """Fault tolerance, worker size, per-epoch retrieval scoring and the epoch cap."""
-    p.add_argument("--max-failures", type=int, default=2, help="worker-group restarts allowed")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=TrainConfig.max_failures,
+        help="worker-group restarts allowed (default %(default)s)",
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=TrainConfig.cpus_per_worker,
+        help="(default %(default)s)",
+    )
     p.add_argument("--scoring", help="how per-epoch retrieval compares: " + SCORING_HELP)
     p.add_argument(
         "--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)"
@@ -146,36 +183,36 @@ def _add_objective_arguments(p) -> None:
     """The training objective, the rhythm features and early stopping."""
     p.add_argument(
         "--objective",
-        choices=("logcosh", "contrastive", "both"),
-        default=None,
+        choices=OBJECTIVES,
+        default=TrainConfig.objective,
         help="logcosh: regress the embeddings (the paper); contrastive: InfoNCE over the "
         "search similarity with hard negatives (other offsets of the same track); both: "
-        "log-cosh + --contrastive-weight x contrastive (default logcosh)",
+        "log-cosh + --contrastive-weight x contrastive (default %(default)s)",
     )
     p.add_argument(
         "--contrastive-weight",
         type=float,
-        default=1.0,
-        help="weight of the contrastive term (default 1)",
+        default=TrainConfig.contrastive_weight,
+        help="weight of the contrastive term (default %(default)s)",
     )
     p.add_argument(
         "--temperature",
         type=float,
         default=None,
-        help="a fixed contrastive temperature (default: learnable, starting at 0.1)",
+        help=f"a fixed contrastive temperature (default: learnable, starting at {INITIAL_TEMPERATURE})",
     )
     p.add_argument(
         "--hard-negatives",
         type=int,
-        default=4,
-        help="per window: its own soundtrack at other offsets, >= 0.6 s away (default 4)",
+        default=TrainConfig.hard_negatives,
+        help="per window: its own soundtrack at other offsets, >= 0.6 s away (default %(default)s)",
     )
     p.add_argument(
         "--rhythm",
-        choices=("none", "accel"),
+        choices=tuple(RHYTHM_FEATURES),
         default=None,
         help="rhythm features derived in the network from the pose: none (the paper) or "
-        "accel (joint accelerations, speeds and the motion onset; default none)",
+        f"accel (joint accelerations, speeds and the motion onset; default {DVAMNConfig.rhythm})",
     )
     p.add_argument(
         "--patience",
@@ -188,18 +225,31 @@ def _add_objective_arguments(p) -> None:
 def _add_augmentation_arguments(p) -> None:
     aug = p.add_argument_group("pose augmentation (training windows only; default none)")
     aug.add_argument(
-        "--aug-mirror", type=float, default=0.0, help="probability of a left-right mirror"
+        "--aug-mirror",
+        type=float,
+        default=AugmentConfig.mirror,
+        help="probability of a left-right mirror",
     )
-    aug.add_argument("--aug-rotate", type=float, default=0.0, help="rotation up to +- degrees")
-    aug.add_argument("--aug-scale", type=float, default=0.0, help="scale by 1 +- this")
+    aug.add_argument(
+        "--aug-rotate",
+        type=float,
+        default=AugmentConfig.rotate_deg,
+        help="rotation up to +- degrees",
+    )
+    aug.add_argument(
+        "--aug-scale", type=float, default=AugmentConfig.scale, help="scale by 1 +- this"
+    )
     aug.add_argument(
         "--aug-drop-frames",
         type=float,
-        default=0.0,
+        default=AugmentConfig.drop_frames,
         help="fraction of frames where the dancer is lost, then gap-filled as at inference",
     )
     aug.add_argument(
-        "--aug-time-jitter", type=int, default=0, help="pose shifted by up to this many frames"
+        "--aug-time-jitter",
+        type=int,
+        default=AugmentConfig.time_jitter,
+        help="pose shifted by up to this many frames",
     )
 
 
@@ -260,10 +310,7 @@ def _register_evaluate(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dvamn.model import DVAMNConfig
-    from dvamn.scoring import DEFAULT_SCORING, SCORINGS
-    from dvamn.training.data import AugmentConfig
-    from dvamn.training.train import DEFAULT_OBJECTIVE, summary_table, train
+    from dvamn.training.train import summary_table, train
 
     network = {k: getattr(args, k) for k in NETWORK_FLAGS if getattr(args, k) is not None}
     if args.rhythm is not None:
@@ -281,7 +328,7 @@ def run_train(args: argparse.Namespace) -> int:
             drop_frames=args.aug_drop_frames,
             time_jitter=args.aug_time_jitter,
         )
-        config = _train_config(args, model, scoring, augment, args.objective or DEFAULT_OBJECTIVE)
+        config = _train_config(args, model, scoring, augment, args.objective)
     except ValueError as exc:
         print(f"dvamn train: {exc}", file=sys.stderr)
         return 2
@@ -329,7 +376,6 @@ def _train_config(args, model, scoring, augment, objective):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from dvamn.scoring import DEFAULT_SCORING, SCORINGS
     from dvamn.training.evaluate import REPORTED_SCORINGS, evaluate
 
     if args.scoring == "all":

@@ -41,19 +41,25 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from dvamn import storage
 from dvamn.model import DVAMNConfig
-from dvamn.scoring import DEFAULT_SCORING, SCORINGS
+
+# A run's configuration lives in a module without torch (the CLI reads its defaults);
+# re-exported here, its usual home.
+from dvamn.training.config import (  # noqa: F401
+    DEFAULT_OBJECTIVE,
+    INITIAL_TEMPERATURE,
+    MIN_TEMPERATURE,
+    OBJECTIVES,
+    TrainConfig,
+)
 from dvamn.training.data import (
-    DEFAULT_VAL_FRACTION,
-    QUERY_STRIDE_POSE_FRAMES,
-    TRAIN_STRIDE_POSE_FRAMES,
     AugmentConfig,
 )
 from dvamn.training.metrics import EPOCH_RETRIEVAL_KEYS, RETRIEVAL_FIGURES
@@ -63,87 +69,6 @@ log = logging.getLogger(__name__)
 NAN_REPORT_FILE = "nan_loss.json"
 SUMMARY_FILE = "summary.json"
 LOG_EVERY_STEPS = 20
-OBJECTIVES = ("logcosh", "contrastive", "both")
-DEFAULT_OBJECTIVE = "logcosh"
-INITIAL_TEMPERATURE = 0.1  # of the learnable temperature (CLIP starts at 0.07)
-MIN_TEMPERATURE = 0.01
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; saved in every checkpoint's metadata."""
-
-    features: str  # extraction output URI (OUT or OUT/videos)
-    out: str  # the run directory RUN: local path or s3:// URI
-    workers: int = 1  # Ray Train workers (0: run the loop in-process, no DDP)
-    gpu: bool = False
-    epochs: int = 20
-    batch_size: int = 64  # per worker, as the paper's single-GPU batch
-    lr: float = 2e-4
-    betas: Tuple[float, float] = (0.9, 0.999)
-    stride: int = TRAIN_STRIDE_POSE_FRAMES  # pose frames between training window starts
-    val_fraction: float = DEFAULT_VAL_FRACTION  # the paper's 4:1 split, by video
-    seed: int = 0
-    resume: bool = False
-    model: DVAMNConfig = field(default_factory=DVAMNConfig)
-    max_failures: int = 2  # worker-group restarts before the run fails
-    num_to_keep: Optional[int] = 3  # best checkpoints kept (the latest is always kept)
-    cpus_per_worker: float = 1.0
-    shuffle_buffer: int = 1024  # windows in each worker's local shuffle buffer
-    query_stride: int = QUERY_STRIDE_POSE_FRAMES  # between validation retrieval queries
-    max_retrieval_queries: Optional[int] = 256  # per epoch (evaluate uses them all)
-    scoring: str = DEFAULT_SCORING  # how per-epoch retrieval compares (scoring.SCORINGS)
-    max_steps_per_epoch: Optional[int] = None  # caps epochs for smoke runs and benchmarks
-    objective: str = DEFAULT_OBJECTIVE  # OBJECTIVES (see the module docstring)
-    contrastive_weight: float = 1.0  # of the contrastive term in "both"
-    temperature: Optional[float] = None  # None: learnable from INITIAL_TEMPERATURE
-    hard_negatives: int = 4  # per window, for the contrastive term
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    patience: Optional[int] = None  # epochs without a better checkpoint before stopping
-    query_bank_size: int = 128  # training predictions stored for hubness correction
-    # Fault-injection for tests: the worker of this rank exits hard at this global step,
-    # once (the marker file records that it happened).
-    crash_at_step: Optional[int] = None
-    crash_marker: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.objective != "logcosh" and not self.scoring.startswith("cosine"):
-            raise ValueError(
-                f"the contrastive objective uses the cosine scorings' similarity; --scoring "
-                f"{self.scoring!r} is not one of them (cosine-w, cosine-std, cosine)"
-            )
-        if self.scoring not in SCORINGS:
-            raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
-        if self.temperature is not None and not MIN_TEMPERATURE <= self.temperature <= 10.0:
-            raise ValueError(
-                f"temperature must be in [{MIN_TEMPERATURE}, 10], got {self.temperature}"
-            )
-        if self.contrastive_weight < 0 or self.hard_negatives < 0 or self.query_bank_size < 0:
-            raise ValueError("contrastive_weight, hard_negatives and query_bank_size must be >= 0")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
-        if isinstance(self.augment, dict):
-            self.augment = AugmentConfig(**self.augment)
-
-    @property
-    def retrieval_objective(self) -> bool:
-        return self.objective != "logcosh"
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    def run_location(self) -> Tuple[str, str]:
-        """(storage_path, name) for Ray Train's RunConfig: RUN's parent and its last part."""
-        out = self.out.rstrip("/")
-        if storage.is_remote(out):
-            parent, name = out.rsplit("/", 1)
-            return parent, name
-        out = os.path.abspath(os.path.expanduser(out))
-        return os.path.dirname(out), os.path.basename(out)
 
 
 @dataclass
