@@ -86,3 +86,23 @@ def test_resume_takes_the_latest_complete_checkpoint(tmp_path, caplog):
     assert (where, meta["epoch"]) == (second, 2)
     assert state.keys() == small_model().state_dict().keys()
     assert "resuming from the latest complete checkpoint" in caplog.text
+
+
+def test_resume_takes_the_runs_later_checkpoint_over_an_older_one_ray_train_restored(
+    tmp_path, caplog
+):
+    """A driver killed after a worker wrote a checkpoint but before Ray Train's controller
+    recorded it: Ray Train restores the one before, or none after the first epoch."""
+    from ray.train import Checkpoint
+
+    from dvamn.training.train import _resume_state
+
+    first = _save(tmp_path, 1, 2.0)
+    second = _save(tmp_path, 2, 1.5)
+    with caplog.at_level(logging.WARNING):
+        where, _, _, meta = _resume_state(Checkpoint.from_directory(first), str(tmp_path))
+    assert (where, meta["epoch"]) == (second, 2)
+    assert "the run holds a later complete checkpoint" in caplog.text
+    where, _, _, meta = _resume_state(None, str(tmp_path))
+    assert (where, meta["epoch"]) == (second, 2)
+    assert _resume_state(None, str(tmp_path / "fresh")) is None

@@ -31,7 +31,9 @@ scorings (``dvamn.scoring.set_hubness``).
 Fault tolerance: checkpoints (model, optimiser, config, feature metadata, history) go to
 RUN through Ray Train's storage (local path or ``s3://``); ``FailureConfig(max_failures)``
 replaces a worker group that lost a worker and the loop resumes from the last checkpoint;
-``--resume`` re-runs with the same RunConfig(name, storage_path), which Ray Train restores.
+``--resume`` re-runs with the same RunConfig(name, storage_path) and continues from the
+latest complete checkpoint in RUN (``_resume_state``: Ray Train's record of the run can
+lag behind it when the driver was killed).
 """
 
 import dataclasses
@@ -356,29 +358,49 @@ def _crash_once(cfg: Dict[str, Any], ctx) -> None:
 
 
 def _resume_state(checkpoint: Any, run_uri: str) -> Optional[tuple]:
-    """(where, state dict, training state, metadata) to resume from: Ray Train's latest
-    checkpoint when it is complete, else the run's latest complete one (a crash can cut
-    the writing of the last one short; ``dvamn.model.checkpoint_problem``). None, with a
-    warning, when the run has no complete checkpoint at all."""
-    from dvamn.model import checkpoint_problem, list_checkpoints, load_model, load_training_state
+    """(where, state dict, training state, metadata) to resume from: the run's latest
+    complete checkpoint (``dvamn.model.list_checkpoints``), or Ray Train's ``checkpoint``
+    when it is complete and no older. None, with a warning, when there is none at all.
 
-    def read(ckpt_dir: str) -> tuple:
-        # Through the checkpoint contract (config, weights_only load, metadata), as serving.
-        model, meta = load_model(ckpt_dir)
-        return ckpt_dir, model.state_dict(), load_training_state(ckpt_dir), meta
+    The run directory is the record, not Ray Train's: a worker writes a checkpoint
+    before Ray Train's controller adds it to its snapshot of the run
+    (``checkpoint_manager_snapshot.json``), so a driver killed between the two restores
+    the checkpoint before it, or none (``checkpoint`` None) after the first epoch. A
+    crash can also cut the writing of the last one short
+    (``dvamn.model.checkpoint_problem``): it is skipped."""
+    from dvamn.model import checkpoint_metadata, checkpoint_problem, list_checkpoints
 
-    with checkpoint.as_directory() as ckpt_dir:
-        problem = checkpoint_problem(ckpt_dir)
-        if problem is None:
-            _, state, training_state, meta = read(ckpt_dir)
-            return checkpoint.path, state, training_state, meta
-    log.warning("the latest checkpoint %s is incomplete (%s)", checkpoint.path, problem)
     complete = list_checkpoints(run_uri)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            problem = checkpoint_problem(ckpt_dir)
+            if problem is not None:
+                log.warning("the latest checkpoint %s is incomplete (%s)", checkpoint.path, problem)
+            elif not complete or (
+                checkpoint_metadata(ckpt_dir)["epoch"] >= checkpoint_metadata(complete[-1])["epoch"]
+            ):
+                return (checkpoint.path, *_read_resume_state(ckpt_dir))
+            else:
+                log.warning(
+                    "Ray Train restored %s, but the run holds a later complete checkpoint "
+                    "(its driver stopped before Ray Train recorded it)",
+                    checkpoint.path,
+                )
     if not complete:
-        log.warning("%s holds no complete checkpoint: training starts again", run_uri)
+        if checkpoint is not None:
+            log.warning("%s holds no complete checkpoint: training starts again", run_uri)
         return None
     log.warning("resuming from the latest complete checkpoint, %s", complete[-1])
-    return read(complete[-1])
+    return (complete[-1], *_read_resume_state(complete[-1]))
+
+
+def _read_resume_state(ckpt_dir: str) -> tuple:
+    """(state dict, training state, metadata) of a complete checkpoint, read through the
+    checkpoint contract (config, weights_only load, metadata) as serving reads it."""
+    from dvamn.model import load_model, load_training_state
+
+    model, meta = load_model(ckpt_dir)
+    return model.state_dict(), load_training_state(ckpt_dir), meta
 
 
 def train_loop_per_worker(cfg: Dict[str, Any]) -> None:
@@ -491,8 +513,7 @@ def _restore_from_checkpoint(model, optimizer, log_temperature, run_uri: str, ra
     Returns (start_epoch, step, history): (0, 0, []) for a fresh run."""
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    resumed = _resume_state(checkpoint, run_uri) if checkpoint else None
+    resumed = _resume_state(ray.train.get_checkpoint(), run_uri)
     if not resumed:
         return 0, 0, []
     resumed_from, state, training_state, meta = resumed
