@@ -64,3 +64,47 @@ def test_video_limits_are_application_args():
     defaults = ServeSettings.from_args({"checkpoint": "a", "catalog": "b", "max_video_frames": ""})
     assert defaults.limits.max_video_frames is None
     assert defaults.limits.max_video_fps == 240.0 and defaults.limits.video_timeout_s == 120.0
+
+
+def _match_model_user_config(config: dict) -> dict:
+    [match_model] = [
+        d for d in config["applications"][0]["deployments"] if d["name"] == MatchModel.name
+    ]
+    return match_model["user_config"]
+
+
+def test_serve_deploy_of_a_new_catalog_in_user_config_is_a_lightweight_update():
+    """What docs/serving.md says of `serve deploy serve_config.yaml` with a new catalog:
+    the application builds from the file's import path and args as Serve builds it;
+    MatchModel's user_config there names the same keys as the one the code sets (the
+    file's replaces the code's); editing its catalog leaves the application's code
+    version alone (Serve reconfigures the running replicas), while editing the `catalog`
+    arg changes it (Serve restarts them)."""
+    import copy
+
+    from ray._common.utils import import_attr
+    from ray.serve._private.build_app import build_app as serve_build_app
+    from ray.serve._private.deploy_utils import get_app_code_version
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load(CONFIG.read_text())
+    [application] = ServeDeploySchema.model_validate(config).applications
+    built = serve_build_app(import_attr(application.import_path)(application.args), name="dvamn")
+    [match_model] = [d for d in built.deployments if d.name == MatchModel.name]
+    from_file = _match_model_user_config(config)
+    assert set(from_file) == set(match_model.user_config) == {"catalog", "watch_catalog_s"}
+    assert from_file["catalog"] == application.args["catalog"] == match_model.user_config["catalog"]
+
+    def code_version(edit) -> str:
+        edited = copy.deepcopy(config)
+        edit(edited)
+        return get_app_code_version(ServeDeploySchema.model_validate(edited).applications[0])
+
+    unchanged = code_version(lambda c: None)
+    new_version = "catalogs/music/versions/20260102T000000-abc123"
+    assert code_version(lambda c: _match_model_user_config(c).update(catalog=new_version)) == (
+        unchanged
+    )
+    assert code_version(lambda c: c["applications"][0]["args"].update(catalog=new_version)) != (
+        unchanged
+    )
