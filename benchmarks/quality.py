@@ -42,6 +42,9 @@ SMALL_NETWORK = [
     "--lr", "1e-3", "--stride", "10", "--widths", "32,64,128", "--gru-hidden", "128",
     "--post-gru-widths", "128,64", "--fc-width", "64",
 ]  # fmt: skip
+# The scorings the table shows per evaluation (where evaluated): plain, hubness-corrected,
+# and with the rhythm term (models with an onset head).
+QUALITY_SCORINGS = ("cosine-w", "cosine-w+qb", "cosine-w+onset", "cosine-w+qb+onset")
 FIGURES = ("r_at_1", "r_at_5", "r_at_10", "median_rank", "pool_size")
 POOL_FIGURES = ("pool100_r_at_1", "pool100_r_at_5", "pool100_r_at_10", "pool100_median_rank")
 
@@ -127,6 +130,11 @@ def pick(metrics: Dict[str, Any]) -> Dict[str, Any]:
         epoch=metrics.get("epoch"),
         offset_within_0_5s=metrics.get("offset_within_0_5s"),
     )
+    # Every scoring's figures (hubness corrections, the rhythm term), beside the first's.
+    keep["by_scoring"] = {
+        name: {k: m.get(k) for k in (*FIGURES, *POOL_FIGURES, "pool100_size")}
+        for name, m in (metrics.get("by_scoring") or {}).items()
+    }
     rhythm = metrics.get("rhythm_baseline") or {}
     keep["rhythm_baseline"] = (
         {k: rhythm.get(k) for k in (*FIGURES, *POOL_FIGURES, "pool100_size")}
@@ -153,6 +161,9 @@ def table(results: Dict[str, Dict[str, Any]]) -> str:
 
     for name, m in results.items():
         lines.append(row(f"{name}: model", m))
+        for scoring, figures in m.get("by_scoring", {}).items():
+            if scoring in QUALITY_SCORINGS and figures.get("r_at_1") is not None:
+                lines.append(row(f"  {scoring}", figures))
         if m["rhythm_baseline"].get("available", True):
             lines.append(row(f"{name}: rhythm baseline", m["rhythm_baseline"]))
     lines.append("(left: all candidates of the evaluation; right: the fixed pool of 100)")
@@ -218,7 +229,12 @@ def main(argv: List[str]) -> int:
         ),
     ):
         path = os.path.join(run, f"eval-{label.split()[0]}.json")
-        eval_s[label] = dvamn(["evaluate", run, features, "--json", path, *flags], log)
+        onset_head = "--onset-head" in extra
+        scoring = [
+            "--scoring",
+            ",".join(s for s in QUALITY_SCORINGS if onset_head or "onset" not in s),
+        ]
+        eval_s[label] = dvamn(["evaluate", run, features, "--json", path, *scoring, *flags], log)
         with open(path) as f:
             results[label] = pick(json.load(f))
     print(table(results))

@@ -184,6 +184,7 @@ def write_catalog(catalog, out: str, **publish_options) -> None:
                 "source": "synthetic",
                 "audio_playable": False,
                 "cataloged_at": "",
+                "audio_onset": None,  # no rhythm term in this benchmark
             }
         )
     write_catalog_tables(out, rows_to_table(rows, CATALOG_SCHEMA), **publish_options)

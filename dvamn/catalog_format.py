@@ -50,6 +50,9 @@ CATALOG_SCHEMA = pa.schema(
         # GET /tracks/{id}/audio plays (dvamn.serving.audio_segments).
         ("audio_playable", pa.bool_()),
         ("cataloged_at", pa.string()),
+        # [2 T_a] onset strength at the pose rate (dvamn.audio.onset), for the "+onset"
+        # scorings' rhythm term; null in catalogs built before it existed.
+        ("audio_onset", pa.list_(pa.float32())),
     ]
 )
 

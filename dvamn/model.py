@@ -14,6 +14,12 @@ D features (channels). Convolutions see sequences as (B, D, T); GRUs as (B, T, D
       -> frame-wise fully connected 256->128 (ReLU)
       -> last MFC layer 128->128, linear                  (B, A, 128), standardised targets
 
+With ``onset_head`` (not in the paper), a linear MFC layer (kernel 5) on the pose blocks'
+output, before the max-pool, also predicts the music's onset strength per pose frame,
+(B, T): unitless, trained by correlation with the track's ``audio_onset``, so that search
+can compare the dance's timing with each track's at the resolution where it lives
+(``dvamn.scoring``'s rhythm term).
+
 Kernel sizes: the authors' released Keras code uses k = 7 for most MFC layers, 9 for some
 deeper ones and 5 for the output layers. We keep k = 7 for every block (0.7 s of context per
 layer at 10 fps, ~1.9 s for a block of three, about one bar of dance music at 120 BPM) and
@@ -152,6 +158,9 @@ class DVAMN(nn.Module):
             blocks.append(MFCBlock(width, w, k, c.dropout if i > 0 else 0.0))
             width = w
         self.pose_blocks = nn.Sequential(*blocks)
+        self.onset_out = (
+            MFC(width, 1, c.kernel(c.output_kernel_size), relu=False) if c.onset_head else None
+        )
         self.gru1 = nn.GRU(width, c.gru_hidden, batch_first=True, bidirectional=True)
         self.gru2 = nn.GRU(2 * c.gru_hidden, c.gru_hidden, batch_first=True, bidirectional=True)
         blocks, width = [], 4 * c.gru_hidden  # both GRU layers' outputs, concatenated
@@ -202,21 +211,25 @@ class DVAMN(nn.Module):
                 f"got {pose.shape[1]}"
             )
 
-    def forward(self, pose: torch.Tensor) -> torch.Tensor:
-        """pose: raw features (B, T, 68) -> standardised audio embeddings (B, T // 2, 128)."""
+    def forward(self, pose: torch.Tensor, with_onset: bool = False):
+        """pose: raw features (B, T, 68) -> standardised audio embeddings (B, T // 2, 128);
+        with ``with_onset`` (a model with an onset head), (embeddings, onsets (B, T))."""
         self._check_pose(pose)
+        if with_onset and self.onset_out is None:
+            raise ValueError("this model has no onset head (train it with --onset-head)")
         x = (pose - self.input_mean) / self.input_std  # (B, T, 68)
         if self.config.rhythm != "none":
             x = torch.cat([x, rhythm_features(x)], dim=-1)  # (B, T, 68 + 52)
         x = self.pose_blocks(x.transpose(1, 2))  # (B, 512, T)
+        onsets = self.onset_out(x)[:, 0] if with_onset else None  # (B, T)
         x = F.max_pool1d(x, POSE_FRAMES_PER_AUDIO_FRAME)  # (B, 512, A), odd T: last frame dropped
         x = x.transpose(1, 2)  # (B, A, 512)
         h1, _ = self.gru1(x)  # (B, A, 2H)
         h2, _ = self.gru2(h1)  # (B, A, 2H)
         x = torch.cat([h1, h2], dim=-1).transpose(1, 2)  # (B, 4H, A)
         x = self.post_blocks(x)  # (B, 256, A)
-        x = self.out(self.fc(x))  # (B, 128, A)
-        return x.transpose(1, 2)  # (B, A, 128)
+        x = self.out(self.fc(x)).transpose(1, 2)  # (B, A, 128)
+        return (x, onsets) if with_onset else x
 
     def to_target_units(self, standardised: torch.Tensor) -> torch.Tensor:
         """(…, 128) standardised -> the targets' own units."""
@@ -226,20 +239,30 @@ class DVAMN(nn.Module):
         """(…, 128) in the targets' own units -> standardised (the loss's units)."""
         return (targets - self.target_mean) / self.target_std
 
+    @property
+    def has_onset_head(self) -> bool:
+        return self.onset_out is not None
+
     @torch.no_grad()
-    def predict(self, pose: torch.Tensor) -> torch.Tensor:
+    def predict(self, pose: torch.Tensor, with_onset: bool = False):
         """Raw pose (B, T, 68) or (T, 68) -> embeddings in target units (B, T//2, 128) or
-        (T//2, 128). Runs in eval mode (no dropout) and restores the previous mode."""
+        (T//2, 128); with ``with_onset``, (embeddings, onsets (B, T) or (T,)). Runs in
+        eval mode (no dropout) and restores the previous mode."""
         squeeze = pose.dim() == 2
         if squeeze:
             pose = pose.unsqueeze(0)
         was_training = self.training
         self.eval()
         try:
-            out = self.to_target_units(self(pose))
+            out = self(pose, with_onset=with_onset)
         finally:
             self.train(was_training)
-        return out[0] if squeeze else out
+        embeddings, onsets = out if with_onset else (out, None)
+        embeddings = self.to_target_units(embeddings)
+        if squeeze:
+            embeddings = embeddings[0]
+            onsets = None if onsets is None else onsets[0]
+        return (embeddings, onsets) if with_onset else embeddings
 
     def scoring_transform_tensors(self, weighted: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """(center, scale), each (128,) on the model's device, without gradient: frames

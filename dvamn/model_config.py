@@ -29,6 +29,10 @@ class DVAMNConfig:
     # (``rhythm_features``): "none" (the paper), or "accel": per-joint acceleration (34),
     # speed (17) and the motion onset, the rectified rise of summed joint speed (1).
     rhythm: str = "none"
+    # An onset head: the network also predicts the music's onset strength at the pose rate
+    # (B, T), from the pose blocks' output, for the rhythm term of "+onset" scorings
+    # (dvamn.scoring) and the objective (dvamn.training.train). False: the paper.
+    onset_head: bool = False
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)

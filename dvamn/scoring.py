@@ -43,6 +43,18 @@ offsets stay those of the plain scoring and a query costs no more:
 - ``csls``: cross-domain similarity local scaling (Conneau et al. 2018):
   d'(q, g) = d(q, g) - r(g) / 2 with r(g) the mean distance of g's k nearest bank queries.
 
+Rhythm term (``"cosine-w+onset"``, ``"cosine-w+qb+onset"``: any scoring name ending in
+``+onset``): the model also predicts an onset-strength sequence at the pose rate (its
+onset head, ``DVAMN.predict(..., with_onset=True)``), and each track carries its
+``audio_onset`` channel (spectral flux at 10 Hz, ``dvamn.audio.onset``, smoothed by
+``onset_target``). At offset o the term is ``ONSET_WEIGHT * (1 - r)``, r the Pearson
+correlation of the query's 2T predicted onsets with the track's onsets 2o .. 2o + 2T - 1,
+added to the per-frame distance before the best offset is chosen: timing and sound must
+agree at the same offset. Tracks shorter than the query get the neutral 1 - 0. The
+hubness correction is computed on the embedding part only (bank queries carry no
+onsets). The contrastive objective adds the same ``ONSET_WEIGHT * r`` to its similarity
+(``onset_similarity``), so training and search compare alike.
+
 Training similarity: ``aligned_similarity`` is the cosine scorings' similarity at one
 aligned offset, differentiable, for the contrastive objective (1 - it is exactly the score
 ``best_offsets`` gives a window at that offset).
@@ -51,7 +63,7 @@ aligned offset, differentiable, for the contrastive objective (1 - it is exactly
 import logging
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -65,19 +77,27 @@ from dvamn.scoring_names import (  # noqa: F401
     DISTANCES,
     HUBNESS_METHODS,
     HUBNESS_SCORINGS,
+    ONSET_SCORINGS,
+    ONSET_TERM,
     SCORINGS,
+    uses_onset,
 )
 
 log = logging.getLogger(__name__)
 
 QB_BETA = 20.0  # QB-Norm's inverse temperature on similarities in [-1, 1] (its paper's value)
 CSLS_K = 10  # CSLS's neighbourhood size
+# Weight of the rhythm term (1 - correlation, in [0, 2]) beside the per-frame distance (a
+# cosine distance is in [0, 2] too); the contrastive objective uses the same weight.
+ONSET_WEIGHT = 1.0
 
 
 def split_scoring(scoring: str) -> tuple:
     """``(base scoring, hubness method or None)``: "cosine-w+qb" -> ("cosine-w", "qb")."""
     if scoring not in ALL_SCORINGS:
         raise ValueError(f"scoring must be one of {', '.join(ALL_SCORINGS)}, got {scoring!r}")
+    if uses_onset(scoring):
+        scoring = scoring[: -len(ONSET_TERM) - 1]
     base, _, hubness = scoring.partition("+")
     return base, hubness or None
 
@@ -124,6 +144,10 @@ class TrackBank:
     # Hubness correction (``set_hubness``): a distance added to every query's score of
     # each track, (N,) float64.
     track_penalty: Optional[torch.Tensor] = None
+    # The rhythm term (``set_onsets``): each track's ``onset_target`` at the pose rate,
+    # zero-padded to 2 * L_max, (N, 2 * L_max) float64, and its cumulative sums.
+    onsets: Optional[torch.Tensor] = None
+    onset_cumsums: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def transform_query(self, query: torch.Tensor) -> torch.Tensor:
         if self.center is None:
@@ -213,6 +237,23 @@ def aligned_similarity(queries: torch.Tensor, windows: torch.Tensor) -> torch.Te
     return (q.flatten(1) @ x.flatten(1).T) / queries.shape[1]  # (B, M)
 
 
+def onset_similarity(queries: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of every query's onsets with every window's, (B, T_p) and
+    (M, T_p) -> (B, M); differentiable (the contrastive objective's rhythm part:
+    ``ONSET_WEIGHT`` times it is what the rhythm term subtracts from a distance)."""
+    if queries.dim() != 2 or windows.dim() != 2 or queries.shape[1] != windows.shape[1]:
+        raise ValueError(
+            f"onsets (B, T_p) and (M, T_p) must agree in T_p, got {tuple(queries.shape)} "
+            f"and {tuple(windows.shape)}"
+        )
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=1, keepdim=True)
+        return centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+    return unit(queries) @ unit(windows).T
+
+
 def hubness_penalty(bank_scores: np.ndarray, method: str) -> np.ndarray:
     """Per-track correction from the distances of Qb bank queries to N tracks,
     ``bank_scores`` (Qb, N) (each track at its best offset; +inf where never comparable)
@@ -233,6 +274,63 @@ def hubness_penalty(bank_scores: np.ndarray, method: str) -> np.ndarray:
         mean = np.where(np.isfinite(nearest).all(axis=0), nearest.mean(axis=0), 0.0)
         return -0.5 * mean
     raise ValueError(f"hubness method must be one of {HUBNESS_METHODS}, got {method!r}")
+
+
+def onset_target(onset: np.ndarray) -> np.ndarray:
+    """A track's ``audio_onset`` (T_p,) as the rhythm term compares it: smoothed by the
+    rhythm baseline's 3-frame Hann window (``dvamn.rhythm.smooth_series``), float64. The
+    onset head is trained against the same."""
+    from dvamn.rhythm import smooth_series
+
+    return smooth_series(np.asarray(onset, np.float64).reshape(-1))
+
+
+def set_onsets(bank: TrackBank, onsets: Optional[Sequence[np.ndarray]]) -> TrackBank:
+    """Store every track's ``audio_onset`` (T_p,) (at the pose rate, 2 per audio frame)
+    for the rhythm term; None clears it. A track's series is cut or zero-padded to twice
+    its audio frames."""
+    bank.onsets, bank.onset_cumsums = None, None
+    if onsets is None:
+        return bank
+    if len(onsets) != bank.num_tracks:
+        raise ValueError(f"{len(onsets)} onset series for {bank.num_tracks} tracks")
+    device = bank.tracks.device
+    width = 2 * int(bank.tracks.shape[1])
+    padded = np.zeros((bank.num_tracks, width), np.float64)
+    for i, (onset, length) in enumerate(zip(onsets, bank.lengths.tolist())):
+        series = onset_target(onset)[: 2 * length]
+        padded[i, : len(series)] = series
+    x = torch.as_tensor(padded, device=device)
+    bank.onsets = x
+    pad = torch.nn.functional.pad
+    bank.onset_cumsums = (pad(x.cumsum(1), (1, 0)), pad((x * x).cumsum(1), (1, 0)))
+    return bank
+
+
+def onset_correlations(
+    query_onset: torch.Tensor, bank: TrackBank, idx: torch.Tensor
+) -> torch.Tensor:
+    """Pearson correlation of a query's predicted onsets (T_p = 2T,) with tracks ``idx``'s
+    onsets at every audio offset o (pose frames 2o .. 2o + T_p - 1) -> (n, L_max - T + 1)
+    float64; 0 where either series is constant. One strided conv1d and cumulative sums."""
+    q = query_onset.double().reshape(-1)
+    t_p = len(q)
+    centred = q - q.mean()
+    norm = centred.norm()
+    if float(norm) < 1e-12:
+        return torch.zeros(
+            len(idx), bank.tracks.shape[1] - t_p // 2 + 1, dtype=torch.float64, device=q.device
+        )
+    unit = centred / norm
+    x = bank.onsets[idx]  # (n, 2 L_max)
+    cross = torch.nn.functional.conv1d(x[:, None, :], unit[None, None, :], stride=2)[:, 0]  # (n, O)
+    num = cross.shape[1]
+    starts = 2 * torch.arange(num, device=x.device)
+    total, total_sq = (c[idx] for c in bank.onset_cumsums)
+    s = total[:, starts + t_p] - total[:, starts]
+    ss = total_sq[:, starts + t_p] - total_sq[:, starts]
+    spread = torch.sqrt((ss - s * s / t_p).clamp_min(0.0))  # norm of the centred window
+    return torch.where(spread > 1e-9, cross / spread.clamp_min(1e-12), torch.zeros_like(cross))
 
 
 def set_hubness(
@@ -396,12 +494,14 @@ def best_offsets(
     distance: str = DEFAULT_DISTANCE,
     short_tracks: str = "overlap",
     max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+    query_onset: Optional[Union[np.ndarray, torch.Tensor]] = None,
 ) -> Ranking:
     """Each track's best start offset for ``prediction`` (T, D), and the top-k tracks.
 
     Vectorised over the catalog: tracks are processed in chunks sized so that the
     (chunk, L_max, T) intermediate stays under ``max_chunk_elements``. ``top_k=None``
-    ranks every track with a finite score.
+    ranks every track with a finite score. ``query_onset`` (2T,): the query's predicted
+    onsets; adds the rhythm term (module docstring), for a bank with ``set_onsets``.
     """
     # The bank may live on a GPU; the query follows it and the results come back to CPU.
     device = bank.tracks.device
@@ -417,6 +517,19 @@ def best_offsets(
     query = query.to(device)
     query = bank.transform_query(query)
     t = query.shape[0]
+    onset_query = None
+    if query_onset is not None:
+        if bank.onsets is None:
+            raise ValueError(
+                "the rhythm term (+onset) needs the tracks' audio_onset channel; this catalog "
+                "or feature set has none (extract or catalog it again)"
+            )
+        onset_query = torch.as_tensor(np.asarray(query_onset), dtype=torch.float64).to(device)
+        if onset_query.shape != (2 * t,):
+            raise ValueError(
+                f"query onsets must be ({2 * t},) for a {t}-frame prediction, got "
+                f"{tuple(onset_query.shape)}"
+            )
     n, l_max, _ = bank.tracks.shape
     lengths = bank.lengths
     tracks = bank.unit() if distance == "cosine" else bank.tracks
@@ -440,6 +553,9 @@ def best_offsets(
                 if distance == "cosine":
                     # ||a - b||^2 = 2 - 2 cos for unit frames, so 1 - cos = half of it.
                     window = 0.5 * window
+            if onset_query is not None:
+                corr = onset_correlations(onset_query, bank, idx)  # (n, O_max)
+                window = window.double() + (ONSET_WEIGHT * t) * (1.0 - corr)
             offsets = torch.arange(window.shape[1], device=device)[None, :]
             valid = offsets <= (lengths[idx] - t)[:, None]  # offsets that stay inside the track
             window = window.masked_fill(~valid, math.inf)
@@ -456,6 +572,8 @@ def best_offsets(
         mean = (per_frame * mask).sum(1).double() / lengths[short].double()
         coverage = lengths[short].double() / t
         all_scores[short] = mean / coverage
+        if onset_query is not None:
+            all_scores[short] += ONSET_WEIGHT  # no correlation over a part: neutral
 
     if bank.track_penalty is not None:
         all_scores = all_scores + bank.track_penalty.to(device)
@@ -470,10 +588,13 @@ def best_offsets_reference(
     short_tracks: str = "overlap",
     center: Optional[np.ndarray] = None,
     scale: Optional[np.ndarray] = None,
+    query_onset: Optional[np.ndarray] = None,
+    track_onsets: Optional[Sequence[np.ndarray]] = None,
 ) -> Ranking:
     """The same ranking as ``best_offsets`` by plain loops over tracks and offsets, in
     float64 numpy: the definition the vectorised scorer is tested against. ``center`` and
-    ``scale`` standardise queries and tracks as a standardised bank does."""
+    ``scale`` standardise queries and tracks as a standardised bank does; ``query_onset``
+    (2T,) with ``track_onsets`` adds the rhythm term."""
     prediction = np.asarray(prediction, dtype=np.float64)
     if center is not None:
         scale = np.maximum(np.asarray(scale, np.float64), 1e-6)
@@ -495,14 +616,33 @@ def best_offsets_reference(
 
     scores = np.full(len(tracks), math.inf)
     offsets = np.zeros(len(tracks), dtype=np.int64)
+    if query_onset is not None:
+        onsets = [
+            np.pad(onset_target(o)[: 2 * len(x)], (0, max(0, 2 * len(x) - len(o))))
+            for o, x in zip(track_onsets, tracks)
+        ]
     for i, track in enumerate(tracks):
         track = np.asarray(track, dtype=np.float64)
         length = len(track)
         if length >= t:
             for o in range(length - t + 1):
                 score = frame_distances(prediction, track[o : o + t]).mean()
+                if query_onset is not None:
+                    score += ONSET_WEIGHT * (1.0 - _pearson(query_onset, onsets[i], 2 * o))
                 if score < scores[i]:
                     scores[i], offsets[i] = score, o
         elif length > 0 and short_tracks == "overlap":
             scores[i] = frame_distances(prediction[:length], track).mean() / (length / t)
+            if query_onset is not None:
+                scores[i] += ONSET_WEIGHT
     return _rank(scores, offsets, top_k)
+
+
+def _pearson(query: np.ndarray, series: np.ndarray, start: int) -> float:
+    """Pearson correlation of ``query`` with ``series[start : start + len(query)]``
+    (0 where either is constant): the rhythm term's definition, for the reference."""
+    a = np.asarray(query, np.float64)
+    b = np.asarray(series[start : start + len(a)], np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denominator) if denominator > 1e-12 else 0.0

@@ -44,6 +44,7 @@ def tracks_table(num_tracks: int, seed: int, kinds=("logmel",), frames: int = 20
                 "source": "audio-file",
                 "audio_playable": False,
                 "cataloged_at": "",
+                "audio_onset": rng.random(2 * frames).astype(np.float32),
             }
         )
     return rows_to_table(rows, CATALOG_SCHEMA)
@@ -196,3 +197,15 @@ def test_a_build_killed_mid_write_never_becomes_current(tmp_path):
             if os.path.exists(os.path.join(path, "manifest.json")):
                 assert len(load_catalog(path)) in (3, 40)
     assert load_catalog(os.path.join(root, "versions", first.version_id)).version == first.version
+
+
+def test_a_catalog_written_before_the_onset_column_loads_without_onsets(tmp_path):
+    out = str(tmp_path / "c")
+    write_catalog_tables(out, tracks_table(3, seed=5))
+    assert load_catalog(out).onsets[0].shape == (40,)
+    # The same version's tracks as versions before issue 13 wrote them: no audio_onset.
+    parts = tmp_path / "c" / "versions" / read_current(out) / "tracks"
+    for part in parts.glob("*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["audio_onset"]), part)
+    catalog = load_catalog(out)
+    assert catalog.track_ids == ["t000", "t001", "t002"] and catalog.onsets is None

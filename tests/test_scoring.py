@@ -6,13 +6,18 @@ import torch
 
 from dvamn.scoring import (
     DISTANCES,
+    ONSET_WEIGHT,
     aligned_similarity,
     best_offsets,
     best_offsets_reference,
+    onset_similarity,
+    onset_target,
     prepare_tracks,
     set_hubness,
+    set_onsets,
     split_scoring,
     transform_frames,
+    uses_onset,
 )
 
 
@@ -236,3 +241,65 @@ def test_hubness_names_and_a_missing_bank_are_explained():
     bank = prepare_tracks([np.ones((30, 4), np.float32)])
     with pytest.raises(ValueError, match="query bank"):
         set_hubness(bank, None, "qb", "cosine")
+
+
+@pytest.mark.parametrize("distance", ["cosine", "l2"])
+def test_the_rhythm_term_gives_the_reference_ranking_and_offsets(distance):
+    rng = np.random.default_rng(12)
+    tracks = random_tracks(rng, n=20, lengths=(6, 50))
+    # audio_onset has about two values per audio frame, sometimes one more or less.
+    onsets = [rng.random(2 * len(t) + int(rng.integers(-1, 2))) for t in tracks]
+    query = rng.normal(size=(12, 16)).astype(np.float32)
+    query_onset = rng.random(24)
+    bank = set_onsets(prepare_tracks(tracks), onsets)
+    fast = best_offsets(
+        query, bank, top_k=None, distance=distance, query_onset=query_onset,
+        max_chunk_elements=3000,
+    )  # fmt: skip
+    slow = best_offsets_reference(
+        query, tracks, top_k=None, distance=distance, query_onset=query_onset,
+        track_onsets=onsets,
+    )  # fmt: skip
+    np.testing.assert_array_equal(fast.all_offsets, slow.all_offsets)
+    np.testing.assert_allclose(fast.all_scores, slow.all_scores, rtol=1e-5, atol=1e-5)
+    plain = best_offsets(query, prepare_tracks(tracks), top_k=None, distance=distance)
+    assert not np.allclose(fast.all_scores, plain.all_scores)  # the term changes scores
+
+
+def test_the_rhythm_term_finds_the_track_whose_onsets_the_query_follows():
+    # Embeddings say nothing (the same frames everywhere); only the timing tells tracks apart.
+    rng = np.random.default_rng(13)
+    tracks = [np.ones((80, 8), np.float32) for _ in range(15)]
+    onsets = [rng.random(160) for _ in tracks]
+    true_track, true_offset = 9, 21
+    query_onset = onsets[true_track][2 * true_offset : 2 * true_offset + 60]
+    query_onset = query_onset + rng.normal(0, 0.1, 60)  # an imperfect prediction
+    bank = set_onsets(prepare_tracks(tracks), onsets)
+    ranking = best_offsets(
+        np.ones((30, 8)), bank, top_k=3, distance="cosine", query_onset=query_onset
+    )
+    assert ranking.indices[0] == true_track and ranking.offsets[0] == true_offset
+    # A score is the distance plus ONSET_WEIGHT * (1 - correlation with the smoothed onsets).
+    target = onset_target(onsets[true_track])[2 * true_offset : 2 * true_offset + 60]
+    r = np.corrcoef(query_onset, target)[0, 1]
+    assert ranking.scores[0] == pytest.approx(ONSET_WEIGHT * (1 - r), abs=1e-6)
+
+
+def test_the_rhythm_term_is_refused_without_track_onsets_and_named_in_scorings():
+    assert uses_onset("cosine-w+qb+onset") and not uses_onset("cosine-w+qb")
+    assert split_scoring("cosine-w+qb+onset") == ("cosine-w", "qb")
+    assert split_scoring("cosine-w+onset") == ("cosine-w", None)
+    bank = prepare_tracks([np.ones((30, 4), np.float32)])
+    with pytest.raises(ValueError, match="audio_onset"):
+        best_offsets(np.ones((10, 4)), bank, query_onset=np.ones(20))
+    set_onsets(bank, [np.ones(60)])
+    with pytest.raises(ValueError, match=r"query onsets must be \(20,\)"):
+        best_offsets(np.ones((10, 4)), bank, query_onset=np.ones(19))
+
+
+def test_training_onset_similarity_is_the_rhythm_terms_correlation():
+    rng = np.random.default_rng(14)
+    queries, windows = rng.random((3, 40)), rng.random((5, 40))
+    similarity = onset_similarity(torch.from_numpy(queries), torch.from_numpy(windows)).numpy()
+    expected = np.corrcoef(queries, windows)[:3, 3:]
+    np.testing.assert_allclose(similarity, expected, atol=1e-6)

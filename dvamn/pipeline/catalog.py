@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dvamn import storage
+from dvamn.audio.onset import onset_strength
 from dvamn.catalog_format import (
     CATALOG_ERROR_SCHEMA,
     CATALOG_FORMAT,
@@ -151,6 +152,7 @@ def _track_row(
     weights: str,
     source: str,
     audio_playable: bool,
+    onset: Optional[np.ndarray] = None,
 ) -> Dict[str, Any]:
     embedding = np.asarray(embedding, np.float32).reshape(-1, EMBEDDING_DIM)
     row: Dict[str, Any] = {f.name: None for f in _STAGE_SCHEMA}
@@ -167,6 +169,7 @@ def _track_row(
         source=source,
         audio_playable=bool(audio_playable),
         cataloged_at=_now(),
+        audio_onset=None if onset is None else np.asarray(onset, np.float32).reshape(-1),
     )
     return row
 
@@ -227,10 +230,16 @@ class TrackEmbedder:
                         embeddings.append(self.embedder.embed([d[2]])[0])
                     except Exception as exc:
                         embeddings.append(exc)
-            for (uri, track_id, _, duration_s, title), emb in zip(decoded, embeddings, strict=True):
+            for (uri, track_id, waveform, duration_s, title), emb in zip(
+                decoded, embeddings, strict=True
+            ):
                 if isinstance(emb, Exception):
                     rows.append(_error_row(track_id, uri, "embed", emb))
                     continue
+                # The rhythm term's channel, as extraction computes it: 2 per audio frame.
+                onset = onset_strength(
+                    waveform, 2 * len(np.asarray(emb).reshape(-1, EMBEDDING_DIM))
+                )
                 name = os.path.splitext(os.path.basename(uri.rstrip("/")))[0]
                 rows.append(
                     _track_row(
@@ -243,6 +252,7 @@ class TrackEmbedder:
                         self.embedder.weights,
                         "audio-file",
                         audio_playable=True,  # its audio just decoded from this uri
+                        onset=onset,
                     )
                 )
         return rows_to_table(rows, _STAGE_SCHEMA)
@@ -254,16 +264,17 @@ def extraction_to_tracks(batch: pa.Table) -> pa.Table:
     A video without audio embedding frames becomes an error row (stage "audio").
     """
     rows = []
-    for rec in batch.select(
-        [
-            "video_id",
-            "uri",
-            "duration_s",
-            "audio_embedding",
-            "audio_embedding_kind",
-            "audio_weights",
-        ]
-    ).to_pylist():
+    columns = [
+        "video_id",
+        "uri",
+        "duration_s",
+        "audio_embedding",
+        "audio_embedding_kind",
+        "audio_weights",
+    ]
+    # Extraction outputs made before the onset channel lack it: their tracks get none.
+    columns += ["audio_onset"] if "audio_onset" in batch.column_names else []
+    for rec in batch.select(columns).to_pylist():
         emb = sequence_to_numpy(rec["audio_embedding"] or [], EMBEDDING_DIM)
         if len(emb) == 0:
             exc = ValueError("the extraction holds no audio embedding for this video")
@@ -280,6 +291,7 @@ def extraction_to_tracks(batch: pa.Table) -> pa.Table:
                 rec["audio_weights"],
                 "extraction",
                 audio_playable=has_audio_stream(rec["uri"]),
+                onset=None if rec.get("audio_onset") is None else np.asarray(rec["audio_onset"]),
             )
         )
     return rows_to_table(rows, _STAGE_SCHEMA)

@@ -77,6 +77,9 @@ class Catalog:
     # (N,) bool: the catalog job found an audio stream at the track's uri (False: none
     # recorded, or an in-memory catalog)
     audio_playable: Optional[np.ndarray] = None
+    # Per track, its ``audio_onset`` (2 T_a,) for the "+onset" scorings' rhythm term; None
+    # for a catalog built before the column existed (those scorings refuse it).
+    onsets: Optional[List[np.ndarray]] = None
 
     def __post_init__(self) -> None:
         if self.audio_playable is None:
@@ -125,8 +128,10 @@ class Catalog:
         audio_embedding_kind: str = "logmel",
         audio_weights: str = "",
         uri: str = "<memory>",
+        onsets: Optional[List[np.ndarray]] = None,
     ) -> "Catalog":
-        """An in-memory catalog (tests, benchmarks) from per-track (T_a, 128) arrays."""
+        """An in-memory catalog (tests, benchmarks) from per-track (T_a, 128) arrays (and
+        their ``audio_onset`` (2 T_a,), for the rhythm term)."""
         n = len(embeddings)
         track_ids = track_ids or [f"track-{i:05d}" for i in range(n)]
         lengths = np.array([len(e) for e in embeddings], dtype=np.int64)
@@ -151,6 +156,7 @@ class Catalog:
             audio_embedding_kind=audio_embedding_kind,
             audio_weights=audio_weights,
             version=catalog_version(list(track_ids), shas, audio_embedding_kind, audio_weights),
+            onsets=None if onsets is None else [np.asarray(o, np.float32) for o in onsets],
         )
 
 
@@ -158,7 +164,16 @@ def _read_tracks(version: str) -> pa.Table:
     tables = read_parts(storage.join(version, TRACKS_DIR))
     if not tables:
         return CATALOG_SCHEMA.empty_table()
-    return pa.concat_tables([t.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA) for t in tables])
+    return pa.concat_tables([_with_all_columns(t) for t in tables])
+
+
+def _with_all_columns(table: pa.Table) -> pa.Table:
+    """A tracks part as CATALOG_SCHEMA, the columns later versions added (audio_onset)
+    filled with nulls in parts written before them."""
+    for field in CATALOG_SCHEMA:
+        if field.name not in table.column_names and field.name == "audio_onset":
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA)
 
 
 def _read_manifest(version: str) -> Dict[str, Any]:
@@ -191,6 +206,16 @@ def _packed_embeddings(column: pa.ChunkedArray) -> tuple:
     values = values.astype(np.float32, copy=False).reshape(-1, EMBEDDING_DIM)
     start = offsets[0]
     return np.ascontiguousarray(values[start : offsets[-1]]), offsets - start
+
+
+def _onsets(table: pa.Table) -> Optional[List[np.ndarray]]:
+    """Every track's ``audio_onset`` as float32, or None where any track lacks it."""
+    if "audio_onset" not in table.column_names or table["audio_onset"].null_count:
+        return None
+    column = table["audio_onset"].combine_chunks()  # list<float32>: no per-value objects
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    values = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
 def load_catalog(uri: str) -> Catalog:
@@ -255,6 +280,7 @@ def load_catalog(uri: str) -> Catalog:
         version_id=version_id,
         version_uri=version,
         audio_playable=table["audio_playable"].fill_null(False).to_numpy(zero_copy_only=False),
+        onsets=_onsets(table),
     )
     log.info(
         "loaded catalog %s version %s: %d tracks, %s, content %s, %.1f MB",

@@ -19,10 +19,13 @@ from dvamn.devices import resolve_torch_device
 from dvamn.scoring import (
     DEFAULT_SCORING,
     TrackBank,
+    best_offsets,
     scoring_parts,
     set_hubness,
+    set_onsets,
     split_scoring,
     standardise,
+    uses_onset,
 )
 from dvamn.search import (
     DEFAULT_SEARCH,
@@ -86,6 +89,23 @@ def bank_from_catalog(catalog: Catalog, device: str = "cpu") -> TrackBank:
     return TrackBank(padded.to(device), torch.as_tensor(lengths, dtype=torch.int64).to(device))
 
 
+def _check_onset_term(scoring: str, model, catalog: Catalog, search: str) -> None:
+    """The rhythm term needs an onset head, a catalog with audio_onset and exhaustive
+    search; ValueError naming what is missing."""
+    if not getattr(model, "has_onset_head", False):
+        raise ValueError(
+            f"scoring {scoring!r} needs a model with an onset head (dvamn train --onset-head)"
+        )
+    if catalog.onsets is None:
+        raise ValueError(
+            f"scoring {scoring!r} needs the catalog's audio_onset channel, and catalog "
+            f"{catalog.uri} has none (built before it existed): build it again with "
+            "`dvamn catalog`, or serve with a scoring without '+onset'"
+        )
+    if search != "exact":
+        raise ValueError(f"scoring {scoring!r} is scored exhaustively: use --search exact")
+
+
 class Matcher:
     """A loaded model and catalog; ``match`` ranks the catalog for pose feature sequences.
 
@@ -134,6 +154,12 @@ class Matcher:
             self.bank = standardise(self.bank, center, scale)  # in place: one catalog copy
         if self.distance == "cosine":
             self.bank.normalise_in_place()  # and still one copy, instead of two
+        # The rhythm term ("+onset"): the model's onset head against the catalog's
+        # audio_onset, scored exhaustively (dvamn.scoring), as evaluation scores it.
+        self.onset_term = uses_onset(scoring)
+        if self.onset_term:
+            _check_onset_term(scoring, model, catalog, search)
+            set_onsets(self.bank, catalog.onsets)
         self.search = search
         self.index_settings = (index_settings or IndexSettings()).check()
         self.index: Optional[SegmentIndex] = None
@@ -243,7 +269,13 @@ class Matcher:
         Queries of equal length go through the model as one batch; others one by one
         (padding would change what the bidirectional GRUs see at the end).
         """
+        return self._predict(poses)[0]
+
+    def _predict(self, poses: Sequence[np.ndarray]) -> tuple:
+        """(embeddings, onsets): ``predict``'s embeddings and, for the rhythm term, each
+        query's predicted onsets (T_i - T_i % 2,), else a None per query."""
         out: List[Optional[np.ndarray]] = [None] * len(poses)
+        onsets: List[Optional[np.ndarray]] = [None] * len(poses)
         by_length: Dict[int, List[int]] = {}
         for i, pose in enumerate(poses):
             if pose.ndim != 2 or pose.shape[1] != POSE_FEATURES:
@@ -252,22 +284,38 @@ class Matcher:
         with torch.inference_mode():
             for indices in by_length.values():
                 batch = torch.as_tensor(np.stack([poses[i] for i in indices]), dtype=torch.float32)
-                predicted = self.model.predict(batch.to(self.device))  # (B, A, 128)
+                batch = batch.to(self.device)
+                if self.onset_term:
+                    predicted, onset = self.model.predict(batch, with_onset=True)  # (B, T)
+                    onset = onset[:, : 2 * predicted.shape[1]].float().cpu().numpy()
+                else:
+                    predicted, onset = self.model.predict(batch), None  # (B, A, 128)
                 predicted = predicted.float().cpu().numpy()
                 for j, i in enumerate(indices):
                     out[i] = predicted[j]
-        return out  # type: ignore[return-value]
+                    onsets[i] = None if onset is None else onset[j]
+        return out, onsets
 
-    def rank(self, predicted: np.ndarray, top_k: int = DEFAULT_TOP_K) -> List[Match]:
-        """Best tracks for one predicted sequence (A, 128), best first."""
-        ranking = search(
-            predicted,
-            self.bank,
-            self.index,
-            top_k=top_k,
-            distance=self.distance,
-            settings=self.index_settings,
-        )
+    def rank(
+        self, predicted: np.ndarray, top_k: int = DEFAULT_TOP_K, onset: Optional[np.ndarray] = None
+    ) -> List[Match]:
+        """Best tracks for one predicted sequence (A, 128), best first; ``onset`` (2A,):
+        its predicted onsets, for a matcher with the rhythm term."""
+        if self.onset_term:
+            if onset is None:
+                raise ValueError(f"scoring {self.scoring!r} ranks with the query's onsets")
+            ranking = best_offsets(
+                predicted, self.bank, top_k=top_k, distance=self.distance, query_onset=onset
+            )
+        else:
+            ranking = search(
+                predicted,
+                self.bank,
+                self.index,
+                top_k=top_k,
+                distance=self.distance,
+                settings=self.index_settings,
+            )
         return [
             Match(
                 track_id=self.catalog.track_ids[i],
@@ -287,13 +335,13 @@ class Matcher:
         part per query with ``matches``, the ``catalog`` version they were scored against
         and ``timings_ms`` (model, score)."""
         started = time.perf_counter()
-        predicted = self.predict(poses)
+        predicted, onsets = self._predict(poses)
         model_ms = 1000 * (time.perf_counter() - started) / max(1, len(poses))
         results = []
         catalog = {k: self.catalog_info[k] for k in ("version", "version_id", "num_tracks")}
-        for prediction, top_k in zip(predicted, top_ks, strict=True):
+        for prediction, onset, top_k in zip(predicted, onsets, top_ks, strict=True):
             started = time.perf_counter()
-            matches = self.rank(prediction, top_k)
+            matches = self.rank(prediction, top_k, onset)
             results.append(
                 {
                     "matches": [m.to_dict() for m in matches],

@@ -215,6 +215,19 @@ def _add_objective_arguments(p) -> None:
         f"accel (joint accelerations, speeds and the motion onset; default {DVAMNConfig.rhythm})",
     )
     p.add_argument(
+        "--onset-head",
+        action="store_true",
+        help="the network also predicts the music's onset strength per pose frame, trained "
+        "against the features' audio_onset channel (and, with a contrastive objective, in "
+        "its similarity), for the rhythm term of '+onset' scorings (default: off, the paper)",
+    )
+    p.add_argument(
+        "--onset-loss-weight",
+        type=float,
+        default=TrainConfig.onset_loss_weight,
+        help="weight of the onset head's loss, 1 - correlation (default %(default)s)",
+    )
+    p.add_argument(
         "--patience",
         type=int,
         default=None,
@@ -273,8 +286,11 @@ def _register_evaluate(subparsers) -> None:
     )
     e.add_argument(
         "--scoring",
-        help="report only this way of comparing, or 'all' (default: all but the slow "
-        "log-cosh ones, cosine-w first): " + SCORING_HELP,
+        help="report only these ways of comparing (comma-separated, the first on top), or "
+        "'all' (default: all but the slow log-cosh ones, cosine-w first, and for a model "
+        "with an onset head also cosine-w+onset and cosine-w+qb+onset): "
+        + SCORING_HELP
+        + "; +qb or +csls: hubness-corrected; +onset: with the rhythm term",
     )
     e.add_argument(
         "--query-stride",
@@ -315,10 +331,10 @@ def run_train(args: argparse.Namespace) -> int:
     network = {k: getattr(args, k) for k in NETWORK_FLAGS if getattr(args, k) is not None}
     if args.rhythm is not None:
         network["rhythm"] = args.rhythm
-    scoring = args.scoring or DEFAULT_SCORING
-    if scoring not in SCORINGS:
-        print(f"dvamn train: --scoring must be one of {', '.join(SCORINGS)}", file=sys.stderr)
-        return 2
+    if args.onset_head:
+        network["onset_head"] = True
+    # With an onset head, per-epoch retrieval (and so selection) includes the rhythm term.
+    scoring = args.scoring or (f"{DEFAULT_SCORING}+onset" if args.onset_head else DEFAULT_SCORING)
     try:
         model = DVAMNConfig(layer=args.layer, **network)
         augment = AugmentConfig(
@@ -372,6 +388,7 @@ def _train_config(args, model, scoring, augment, objective):
         hard_negatives=args.hard_negatives,
         augment=augment,
         patience=args.patience,
+        onset_loss_weight=args.onset_loss_weight,
     )
 
 
@@ -381,7 +398,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.scoring == "all":
         scorings = (DEFAULT_SCORING, *[s for s in SCORINGS if s != DEFAULT_SCORING])
     else:
-        scorings = (args.scoring,) if args.scoring else REPORTED_SCORINGS
+        scorings = tuple(args.scoring.split(",")) if args.scoring else REPORTED_SCORINGS
     try:
         ensure_ray(args.address)
         with console.stage(f"evaluate {args.checkpoint} on {args.features}"):

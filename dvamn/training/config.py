@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from dvamn import storage
 from dvamn.model_config import DVAMNConfig
-from dvamn.scoring_names import DEFAULT_SCORING, SCORINGS
+from dvamn.scoring_names import DEFAULT_SCORING, ONSET_TERM, SCORINGS
 from dvamn.training.data import (
     DEFAULT_VAL_FRACTION,
     QUERY_STRIDE_POSE_FRAMES,
@@ -54,6 +54,9 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     patience: Optional[int] = None  # epochs without a better checkpoint before stopping
     query_bank_size: int = 128  # training predictions stored for hubness correction
+    # Weight of the onset head's own loss (1 - correlation with the true onsets), for a
+    # model with ``onset_head``.
+    onset_loss_weight: float = 1.0
     # Fault-injection for tests: the worker of this rank exits hard at this global step,
     # once (the marker file records that it happened).
     crash_at_step: Optional[int] = None
@@ -67,8 +70,13 @@ class TrainConfig:
                 f"the contrastive objective uses the cosine scorings' similarity; --scoring "
                 f"{self.scoring!r} is not one of them (cosine-w, cosine-std, cosine)"
             )
-        if self.scoring not in SCORINGS:
-            raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        allowed = SCORINGS + (
+            tuple(f"{s}+{ONSET_TERM}" for s in SCORINGS) if self.model.onset_head else ()
+        )
+        if self.scoring not in allowed:
+            raise ValueError(f"scoring must be one of {', '.join(allowed)}, got {self.scoring!r}")
+        if self.onset_loss_weight < 0:
+            raise ValueError(f"onset_loss_weight must be >= 0, got {self.onset_loss_weight}")
         if self.temperature is not None and not MIN_TEMPERATURE <= self.temperature <= 10.0:
             raise ValueError(
                 f"temperature must be in [{MIN_TEMPERATURE}, 10], got {self.temperature}"

@@ -239,6 +239,24 @@ def hard_negative_windows(
     (0 where the video has too few other offsets; those rows repeat the true window).
     Offsets are drawn without replacement by a generator seeded with ``seed``, the video
     id and the start."""
+    starts, valid = hard_negative_starts(video, start, count, seed, window_pose_frames)
+    return _audio_windows(video, starts, window_pose_frames), valid
+
+
+def _audio_windows(video: Video, starts: List[int], window_pose_frames: int) -> np.ndarray:
+    """(len(starts), A, 128) float32: the video's audio windows at these audio frames."""
+    window_audio = window_pose_frames // POSE_FRAMES_PER_AUDIO_FRAME
+    return np.stack([video.audio[a : a + window_audio] for a in starts]).astype(np.float32)
+
+
+def hard_negative_starts(
+    video: Video,
+    start: int,
+    count: int,
+    seed: int = 0,
+    window_pose_frames: int = WINDOW_POSE_FRAMES,
+) -> Tuple[List[int], np.ndarray]:
+    """The audio-frame starts (count,) of ``hard_negative_windows`` and its validity mask."""
     window_audio = window_pose_frames // POSE_FRAMES_PER_AUDIO_FRAME
     true = start // POSE_FRAMES_PER_AUDIO_FRAME
     candidates = [
@@ -251,9 +269,7 @@ def hard_negative_windows(
     chosen = list(rng.choice(candidates, min(count, len(candidates)), replace=False))
     valid = np.zeros(count, np.float32)
     valid[: len(chosen)] = 1.0
-    starts = chosen + [true] * (count - len(chosen))
-    windows = np.stack([video.audio[a : a + window_audio] for a in starts]).astype(np.float32)
-    return windows, valid
+    return [int(a) for a in chosen] + [true] * (count - len(chosen)), valid
 
 
 def windows_dataset(
@@ -262,25 +278,51 @@ def windows_dataset(
     stride_pose_frames: int = TRAIN_STRIDE_POSE_FRAMES,
     hard_negatives: int = 0,
     seed: int = 0,
+    with_onset: bool = False,
 ):
     """Dataset of windows (pose (120, 68), audio (60, 128) float32 columns) cut from a
     Dataset of videos; one flat_map call per video. With ``hard_negatives`` K > 0 also
-    ``negatives`` (K, 60, 128) and ``negatives_valid`` (K,) (``hard_negative_windows``)."""
+    ``negatives`` (K, 60, 128) and ``negatives_valid`` (K,) (``hard_negative_windows``).
+    With ``with_onset`` (an onset head's target) also ``onset`` (120,): the video's
+    ``audio_onset`` as the rhythm term compares it (``dvamn.scoring.onset_target``), and
+    with hard negatives ``negatives_onset`` (K, 120) at their offsets."""
 
     def windows(row: Dict[str, Any]) -> List[Dict[str, Any]]:
         # Only the tensors: a string column would stop iter_torch_batches.
         video = row_to_video(row)
+        onset = _onset_series(video, window_pose_frames) if with_onset else None
         out = []
         for w in cut_windows(video, window_pose_frames, stride_pose_frames):
             item = {"pose": w["pose"], "audio": w["audio"]}
+            if onset is not None:
+                item["onset"] = onset[w["start"] : w["start"] + window_pose_frames]
             if hard_negatives > 0:
-                item["negatives"], item["negatives_valid"] = hard_negative_windows(
+                starts, item["negatives_valid"] = hard_negative_starts(
                     video, w["start"], hard_negatives, seed, window_pose_frames
                 )
+                item["negatives"] = _audio_windows(video, starts, window_pose_frames)
+                if onset is not None:
+                    item["negatives_onset"] = np.stack(
+                        [onset[2 * a : 2 * a + window_pose_frames] for a in starts]
+                    )
             out.append(item)
         return out
 
-    return ds.select_columns(["video_id", "pose", "audio_embedding"]).flat_map(windows)
+    # Training checks that the column exists (``dvamn.training.train``) before this runs.
+    columns = ["video_id", "pose", "audio_embedding"] + ([ONSET_COLUMN] if with_onset else [])
+    return ds.select_columns(columns).flat_map(windows)
+
+
+def _onset_series(video: Video, window_pose_frames: int) -> np.ndarray:
+    """The video's onset target (``dvamn.scoring.onset_target``) as float32, zero-padded to
+    cover every window of its pose frames."""
+    from dvamn.scoring import onset_target
+
+    if video.onset is None:
+        raise ValueError(f"video {video.video_id!r} has no {ONSET_COLUMN} channel")
+    series = onset_target(video.onset).astype(np.float32)
+    need = max(len(video.pose), 2 * len(video.audio)) + window_pose_frames
+    return np.pad(series, (0, max(0, need - len(series))))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,9 @@ from dvamn.scoring import (
     prepare_tracks,
     scoring_parts,
     set_hubness,
+    set_onsets,
     split_scoring,
+    uses_onset,
 )
 from dvamn.search import DEFAULT_SEARCH, IndexSettings
 from dvamn.training.data import (
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 
 # What `dvamn evaluate` reports unless asked: log-cosh, having no matmul form, is slow.
 REPORTED_SCORINGS = ("cosine-w", "l2-w", "cosine-std", "l2-std", "cosine", "l2")
+# Also reported, by default, for a model with an onset head (the rhythm term).
+REPORTED_ONSET_SCORINGS = ("cosine-w+onset", "cosine-w+qb+onset")
 # Runs with different numbers of validation videos compare at one fixed pool size: the
 # ``pool100_*`` figures rank each query's true track among this many candidates.
 FIXED_POOL_SIZE = 100
@@ -102,10 +106,13 @@ def retrieval_from_predictions(
     query_bank: Optional[np.ndarray] = None,
     search: str = DEFAULT_SEARCH,
     index_settings: Optional[IndexSettings] = None,
+    query_onsets: Optional[Sequence[np.ndarray]] = None,
+    track_onsets: Optional[Sequence[np.ndarray]] = None,
 ) -> Dict[str, Any]:
     """Rank every candidate track for each prediction (A, 128) and score the true ones
     (frames standardised with ``center``/``scale`` (128,) when given; hubness-corrected
-    with ``query_bank`` when ``hubness`` names a method, ``dvamn.scoring.set_hubness``).
+    with ``query_bank`` when ``hubness`` names a method, ``dvamn.scoring.set_hubness``;
+    with the rhythm term when ``query_onsets`` (each (2A,)) and ``track_onsets`` are given).
 
     ``true_tracks[q]``: index into ``tracks`` of query q's own soundtrack;
     ``true_offsets[q]``: the audio frame where the query was cut. Returns r_at_1/5/10,
@@ -118,16 +125,19 @@ def retrieval_from_predictions(
     """
     bank = prepare_tracks(list(tracks), center=center, scale=scale)
     set_hubness(bank, query_bank, hubness, distance)
+    onsets = _query_onsets(bank, predictions, query_onsets, track_onsets)
     pool = bank.num_tracks
     two_stage = None
-    if search == "two-stage":
+    if search == "two-stage" and query_onsets is not None:
+        two_stage = {"available": False, "reason": "two-stage search has no rhythm term"}
+    elif search == "two-stage":
         two_stage = _two_stage_retrieval(
             predictions, true_tracks, true_offsets, bank, distance, index_settings
         )
     ranks, offset_hits, all_scores = [], [], []
     exact_rankings = []
-    for prediction, track, offset in zip(predictions, true_tracks, true_offsets):
-        ranking = best_offsets(prediction, bank, top_k=None, distance=distance)
+    for prediction, onset, track, offset in zip(predictions, onsets, true_tracks, true_offsets):
+        ranking = best_offsets(prediction, bank, top_k=None, distance=distance, query_onset=onset)
         exact_rankings.append(ranking)
         where = np.nonzero(ranking.indices == track)[0]
         ranks.append(int(where[0]) + 1 if len(where) else pool + 1)
@@ -138,7 +148,7 @@ def retrieval_from_predictions(
     out: Dict[str, Any] = {"distance": distance, "pool_size": pool, "num_queries": len(ranks)}
     out.update(rank_figures(ranks, offset_hits, pool))
     if two_stage is not None:
-        if two_stage.get("available", True):
+        if two_stage.get("available", True) and "rankings" in two_stage:
             from dvamn.search import recall_against_exact
 
             two_stage.update(recall_against_exact(exact_rankings, two_stage.pop("rankings")))
@@ -148,6 +158,20 @@ def retrieval_from_predictions(
     if keep_scores:
         out["scores"] = np.stack(all_scores) if all_scores else np.zeros((0, pool))
     return out
+
+
+def _query_onsets(bank, predictions, query_onsets, track_onsets) -> list:
+    """Sets the bank's track onsets for the rhythm term and returns each query's onsets
+    (None per query without the term)."""
+    if query_onsets is None:
+        return [None] * len(predictions)
+    if track_onsets is None or any(o is None for o in track_onsets):
+        raise ValueError(
+            "the rhythm term (+onset scorings) needs every candidate's audio_onset channel; "
+            "these features lack it (extracted before it existed): extract them again"
+        )
+    set_onsets(bank, track_onsets)
+    return list(query_onsets)
 
 
 def _two_stage_retrieval(predictions, true_tracks, true_offsets, bank, distance, settings):
@@ -235,19 +259,30 @@ def fixed_pool_retrieval(
     pool_size: int = FIXED_POOL_SIZE,
     hubness: Optional[str] = None,
     query_bank: Optional[np.ndarray] = None,
+    query_onsets: Optional[Sequence[np.ndarray]] = None,
+    track_onsets: Optional[Sequence[np.ndarray]] = None,
+    padding_onsets: Optional[Sequence[np.ndarray]] = None,
 ) -> Dict[str, Any]:
     """Recall@k and median rank among a fixed pool of ``pool_size`` candidates (see
     ``fixed_pools``): ``pool100_r_at_1/5/10``, ``pool100_median_rank``,
     ``pool100_mean_rank``, ``pool100_chance_r_at_1``, ``pool100_size`` (the pool actually
-    used), ``pool100_padding_tracks`` (how many padding tracks it holds)."""
+    used), ``pool100_padding_tracks`` (how many padding tracks it holds). The rhythm term
+    as in ``retrieval_from_predictions`` (``padding_onsets``: the padding tracks')."""
     needed = max(0, pool_size - len(tracks))
     candidates = list(tracks) + list(padding_tracks[:needed])
     pools, used = fixed_pools(true_tracks, len(tracks), len(candidates) - len(tracks), pool_size)
     bank = prepare_tracks(candidates, center=center, scale=scale)
     set_hubness(bank, query_bank, hubness, distance)
+    candidate_onsets = None
+    if query_onsets is not None:
+        candidate_onsets = list(track_onsets or []) + list((padding_onsets or [])[:needed])
+    onsets = _query_onsets(bank, predictions, query_onsets, candidate_onsets)
     scores = (
         np.stack(
-            [best_offsets(p, bank, top_k=None, distance=distance).all_scores for p in predictions]
+            [
+                best_offsets(p, bank, top_k=None, distance=distance, query_onset=o).all_scores
+                for p, o in zip(predictions, onsets)
+            ]
         )
         if len(predictions)
         else np.zeros((0, len(candidates)))
@@ -283,13 +318,22 @@ def predict_windows(
     poses: np.ndarray,
     batch_size: int = 64,
     device: str = "cpu",
-) -> np.ndarray:
-    """poses (Q, T, 68) -> predicted embeddings in target units (Q, T // 2, 128)."""
-    outputs = []
+    with_onset: bool = False,
+):
+    """poses (Q, T, 68) -> predicted embeddings in target units (Q, T // 2, 128); with
+    ``with_onset``, (embeddings, onsets (Q, T)) from the model's onset head."""
+    outputs, onsets = [], []
     for start in range(0, len(poses), batch_size):
         batch = torch.as_tensor(poses[start : start + batch_size], device=device)
-        outputs.append(model.predict(batch).float().cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, 0, 0), np.float32)
+        out = model.predict(batch, with_onset=with_onset)
+        embeddings, onset = out if with_onset else (out, None)
+        outputs.append(embeddings.float().cpu().numpy())
+        if with_onset:
+            onsets.append(onset.float().cpu().numpy())
+    embeddings = np.concatenate(outputs) if outputs else np.zeros((0, 0, 0), np.float32)
+    if not with_onset:
+        return embeddings
+    return embeddings, (np.concatenate(onsets) if onsets else np.zeros((0, 0), np.float32))
 
 
 def evaluate_videos(
@@ -332,7 +376,17 @@ def evaluate_videos(
     targets = np.stack(
         [videos[i].audio[s // 2 : s // 2 + half] for i, s in queries]
     )  # (Q, 60, 128)
-    predictions = predict_windows(model, poses, batch_size, device)
+    onset_scorings = [s for s in scorings if uses_onset(s)]
+    if onset_scorings and not model.has_onset_head:
+        raise ValueError(
+            f"scoring {onset_scorings[0]!r} needs a model with an onset head (dvamn train "
+            "--onset-head); this one has none"
+        )
+    query_onsets = None
+    if model.has_onset_head:
+        predictions, query_onsets = predict_windows(model, poses, batch_size, device, True)
+    else:
+        predictions = predict_windows(model, poses, batch_size, device)
     sums = regression_sums(torch.from_numpy(predictions), torch.from_numpy(targets))
     out: Dict[str, Any] = regression_from_sums(sums)
     by_scoring = {}
@@ -343,6 +397,12 @@ def evaluate_videos(
         if distance == "logcosh" and len(queries) > max_logcosh_queries:
             # log-cosh has no matmul form (see dvamn.scoring): compare on a spread subset.
             chosen = np.linspace(0, len(queries) - 1, max_logcosh_queries).round().astype(int)
+        onset_args: Dict[str, Any] = {}
+        if uses_onset(scoring):
+            onset_args = {
+                "query_onsets": [query_onsets[q] for q in chosen],
+                "track_onsets": [v.onset for v in videos],
+            }
         by_scoring[scoring] = retrieval_from_predictions(
             [predictions[q] for q in chosen],
             [queries[q][0] for q in chosen],
@@ -355,6 +415,7 @@ def evaluate_videos(
             search=search,
             index_settings=index_settings,
             **hubness,
+            **onset_args,
         )
         by_scoring[scoring]["distance"] = scoring
         by_scoring[scoring].update(
@@ -367,6 +428,8 @@ def evaluate_videos(
                 center=center,
                 scale=scale,
                 **hubness,
+                **onset_args,
+                **({"padding_onsets": [v.onset for v in padding]} if onset_args else {}),
             )
         )
     main = by_scoring[scorings[0]]
@@ -590,6 +653,8 @@ def evaluate(
     device = resolve_torch_device(device or "auto")
     model, metadata = load_model(checkpoint, map_location=device)
     model.to(device)
+    if tuple(scorings) == REPORTED_SCORINGS and model.has_onset_head:
+        scorings = (*REPORTED_SCORINGS, *REPORTED_ONSET_SCORINGS)
     # One pass over the features (validation needs whole soundtracks in memory anyway).
     all_videos, provenance = collect_features(read_features(features))
     trained_on = metadata.get("provenance")

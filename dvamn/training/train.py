@@ -165,7 +165,23 @@ class _AllGatherRows(torch.autograd.Function):
         return grad[start : start + ctx.rows]
 
 
-def contrastive_loss(queries, targets, negatives=None, negatives_valid=None, temperature=0.1):
+def onset_loss(predicted, true):
+    """1 - the mean Pearson correlation of each window's predicted onsets with its true
+    ones, both (B, T_p): what the onset head is trained by (scale-free, as the rhythm
+    term compares)."""
+    from dvamn.scoring import onset_similarity
+
+    return 1.0 - torch.diagonal(onset_similarity(predicted, true)).mean()
+
+
+def contrastive_loss(
+    queries,
+    targets,
+    negatives=None,
+    negatives_valid=None,
+    temperature=0.1,
+    onsets=None,
+):
     """InfoNCE over the search similarity, across every worker's batch.
 
     queries (B, A, D): this worker's predictions; targets (B, A, D): their true windows;
@@ -175,16 +191,25 @@ def contrastive_loss(queries, targets, negatives=None, negatives_valid=None, tem
     The loss is the mean of two cross-entropies: each query against every gathered true
     window and every gathered hard negative (which names its own window), and each true
     window against every gathered query (which keeps one track from matching every dance).
+    ``onsets``: (predicted (B, T_p), true (B, T_p), negatives' (B, K, T_p)) of a model with
+    an onset head: every similarity gains ``ONSET_WEIGHT`` times the onsets' correlation,
+    as search's rhythm term (``dvamn.scoring.onset_similarity``).
     With one worker it is the plain batch loss."""
     import torch
     import torch.nn.functional as F
 
-    from dvamn.scoring import aligned_similarity
+    from dvamn.scoring import ONSET_WEIGHT, aligned_similarity, onset_similarity
 
     all_targets, first = gather_rows(targets, with_grad=False)  # (N, A, D)
     all_queries, _ = gather_rows(queries, with_grad=True)  # (N, A, D)
     labels = torch.arange(first, first + len(queries), device=queries.device)
     candidates = [all_targets]
+    onset_candidates = []
+    if onsets is not None:
+        predicted_onsets, true_onsets, negative_onsets = onsets
+        all_true_onsets, _ = gather_rows(true_onsets, with_grad=False)  # (N, T_p)
+        all_predicted_onsets, _ = gather_rows(predicted_onsets, with_grad=True)
+        onset_candidates.append(all_true_onsets)
     mask = None
     if negatives is not None and negatives.shape[1] > 0:
         flat = negatives.reshape(-1, *negatives.shape[2:])  # (B·K, A, D)
@@ -192,11 +217,21 @@ def contrastive_loss(queries, targets, negatives=None, negatives_valid=None, tem
         valid, _ = gather_rows(negatives_valid.reshape(-1).float(), with_grad=False)
         candidates.append(all_negatives)
         mask = torch.cat([torch.ones(len(all_targets), device=valid.device), valid]) > 0.5
-    logits = aligned_similarity(queries, torch.cat(candidates)) / temperature  # (B, N + N·K)
+        if onsets is not None:
+            flat_onsets = negative_onsets.reshape(-1, negative_onsets.shape[-1])  # (B·K, T_p)
+            onset_candidates.append(gather_rows(flat_onsets, with_grad=False)[0])
+    similarity = aligned_similarity(queries, torch.cat(candidates))  # (B, N + N·K)
+    reverse = aligned_similarity(targets, all_queries)  # (B, N)
+    if onsets is not None:
+        similarity = similarity + ONSET_WEIGHT * onset_similarity(
+            predicted_onsets, torch.cat(onset_candidates)
+        )
+        reverse = reverse + ONSET_WEIGHT * onset_similarity(true_onsets, all_predicted_onsets)
+    logits = similarity / temperature
     if mask is not None:
         logits = logits.masked_fill(~mask[None, :], float("-inf"))
     to_tracks = F.cross_entropy(logits, labels)
-    to_queries = F.cross_entropy(aligned_similarity(targets, all_queries) / temperature, labels)
+    to_queries = F.cross_entropy(reverse / temperature, labels)
     return 0.5 * (to_tracks + to_queries)
 
 
@@ -247,7 +282,16 @@ def train_epoch(
             pose = torch.from_numpy(augment_poses(pose.numpy(), rng, augment))
         pose = pose.to(device, non_blocking=True)  # (B, 120, 68)
         audio = batch["audio"].to(device, non_blocking=True)  # (B, 60, 128) target units
-        prediction = model(pose)  # (B, 60, 128) standardised
+        onsets = None
+        if core.has_onset_head:
+            prediction, predicted_onsets = model(pose, with_onset=True)  # (B, 60, 128), (B, 120)
+            true_onsets = batch["onset"].to(device)
+            negative_onsets = batch.get("negatives_onset")
+            if negative_onsets is not None:
+                negative_onsets = negative_onsets.to(device)
+            onsets = (predicted_onsets, true_onsets, negative_onsets)
+        else:
+            prediction = model(pose)  # (B, 60, 128) standardised
         if objective == "logcosh":
             loss = log_cosh(prediction, core.standardise_targets(audio))
         else:
@@ -267,9 +311,12 @@ def train_epoch(
                 negatives,
                 valid,
                 log_temperature.exp().clamp_min(MIN_TEMPERATURE),
+                onsets,
             )
             if objective == "both":
                 loss = loss + log_cosh(prediction, core.standardise_targets(audio))
+        if onsets is not None:
+            loss = loss + cfg["onset_loss_weight"] * onset_loss(onsets[0], onsets[1])
         # Every rank must agree to stop, or the others would wait forever in DDP.
         bad = _all_reduce(
             torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device), "max"
@@ -746,9 +793,14 @@ def _prepare_run_dir(run_uri: str, config: TrainConfig) -> None:
 def _survey_and_split(config: TrainConfig):
     """One read of the Parquet, then one pass for provenance, split counts and statistics.
     Returns (survey, train_videos, val_videos); ValueError when either split is empty."""
-    from dvamn.training.data import read_features, split_by_video, survey_features
+    from dvamn.training.data import ONSET_COLUMN, read_features, split_by_video, survey_features
 
     ds = read_features(config.features).materialize()
+    if config.model.onset_head and ONSET_COLUMN not in ds.schema().names:
+        raise ValueError(
+            f"--onset-head trains on the features' {ONSET_COLUMN} channel, and "
+            f"{config.features!r} has none (extracted before it existed): extract them again"
+        )
     survey = survey_features(ds, config.val_fraction)
     n_train, n_val = survey.num_train_videos, survey.num_val_videos
     if n_train == 0 or n_val == 0:
@@ -793,6 +845,7 @@ def _make_trainer(config: TrainConfig, loop_config, storage_path, name, train_vi
                 stride_pose_frames=config.stride,
                 hard_negatives=config.hard_negatives if config.retrieval_objective else 0,
                 seed=config.seed,
+                with_onset=config.model.onset_head,
             ),
             "val": windows_dataset(val_videos, stride_pose_frames=config.stride),
             "val_videos": val_videos,

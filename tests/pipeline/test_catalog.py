@@ -77,6 +77,8 @@ def test_audio_files_become_tracks_and_every_input_is_accounted_for(
         expected = num_audio_frames(catalog.durations_s[i])
         assert embedding.shape == (expected, EMBEDDING_DIM)
         assert np.isfinite(embedding).all()
+        # The rhythm term's channel, two values per audio frame, as extraction makes it.
+        assert catalog.onsets[i].shape == (2 * expected,) and catalog.onsets[i].max() > 0
     assert catalog.audio_embedding_kind == "logmel"
     assert catalog.version == summary.version
     assert catalog.audio_playable.tolist() == [True] * 4  # decoded from their uris
@@ -138,7 +140,7 @@ def test_extraction_output_soundtracks_become_tracks(ray_local, tmp_path):
                 "pose_weights": "keypoint files",
                 "audio_embedding_kind": "vggish",
                 "audio_weights": "vggish.pth@abc",
-                "audio_onset": np.zeros(2 * frames, np.float32),
+                "audio_onset": np.arange(2 * frames, dtype=np.float32),
                 "audio_onset_kind": "logmel-flux@10Hz",
                 "extracted_at": "2024-01-01T00:00:00+00:00",
             }
@@ -159,6 +161,7 @@ def test_extraction_output_soundtracks_become_tracks(ray_local, tmp_path):
     # The video the extraction read is not on this machine: its audio is not playable.
     assert catalog.audio_playable.tolist() == [False] and summary.num_playable == 0
     np.testing.assert_array_equal(catalog.track_embedding(0), np.ones((30, EMBEDDING_DIM)))
+    np.testing.assert_array_equal(catalog.onsets[0], np.arange(60))  # the extraction's channel
 
     # Serving refuses a model trained on another embedding, and names the fix.
     with pytest.raises(CatalogMismatchError, match="--audio logmel"):

@@ -5,6 +5,7 @@ import pytest
 
 from dvamn.pose.features import pose_features
 from dvamn.pose.tracking import fill_gaps
+from dvamn.scoring import onset_target
 from dvamn.training.data import (
     COCO_MIRROR,
     MIN_NEGATIVE_SHIFT_AUDIO_FRAMES,
@@ -78,6 +79,19 @@ def test_survey_split_and_windows_on_ray(ray_local, tmp_path):
     windows = windows_dataset(train, stride_pose_frames=20).take_all()
     assert len(windows) == len(train_videos) * 3  # starts 0, 20, 40 in 160 frames
     assert windows[0]["pose"].shape == (120, 68) and windows[0]["audio"].shape == (60, 128)
+    # An onset head's targets: each window's smoothed audio_onset, and its negatives'.
+    with_onset = windows_dataset(train, stride_pose_frames=20, hard_negatives=2, with_onset=True)
+    first = with_onset.take(1)[0]
+    video = next(v for v in train_videos if np.array_equal(v.pose[:120], first["pose"]))
+    np.testing.assert_allclose(first["onset"], onset_target(video.onset)[:120], rtol=1e-5)
+    assert first["negatives_onset"].shape == (2, 120)
+    for audio, onset in zip(first["negatives"], first["negatives_onset"]):
+        a = next(
+            a
+            for a in range(len(video.audio) - 59)
+            if np.array_equal(video.audio[a : a + 60], audio)
+        )
+        np.testing.assert_allclose(onset, onset_target(video.onset)[2 * a : 2 * a + 120], rtol=1e-5)
 
 
 def test_mixed_provenance_is_refused_naming_both(ray_local, tmp_path):

@@ -202,7 +202,8 @@ def test_a_contrastive_run_chooses_checkpoints_by_recall_and_stores_a_query_bank
         str(tmp_path / "contrastive"),
         epochs=2,
         objective="both",
-        model=DVAMNConfig(**{**TINY.to_dict(), "rhythm": "accel"}),
+        model=DVAMNConfig(**{**TINY.to_dict(), "rhythm": "accel", "onset_head": True}),
+        scoring="cosine-w+onset",
         augment=AugmentConfig(
             mirror=0.5, rotate_deg=5, scale=0.05, drop_frames=0.05, time_jitter=1
         ),
@@ -216,7 +217,10 @@ def test_a_contrastive_run_chooses_checkpoints_by_recall_and_stores_a_query_bank
     best = max(result.history, key=lambda h: (h["val_r_at_1"], -h["val_loss"], h["epoch"]))
     assert meta["epoch"] == best["epoch"]
     assert model.query_bank is not None and model.query_bank.shape[1:] == (60, 128)
-    metrics = evaluate_videos(
-        model, collect_features(read_features(features))[0][:6], scorings=("cosine-w+qb",)
-    )
+    assert model.has_onset_head  # and per-epoch retrieval used the rhythm term:
+    assert meta["train_config"]["scoring"] == "cosine-w+onset"
+    videos = collect_features(read_features(features))[0][:6]
+    metrics = evaluate_videos(model, videos, scorings=("cosine-w+qb", "cosine-w+qb+onset"))
     assert metrics["distance"] == "cosine-w+qb" and 0 <= metrics["r_at_1"] <= 1
+    with_term = metrics["by_scoring"]["cosine-w+qb+onset"]
+    assert 0 <= with_term["r_at_1"] <= 1 and with_term["pool100_size"] == 6
