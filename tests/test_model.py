@@ -129,6 +129,23 @@ def test_checkpoint_round_trip_keeps_weights_scaling_and_metadata(tmp_path):
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["config.json", "metadata.json", "model.pt"]
 
 
+def test_an_onset_head_predicts_one_value_per_pose_frame_and_travels_with_the_checkpoint(
+    tmp_path,
+):
+    torch.manual_seed(5)
+    model = DVAMN(DVAMNConfig(dropout=0.0, onset_head=True, **SMALL)).eval()
+    pose = torch.randn(2, 41, 68)
+    embeddings, onsets = model.predict(pose, with_onset=True)
+    assert embeddings.shape == (2, 20, 128) and onsets.shape == (2, 41)
+    assert torch.equal(embeddings, model.predict(pose))  # the head changes no embedding
+    save_checkpoint(str(tmp_path / "ckpt"), model)
+    loaded, _ = load_model(str(tmp_path / "ckpt"))
+    assert loaded.has_onset_head
+    assert torch.equal(loaded.predict(pose, with_onset=True)[1], onsets)
+    with pytest.raises(ValueError, match="no onset head"):
+        small_model().predict(pose, with_onset=True)
+
+
 def test_load_model_on_a_run_directory_picks_the_lowest_validation_loss(tmp_path):
     model = small_model()
     for epoch, val_loss in ((1, 3.0), (2, 1.0), (3, 2.0)):

@@ -24,6 +24,13 @@ learnable (from ``INITIAL_TEMPERATURE``) or set. With retrieval in the objective
 best checkpoint (and early stopping, ``patience``) is chosen by validation R@1, ties by
 loss; the rule is stored in every checkpoint's metadata (``dvamn.model.best_checkpoint``).
 
+Onset head (``--onset-head``, ``DVAMNConfig.onset_head``): the network also predicts the
+music's onset strength per pose frame; it is trained by ``onset_loss`` (1 - its
+correlation with the window's ``audio_onset``, weight ``onset_loss_weight``) with any
+objective, and with a contrastive one every similarity also gains ``ONSET_WEIGHT`` times
+the onsets' correlation, as the "+onset" scorings' rhythm term (``dvamn.scoring``). Per-
+epoch retrieval then scores with "cosine-w+onset" unless ``--scoring`` says otherwise.
+
 Every checkpoint also stores a query bank: the model's predictions for up to
 ``query_bank_size`` training windows (rank 0's first ones), for the hubness-correcting
 scorings (``dvamn.scoring.set_hubness``).
