@@ -20,7 +20,9 @@ starting Ray can time out):
    (``--val-fraction 1.0``: every unseen video is a query; 100 unseen soundtracks make the
    pool of 100, padded from the training features if there are fewer);
 5. prints a table of R@1/5/10 and median rank (all candidates and the fixed pool of 100)
-   for the model and the no-training rhythm matcher (``rhythm_baseline``), and writes JSON.
+   for the model under each of ``QUALITY_SCORINGS`` (plain, QB-Norm, and, for a model
+   trained with ``--onset-head``, the rhythm term) and for the no-training rhythm matcher
+   (``rhythm_baseline``), and writes JSON.
 
 Synth and extraction outputs are reused when WORK already has them for the same sizes;
 a finished run (WORK/runs/NAME/summary.json) is reused unless ``--retrain``. The default
