@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
@@ -169,19 +170,31 @@ def progress(iterable: Optional[Iterable] = None, **kwargs):
 
 
 def say(message: str) -> None:
-    """A line of a command's own output on stdout (above any progress bar)."""
+    """A line of a command's own output on stdout (above any progress bar), flushed: a
+    pipe's reader (a test, a wrapper script) sees it when it is printed."""
     from tqdm import tqdm
 
     tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
+
+
+@dataclass
+class StageTime:
+    """How long a ``stage`` took: set when the stage ends."""
+
+    seconds: float = 0.0
 
 
 @contextlib.contextmanager
-def stage(title: str) -> Iterator[None]:
-    """One stage of a command: its title, then how long it took (as the demo prints)."""
+def stage(title: str) -> Iterator[StageTime]:
+    """One stage of a command: its title, then how long it took. Yields a ``StageTime``
+    (filled in at the end) for a command that reports its stages' timings."""
     say(f"\n== {title}")
+    took = StageTime()
     started = time.perf_counter()
-    yield
-    say(f"   done in {time.perf_counter() - started:.1f} s")
+    yield took
+    took.seconds = time.perf_counter() - started
+    say(f"   done in {took.seconds:.1f} s")
 
 
 def materialize(dataset, total: int, desc: str, unit: str):

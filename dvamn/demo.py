@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from dvamn import console
+from dvamn.console import say
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +129,6 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["r_at_1"] > report["chance_r_at_1"] else 1
 
 
-def say(message: str) -> None:
-    """A line of the demo's own output (above any progress bar)."""
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stdout)
-    sys.stdout.flush()
-
-
 def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
@@ -151,10 +144,9 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
     own_ray = False
     previous = None
     try:
-        own_ray = ensure_ray(num_cpus=max(4, os.cpu_count() or 1))
+        own_ray = ensure_ray()
         # After ray.init, which installs a SIGTERM handler of its own (exit status 15).
         previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-        _quiet_ray_data()
         timings: dict[str, float] = {}
         synth = _stage("1/6 synthesise dance videos", timings, _synthesise, plan)
         audio_kind, pose_kind = _choose_models()
@@ -209,19 +201,11 @@ def _keep_serving(url: str) -> None:
 
 
 def _stage(title: str, timings: dict, fn, *args):
-    say(f"\n== {title}")
-    started = time.perf_counter()
-    result = fn(*args)
-    timings[title.split(" ", 1)[1]] = round(time.perf_counter() - started, 1)
-    say(f"   done in {time.perf_counter() - started:.1f} s")
+    """``fn(*args)`` as one of the demo's stages; its time goes into the report."""
+    with console.stage(title) as took:
+        result = fn(*args)
+    timings[title.split(" ", 1)[1]] = round(took.seconds, 1)
     return result
-
-
-def _quiet_ray_data() -> None:
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = sys.stderr.isatty()
 
 
 def _shutdown(ray, own_ray: bool) -> None:

@@ -44,3 +44,12 @@ def test_what_is_written_to_file_descriptor_2_goes_to_the_log_file(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == "ours\nafter\n"
     assert "[core_worker.cc] noise" in open(done.stdout.strip()).read()
+
+
+def test_a_stage_prints_its_title_and_time_and_hands_the_time_to_its_command(capsys):
+    with console.stage("1/2 do a thing") as took:
+        console.say("   a line of the stage")
+        assert took.seconds == 0.0  # known only at the end
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[:3] == ["", "== 1/2 do a thing", "   a line of the stage"]
+    assert shown[3] == f"   done in {took.seconds:.1f} s" and took.seconds > 0
