@@ -2,7 +2,8 @@
 and memory per track, at catalog sizes of 1,000 to 100,000 3-minute tracks.
 
     python benchmarks/search.py --synth SYNTH --work /tmp/search-bench \\
-        --sizes 1000 10000 --out benchmarks/results/search.json
+        --sizes 1000 10000 100000 --exact-queries 100 50 10 --out search.json
+    python benchmarks/search.py ... --timing-only --exact-queries 10   # latency, quiet machine
 
 SYNTH is a `dvamn synth` output (keypoint files beside the videos). The script:
 
@@ -19,9 +20,10 @@ SYNTH is a `dvamn synth` output (keypoint files beside the videos). The script:
    mixed in embedding space with a time-shifted second real soundtrack (weights 0.7 / 0.3).
    Frames are stored in the scoring space (cosine-w: standardised, weighted, unit), float16,
    in a memory-mapped file: exhaustive search reads it in chunks of 1,000 tracks, two-stage
-   search re-ranks from it.
-4. For each size: exhaustive rankings (the exact reference) and two-stage rankings of the
-   same queries; top-1 agreement and recall@10 of two-stage against exhaustive; R@1 of
+   search re-ranks from it. One file for the largest size; each smaller catalog is its
+   first rows (so each chunk's exhaustive scores serve every size, computed once).
+4. For each size: exhaustive rankings (the exact reference: of every query, or of a sample
+   of them, --exact-queries per size) and two-stage rankings of the same queries; top-1 agreement and recall@10 of two-stage against exhaustive; R@1 of
    the true track both ways; p50 latency of each search on one thread (from the
    predicted sequence to the ranked top 10 with offsets); memory of the search structures
    per track; the model's forward pass (paper-size network, one 12 s query) beside it.
@@ -32,6 +34,7 @@ Prints a table and writes JSON (--out).
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -41,6 +44,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from dvamn.search import IndexSettings  # noqa: E402  (torch-free: flag defaults)
 
 TRACK_FRAMES = 900  # 3 minutes at 5 Hz
 QUERY_POSE_FRAMES = 120  # 12 s at 10 fps
@@ -161,7 +166,8 @@ def scoring_frames(model, frames: np.ndarray) -> np.ndarray:
 
 def build_store(model, size, true_tracks, audios, work, seed=0):
     """Memory-mapped (size, TRACK_FRAMES, 128) float16 unit frames and lengths: the
-    validation soundtracks first (zero-padded), then distractors."""
+    validation soundtracks first (zero-padded), then distractors. Built once for the
+    largest size: every smaller catalog is its first rows."""
     path = os.path.join(work, f"catalog-{size}.f16")
     lengths = np.full(size, TRACK_FRAMES, np.int64)
     lengths[: len(true_tracks)] = [len(t) for t in true_tracks]
@@ -192,23 +198,30 @@ def unit_bank(frames, lengths):
     return TrackBank(tracks, torch.as_tensor(lengths), unit_tracks=tracks, unit_only=True)
 
 
-def exhaustive(store, lengths, queries, top_k=10):
+def exhaustive(store, lengths, queries, query_ids, cache, top_k=10):
     """Exact rankings of every query over the whole store, chunk by chunk, merged; and the
-    median seconds one query took per chunk (scaled to the store by the caller)."""
+    median seconds one query took per chunk (scaled to the store by the caller). A chunk's
+    scores for a query are kept in ``cache`` (keyed by chunk start and query id): the
+    smaller catalogs are the first rows of the larger ones, so each chunk and query is
+    scored once in the whole run."""
     from dvamn.scoring import _rank, best_offsets
 
     scores = np.full((len(queries), len(lengths)), np.inf)
     offsets = np.zeros((len(queries), len(lengths)), np.int64)
-    per_chunk_s = []
+    per_chunk_s = cache.setdefault("per_chunk_s", [])
     for start in range(0, len(lengths), CHUNK_TRACKS):
         stop = min(len(lengths), start + CHUNK_TRACKS)
-        bank = unit_bank(np.asarray(store[start:stop], np.float32), lengths[start:stop])
-        for q, query in enumerate(queries):
-            began = time.perf_counter()
-            ranking = best_offsets(query, bank, top_k=None, distance="cosine")
-            per_chunk_s.append((stop - start, time.perf_counter() - began))
-            scores[q, start:stop] = ranking.all_scores
-            offsets[q, start:stop] = ranking.all_offsets
+        bank = None
+        for q, (query, qid) in enumerate(zip(queries, query_ids)):
+            key = (start, stop, qid)
+            if key not in cache:
+                if bank is None:
+                    bank = unit_bank(np.asarray(store[start:stop], np.float32), lengths[start:stop])
+                began = time.perf_counter()
+                ranking = best_offsets(query, bank, top_k=None, distance="cosine")
+                per_chunk_s.append((stop - start, time.perf_counter() - began))
+                cache[key] = (ranking.all_scores, ranking.all_offsets)
+            scores[q, start:stop], offsets[q, start:stop] = cache[key]
     rankings = [_rank(scores[q], offsets[q], top_k) for q in range(len(queries))]
     seconds_per_track = np.median([s / n for n, s in per_chunk_s])
     return rankings, float(seconds_per_track)
@@ -236,34 +249,56 @@ def model_forward_ms(queries_pose) -> float:
     return round(1000 * float(np.median(times)), 1)
 
 
-def bench_size(model, size, queries, query_tracks, true_tracks, audios, args) -> Dict[str, Any]:
+def bench_size(
+    model, size, queries, query_tracks, true_tracks, audios, args, cache
+) -> Dict[str, Any]:
     import faiss
 
     from dvamn.search import IndexSettings, SegmentIndex, recall_against_exact, two_stage_offsets
 
-    store, lengths = build_store(model, size, true_tracks, audios, args.work)
-    began = time.perf_counter()
-    exact, exact_s_per_track = exhaustive(store, lengths, queries)
-    exact_wall = time.perf_counter() - began
+    full_store, full_lengths = build_store(model, max(args.sizes), true_tracks, audios, args.work)
+    store, lengths = full_store[:size], full_lengths[:size]
     bank = unit_bank(store, lengths)  # memory-mapped float16: read per candidate
-    settings = IndexSettings(candidates=args.candidates)
+    settings = IndexSettings(
+        candidates=args.candidates, neighbours=args.neighbours, nprobe=args.nprobe, dim=args.dim
+    )
     began = time.perf_counter()
     index = SegmentIndex.build(bank, settings)
     build_s = time.perf_counter() - began
+    # The exact reference on every query up to --exact-queries, a sample beyond (its
+    # cost is catalog size x queries: hours at 100,000 tracks for all of them).
+    wanted = args.exact_queries[min(args.sizes.index(size), len(args.exact_queries) - 1)]
+    sampled = len(queries) > wanted
+    step = len(queries) / wanted if sampled else 1
+    picked = sorted({int(i * step) for i in range(min(len(queries), wanted))})
     faiss.omp_set_num_threads(1)
     two_stage_offsets(queries[0], bank, index, top_k=10)  # warm-up
-    fast, latencies = [], []
+    fast, latencies = [], []  # every query timed; recall on the picked ones
     for query in queries:
         began = time.perf_counter()
         fast.append(two_stage_offsets(query, bank, index, top_k=10))
         latencies.append(time.perf_counter() - began)
-    agreement = recall_against_exact(exact, fast)
-    exact_ranks = [true_rank(r, t) for r, t in zip(exact, query_tracks)]
-    fast_ranks = [true_rank(r, t) for r, t in zip(fast, query_tracks)]
-    return {
+    timed = len(queries)
+    fast = [fast[i] for i in picked]
+    query_tracks = [query_tracks[i] for i in picked]
+    began = time.perf_counter()
+    if args.timing_only:  # the exhaustive search timed on its first chunk, scaled
+        _, exact_s_per_track = exhaustive(
+            store[:CHUNK_TRACKS],
+            lengths[:CHUNK_TRACKS],
+            [queries[i] for i in picked],
+            picked,
+            cache,
+        )
+    else:
+        exact, exact_s_per_track = exhaustive(
+            store, lengths, [queries[i] for i in picked], picked, cache
+        )
+    exact_wall = time.perf_counter() - began
+    row = {
         "tracks": size,
-        "queries": len(queries),
-        "candidates": settings.candidates,
+        "queries_timed": timed,
+        "queries_recall": len(picked),
         "two_stage_p50_ms": round(1000 * float(np.median(latencies)), 2),
         "two_stage_p99_ms": round(1000 * float(np.percentile(latencies, 99)), 2),
         "exhaustive_p50_ms_scaled": round(1000 * exact_s_per_track * size, 1),
@@ -271,7 +306,18 @@ def bench_size(model, size, queries, query_tracks, true_tracks, audios, args) ->
         "exhaustive_wall_s": round(exact_wall, 1),
         "index_bytes_per_track": round(index.nbytes() / size),
         "index_build_s": round(build_s, 1),
+        "index_settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        "recall_queries": f"a sample of {len(picked)}" if sampled else f"all {len(picked)}",
         "reranking_frames": "float16 memory-mapped file (read per candidate)",
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    if args.timing_only:
+        return row
+    agreement = recall_against_exact(exact, fast)
+    exact_ranks = [true_rank(r, t) for r, t in zip(exact, query_tracks)]
+    fast_ranks = [true_rank(r, t) for r, t in zip(fast, query_tracks)]
+    return {
+        **row,
         "top1_same": agreement["top1_same"],
         "recall_at_10": agreement["recall_at_10"],
         "exhaustive_true_r_at_1": float(np.mean(np.array(exact_ranks) == 1)),
@@ -281,6 +327,11 @@ def bench_size(model, size, queries, query_tracks, true_tracks, audios, args) ->
     }
 
 
+def cell(row: Dict[str, Any], key: str, width: int) -> str:
+    """A table cell: the figure, or "-" where the run did not measure it."""
+    return f"{row[key]:>{width}.3f}" if key in row else f"{'-':>{width}}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--synth", required=True, help="a `dvamn synth` output folder")
@@ -288,9 +339,27 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--queries", type=int, default=100, help="at most, per size")
-    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--candidates", type=int, default=IndexSettings.candidates)
+    parser.add_argument("--neighbours", type=int, default=IndexSettings.neighbours)
+    parser.add_argument("--nprobe", type=int, default=IndexSettings.nprobe)
+    parser.add_argument("--dim", type=int, default=IndexSettings.dim)
+    parser.add_argument(
+        "--exact-queries",
+        type=int,
+        nargs="+",
+        default=[100],
+        help="queries the exhaustive reference scores, one count per size (the last "
+        "repeats); a sample of the queries where fewer than --queries",
+    )
+    parser.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="latency and memory only: the exhaustive search timed on the first "
+        f"{CHUNK_TRACKS}-track chunk and scaled, no recall (a short run on a quiet machine)",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
+    args.sizes = sorted(args.sizes)
 
     import torch
 
@@ -321,16 +390,25 @@ def main() -> int:
         f"{'tracks':>7} {'2-stage p50 ms':>14} {'exact p50 ms*':>13} {'bytes/track':>11} "
         f"{'top-1 same':>10} {'recall@10':>9} {'R@1 exact':>9} {'R@1 2-st':>8}"
     )
+    cache: Dict[Any, Any] = {}  # exhaustive scores per (chunk, query), shared by the sizes
     for size in args.sizes:
         row = bench_size(
-            model, size, list(queries), [k for k, _ in cut], [audios[i] for i in val], audios, args
+            model,
+            size,
+            list(queries),
+            [k for k, _ in cut],
+            [audios[i] for i in val],
+            audios,
+            args,
+            cache,
         )
         results["sizes"].append(row)
+
         print(
             f"{row['tracks']:>7} {row['two_stage_p50_ms']:>14.1f} "
             f"{row['exhaustive_p50_ms_scaled']:>13.0f} {row['index_bytes_per_track']:>11} "
-            f"{row['top1_same']:>10.3f} {row['recall_at_10']:>9.3f} "
-            f"{row['exhaustive_true_r_at_1']:>9.3f} {row['two_stage_true_r_at_1']:>8.3f}",
+            f"{cell(row, 'top1_same', 10)} {cell(row, 'recall_at_10', 9)} "
+            f"{cell(row, 'exhaustive_true_r_at_1', 9)} {cell(row, 'two_stage_true_r_at_1', 8)}",
             flush=True,
         )
     print(f"(* exhaustive timed per {CHUNK_TRACKS}-track chunk and scaled linearly)")

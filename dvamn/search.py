@@ -6,28 +6,46 @@ exhaustive search" compares like with like. Letters as in ``dvamn.scoring``: T q
 D = 128, W frames a segment (``segment_frames``), d reduced dimensions, S indexed segments.
 
 For unit frames u (the bank's: standardised, weighted, L2-normalised), the exact score of
-track x at offset o is 1 - (1/T) sum_t u_q[t] . u_x[o + t]. Split the T frames into
-segments of W: the sum is a sum of inner products of flattened (W·D) segment vectors. So:
+track x at offset o is 1 - (1/T) sum_t u_q[t] . u_x[o + t]. Over W aligned frames that sum
+is the inner product of two flattened (W·D) segment vectors. So:
 
-- every track contributes one segment vector per W frames (start p = 0, W, 2W, ...),
-  projected onto the top d principal axes of the catalog's segments (an uncentred PCA:
-  it keeps inner products, which is what is summed) and stored in a FAISS inverted-file
-  index with 8-bit scalar quantisation (``IndexIVFScalarQuantizer``, inner product);
-- a query contributes a segment at every start t0 (stride 1), so that a hit on track
-  segment p implies the exact offset o = p - t0, whatever o is;
+- segments are long, at the query's own scale (W = 40 frames, 8 s of a 12 s query: most
+  of what the exact score sums), and overlap: a track contributes one every
+  ``segment_stride`` frames (1 s);
+- each segment vector is reduced by an orthogonal projection, computed in factored form
+  so that building is cheap: every frame onto the top ``frame_dim`` principal axes of the
+  catalog's frames, ``pool_frames`` consecutive reduced frames summed (divided by
+  sqrt(pool_frames): the pooling is orthonormal too), the W / pool_frames pooled blocks
+  concatenated and projected onto the top ``dim`` principal axes of such vectors. All
+  three are uncentred (they keep inner products, not variances around a mean), so the
+  reduced inner product is the exact one restricted to a subspace: a W·D x W·D
+  covariance (the 189 s build of a flat PCA) is never formed. The reduced vectors are
+  then L2-normalised: their inner product is the cosine of the two projected segments,
+  which estimates the exact mean frame similarity without favouring segments that happen
+  to have more of their energy inside the kept subspace (the raw inner product does: on
+  smooth sequences it peaked up to 15 frames away from the true alignment);
+- the reduced segments sit in a FAISS inverted-file index with 8-bit scalar quantisation
+  (``IndexIVFScalarQuantizer``, inner product);
+- a query contributes a segment every ``segment_stride`` frames too, so that a hit of query
+  segment t0 on the track segment starting at p implies the offset o = p - t0, a multiple
+  of the stride, and every such offset is estimated from the same query segments (query
+  segments differ in how well the model predicted them: mixing sets would bias offsets);
 - each query segment takes its ``neighbours`` nearest track segments; a (track, offset)
   pair collects the inner products of its hits, and for the aligned query segments that
   did not find it, the similarity of their k-th neighbour (an upper bound of what they
-  missed). That optimistic mean similarity ranks the pairs; the best ``candidates`` pairs
-  go to the exact scorer, each over offsets o ± ``refine_frames`` (coarse offsets are
-  refined locally), and the top-k of that exact ranking is the answer.
+  missed). That optimistic mean similarity ranks the pairs; the best ``candidates`` tracks
+  (each with its best ``offsets_per_track`` offsets) go to the exact scorer, each over
+  offsets o ± ``refine_frames`` (coarse offsets are refined locally; refine_frames
+  >= stride / 2 reaches every offset between two coarse ones), and the top-k of
+  that exact ranking is the answer.
 
 Tracks shorter than the query have no full window to index; they are always re-ranked
-(``dvamn.scoring``'s short-track rule). A hubness correction (``+qb``/``+csls``) is a
-per-track constant: the re-ranker adds it as exhaustive scoring does, the coarse stage
-does not see it. It is computed from the checkpoint's query bank by two-stage search
-too (``two_stage_hubness``), so that a replica's start costs Qb fast searches, not Qb
-exhaustive ones.
+(``dvamn.scoring``'s short-track rule). A query shorter than a segment is scored
+exhaustively (the index has nothing of its scale). A hubness correction
+(``+qb``/``+csls``) is a per-track constant: the re-ranker adds it as exhaustive scoring
+does, the coarse stage does not see it. It is computed from the checkpoint's query bank
+by two-stage search too (``two_stage_hubness``), so that a replica's start costs Qb fast
+searches, not Qb exhaustive ones.
 
 FAISS is the field's standard library for this (faiss-cpu; faiss-gpu on CUDA machines,
 where ``device="cuda"`` moves the index to the GPU). Single queries run on the threads
@@ -53,26 +71,41 @@ log = logging.getLogger(__name__)
 
 SEARCH_MODES = ("exact", "two-stage")
 DEFAULT_SEARCH = "exact"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: overlapping 8 s segments, factored projection (1: 1 s segments)
 
 
 @dataclass
 class IndexSettings:
-    """How the coarse index is built and searched (``dvamn serve``/``evaluate`` flags)."""
+    """How the coarse index is built and searched (``dvamn serve``/``evaluate`` flags).
+    The first five fix the index's content; the rest are read at search time."""
 
-    segment_frames: int = 5  # W: 1 s at 5 Hz
+    segment_frames: int = 40  # W: 8 s at 5 Hz, the query's scale
+    segment_stride: int = 5  # a track segment starts every this many frames (1 s)
+    frame_dim: int = 32  # each frame's reduced dimensions before pooling
+    pool_frames: int = 4  # reduced frames summed into one block
     dim: int = 64  # d: reduced dimensions of a segment vector
-    neighbours: int = 64  # track segments each query segment fetches
+    neighbours: int = 256  # track segments each query segment fetches
     candidates: int = 100  # tracks the exact scorer re-ranks
     offsets_per_track: int = 3  # coarse offsets of each candidate track it re-ranks
     refine_frames: int = 3  # exact offsets searched each side of a coarse offset
     nprobe: int = 32  # inverted lists visited per query segment
-    train_segments: int = 100_000  # segments sampled to fit the projection and the lists
+    train_segments: int = 50_000  # segments sampled to fit the projection and the lists
+    max_lists: int = 4096  # inverted lists at most (k-means and assignment cost grow with it)
 
     def check(self) -> "IndexSettings":
         for name, value in asdict(self).items():
             if not isinstance(value, int) or value < (0 if name == "refine_frames" else 1):
                 raise ValueError(f"index setting {name} must be a positive integer, got {value!r}")
+        if 2 * self.refine_frames < self.segment_stride - 1:
+            raise ValueError(
+                f"index setting refine_frames ({self.refine_frames}) must reach half way "
+                f"between coarse offsets (segment_stride {self.segment_stride})"
+            )
+        if self.segment_frames % self.pool_frames:
+            raise ValueError(
+                f"index setting pool_frames ({self.pool_frames}) must divide segment_frames "
+                f"({self.segment_frames})"
+            )
         return self
 
 
@@ -82,26 +115,62 @@ def _faiss():
     return faiss
 
 
-def segment_vectors(units: "torch.Tensor", segment_frames: int, stride: int) -> "torch.Tensor":
-    """(L, D) unit frames -> (S, W·D) flattened segments starting every ``stride`` frames
-    (only whole segments)."""
-    length = units.shape[0]
-    if length < segment_frames:
-        return units.new_zeros((0, segment_frames * units.shape[1]))
-    windows = units.unfold(0, segment_frames, stride)  # (S, D, W)
-    return windows.transpose(1, 2).reshape(windows.shape[0], -1)  # (S, W·D)
+class SegmentProjection:
+    """The factored orthogonal projection of flattened (W·D) unit-frame segments to d
+    dimensions (see the module docstring): ``frames`` (D, k), then pooling, then
+    ``segments`` (W / pool · k, d)."""
+
+    def __init__(self, settings: IndexSettings, frames: np.ndarray, segments: np.ndarray):
+        self.settings = settings
+        self.frames = np.ascontiguousarray(frames, np.float32)
+        self.segments = np.ascontiguousarray(segments, np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return self.frames.nbytes + self.segments.nbytes
+
+    def pooled(self, units: "torch.Tensor", stride: int) -> np.ndarray:
+        """(L, D) unit frames -> (S, W / pool · k) pooled reduced segments starting every
+        ``stride`` frames (whole segments only)."""
+        import torch
+
+        w, p = self.settings.segment_frames, self.settings.pool_frames
+        reduced = units.float() @ torch.from_numpy(self.frames)  # (L, k)
+        if reduced.shape[0] < w:
+            return np.zeros((0, (w // p) * self.frames.shape[1]), np.float32)
+        cum = torch.nn.functional.pad(reduced.double().cumsum(0), (0, 0, 1, 0))
+        blocks = ((cum[p:] - cum[:-p]) / np.sqrt(p)).float()  # (L - p + 1, k): block at s
+        starts = torch.arange(0, reduced.shape[0] - w + 1, stride)
+        parts = starts[:, None] + p * torch.arange(w // p)[None, :]  # (S, W / p)
+        return blocks[parts].reshape(len(starts), -1).numpy()
+
+    def project(self, units: "torch.Tensor", stride: int) -> np.ndarray:
+        """(L, D) unit frames -> (S, d) reduced segments starting every ``stride`` frames,
+        L2-normalised (see the module docstring)."""
+        reduced = self.pooled(units, stride) @ self.segments
+        reduced /= np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
+        return np.ascontiguousarray(reduced, np.float32)
+
+
+def segment_counts(lengths: np.ndarray, settings: IndexSettings) -> np.ndarray:
+    """Indexed segments of each track: one every ``segment_stride`` frames that fits."""
+    w, stride = settings.segment_frames, settings.segment_stride
+    return np.where(lengths >= w, (lengths - w) // stride + 1, 0).astype(np.int64)
 
 
 class SegmentIndex:
     """The coarse stage over one bank's unit frames: projection + FAISS index + the map
     from segment id to (track, start frame). Build with ``build``; save/load as bytes."""
 
-    def __init__(self, settings: IndexSettings, projection: np.ndarray, index, first_segment):
+    def __init__(
+        self, settings: IndexSettings, projection: SegmentProjection, index, first_segment
+    ):
         self.settings = settings
-        self.projection = np.ascontiguousarray(projection, np.float32)  # (W·D, d)
+        self.projection = projection
         self.index = index
         # (N + 1,) id of each track's first segment: segment id s is track
-        # searchsorted(first_segment, s, "right") - 1 at frame W·(s - first_segment[track]).
+        # searchsorted(first_segment, s, "right") - 1, starting at frame
+        # segment_stride · (s - first_segment[track]).
         self.first_segment = np.asarray(first_segment, np.int64)
 
     @property
@@ -112,8 +181,11 @@ class SegmentIndex:
         """Memory the search structures hold: quantised codes, list ids, centroids,
         projection and the segment map."""
         faiss = _faiss()
-        codes = int(self.index.ntotal) * (int(self.index.code_size) + 8)  # code + list id
-        centroids = int(faiss.downcast_index(self.index.quantizer).ntotal) * self.settings.dim * 4
+        index = self.index
+        if not hasattr(index, "code_size"):  # a GPU copy: count the CPU layout
+            index = faiss.index_gpu_to_cpu(index)
+        codes = int(index.ntotal) * (int(index.code_size) + 8)  # code + list id
+        centroids = int(faiss.downcast_index(index.quantizer).ntotal) * int(index.d) * 4
         return codes + centroids + self.projection.nbytes + self.first_segment.nbytes
 
     @classmethod
@@ -125,34 +197,37 @@ class SegmentIndex:
         chunk_tracks: int = 256,
     ) -> "SegmentIndex":
         """Fit the projection and the inverted lists on a sample of the bank's segments,
-        then add every segment (in chunks of tracks, so memory stays bounded)."""
+        then add every segment (in chunks of tracks, so memory stays bounded; a
+        memory-mapped float16 bank is read chunk by chunk)."""
         settings = (settings or IndexSettings()).check()
         units = bank.unit()
-        w, n = settings.segment_frames, bank.num_tracks
-        counts = np.maximum(bank.lengths.cpu().numpy() // w, 0)
-        first = np.zeros(n + 1, np.int64)
+        lengths = bank.lengths.cpu().numpy()
+        counts = segment_counts(lengths, settings)
+        first = np.zeros(len(lengths) + 1, np.int64)
         first[1:] = np.cumsum(counts)
         total = int(first[-1])
         if total == 0:
-            raise ValueError(f"no track has {w} frames: nothing to index")
-        rng = np.random.default_rng(seed)
-        sample_ids = np.sort(rng.choice(total, min(total, settings.train_segments), replace=False))
-        sample = _gather_segments(units, first, sample_ids, w)  # (m, W·D)
-        projection = _uncentred_pca(sample, settings.dim)
-        reduced = sample @ projection
-        nlist = _num_lists(total, len(sample))
-        index = _new_index(projection.shape[1], nlist)
-        index.train(reduced)
-        for start in range(0, n, chunk_tracks):
-            stop = min(n, start + chunk_tracks)
+            raise ValueError(f"no track has {settings.segment_frames} frames: nothing to index")
+        projection = _fit_projection(units, lengths, counts, settings, seed)
+        sample = _sample_tracks(counts, settings.train_segments, seed)
+        train = np.concatenate(
+            [_track_segments(projection, units, lengths, i, settings) for i in sample]
+        )
+        rng = np.random.default_rng(seed + 1)
+        if len(train) > settings.train_segments:
+            train = train[rng.choice(len(train), settings.train_segments, replace=False)]
+        nlist = _num_lists(total, len(train), settings.max_lists)
+        index = _new_index(projection.segments.shape[1], nlist)
+        index.train(np.ascontiguousarray(train))
+        for start in range(0, len(lengths), chunk_tracks):
+            stop = min(len(lengths), start + chunk_tracks)
             parts = [
-                segment_vectors(units[i, : int(counts[i]) * w].float(), w, w).cpu().numpy()
-                for i in range(start, stop)
+                _track_segments(projection, units, lengths, i, settings) for i in range(start, stop)
             ]
-            block = np.concatenate(parts) if parts else np.zeros((0, w * units.shape[2]))
+            block = np.concatenate(parts)
             if len(block):
-                index.add(np.ascontiguousarray(block @ projection, np.float32))
-        log.info("coarse index: %d segments of %d tracks, %d lists", total, n, nlist)
+                index.add(block)
+        log.info("coarse index: %d segments of %d tracks, %d lists", total, len(lengths), nlist)
         return cls(settings, projection, index, first)
 
     def to_bytes(self) -> bytes:
@@ -162,7 +237,8 @@ class SegmentIndex:
             buffer,
             format=np.array(INDEX_FORMAT),
             settings=np.frombuffer(json.dumps(asdict(self.settings)).encode(), np.uint8),
-            projection=self.projection,
+            frame_projection=self.projection.frames,
+            segment_projection=self.projection.segments,
             first_segment=self.first_segment,
             index=faiss.serialize_index(self.index),
         )
@@ -173,52 +249,61 @@ class SegmentIndex:
         faiss = _faiss()
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             if int(z["format"]) != INDEX_FORMAT:
-                raise ValueError(f"index format {int(z['format'])}, expected {INDEX_FORMAT}")
+                raise ValueError(
+                    f"index format {int(z['format'])}, expected {INDEX_FORMAT}: rebuild the index"
+                )
             settings = IndexSettings(**json.loads(z["settings"].tobytes().decode()))
+            projection = SegmentProjection(settings, z["frame_projection"], z["segment_projection"])
             index = faiss.deserialize_index(z["index"])
-            return cls(settings, z["projection"], index, z["first_segment"])
+            return cls(settings, projection, index, z["first_segment"])
 
     def candidates(
         self, query_units: "torch.Tensor", lengths: np.ndarray, settings: IndexSettings
     ) -> np.ndarray:
         """(C, 2) int64 rows of (track, offset), best coarse estimate first, for a
-        query's unit frames (T, D)."""
-        w = self.settings.segment_frames
+        query's unit frames (T, D) (T >= segment_frames)."""
+        stride = self.settings.segment_stride
         t = query_units.shape[0]
-        if t < w:
+        # Query segments on the tracks' grid: a hit gives an offset that is a multiple of
+        # the stride, and every such offset is estimated from the same query segments.
+        reduced = self.projection.project(query_units, stride)  # (Q, d)
+        if not len(reduced):
             return np.zeros((0, 2), np.int64)
-        segments = segment_vectors(query_units, w, 1).cpu().numpy()  # (T - W + 1, W·D)
-        reduced = np.ascontiguousarray(segments @ self.projection, np.float32)
-        self.index.nprobe = settings.nprobe
+        if hasattr(self.index, "nprobe"):
+            self.index.nprobe = settings.nprobe
         k = min(settings.neighbours, int(self.index.ntotal))
         sims, ids = self.index.search(reduced, k)  # (Q, k) each, best first
         found = ids >= 0
         kth = np.where(found[:, -1], sims[:, -1], np.nanmin(np.where(found, sims, np.nan), 1))
         kth = np.nan_to_num(kth, nan=0.0)
-        q_start = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)[found]
+        q_start = np.broadcast_to(stride * np.arange(len(ids))[:, None], ids.shape)[found]
+        q_row = q_start // stride
         sid, sim = ids[found], sims[found]
         track = np.searchsorted(self.first_segment, sid, side="right") - 1
-        offset = w * (sid - self.first_segment[track]) - q_start
+        offset = stride * (sid - self.first_segment[track]) - q_start
         valid = (offset >= 0) & (offset <= lengths[track] - t)
-        track, offset, gain = track[valid], offset[valid], (sim - kth[q_start])[valid]
+        track, offset, gain = track[valid], offset[valid], (sim - kth[q_row])[valid]
         if not len(track):
             return np.zeros((0, 2), np.int64)
-        # Optimistic similarity sum of each (track, offset): the aligned query segments'
-        # k-th similarities (by offset residue mod W) plus what each hit gained over them.
-        residue_base = np.array([kth[(-r) % w :: w].sum() for r in range(w)])
-        aligned = np.array([len(kth[(-r) % w :: w]) for r in range(w)])
-        key = track * (int(lengths.max()) + 1) + offset
+        # Optimistic mean similarity of each (track, offset): every query segment's k-th
+        # similarity (a bound on what it did not find) plus what each hit gained over it.
+        span = int(lengths.max()) + 1
+        key = track * span + offset
         unique, inverse = np.unique(key, return_inverse=True)
         gains = np.bincount(inverse, weights=gain)
-        u_track = unique // (int(lengths.max()) + 1)
-        u_offset = unique % (int(lengths.max()) + 1)
-        estimate = (residue_base[u_offset % w] + gains) / aligned[u_offset % w]
+        u_track, u_offset = unique // span, unique % span
+        estimate = (kth.sum() + gains) / len(kth)
         order = np.argsort(-estimate, kind="stable")
         # Diversity: the best ``candidates`` tracks, each with its best few offsets (one
         # track's neighbouring offsets would otherwise fill the whole list).
         tracks_in_order, first_seen = np.unique(u_track[order], return_index=True)
         kept = tracks_in_order[np.argsort(first_seen)][: settings.candidates]
         chosen = order[np.isin(u_track[order], kept)]
+        # Distinct regions: the best offset of each bin of 2·refine_frames + 1 offsets
+        # (its neighbours are re-ranked around it anyway), then a track's best bins.
+        width = 2 * settings.refine_frames + 1
+        regions = u_track[chosen] * (span // width + 1) + u_offset[chosen] // width
+        chosen = chosen[_rank_within_groups(regions) == 0]
         rank_in_track = _rank_within_groups(u_track[chosen])
         chosen = chosen[rank_in_track < settings.offsets_per_track]
         return np.stack([u_track[chosen], u_offset[chosen]], axis=1)
@@ -236,34 +321,55 @@ def _rank_within_groups(groups: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _gather_segments(
-    units: "torch.Tensor", first: np.ndarray, ids: np.ndarray, w: int
-) -> np.ndarray:
+def _sample_tracks(counts: np.ndarray, segments: int, seed: int) -> np.ndarray:
+    """Tracks (sorted) whose segments make at least ``segments`` training segments, or
+    every indexable track."""
+    rng = np.random.default_rng(seed)
+    indexable = np.flatnonzero(counts > 0)
+    order = rng.permutation(indexable)
+    enough = np.searchsorted(np.cumsum(counts[order]), segments) + 1
+    return np.sort(order[:enough])
+
+
+def _track_segments(projection, units, lengths, i: int, settings: IndexSettings) -> np.ndarray:
+    frames = units[i, : int(lengths[i])]
+    return projection.project(frames, settings.segment_stride)
+
+
+def _fit_projection(
+    units, lengths, counts, settings: IndexSettings, seed: int
+) -> SegmentProjection:
+    """Fit the frame axes on the sampled tracks' frames, then the segment axes on their
+    pooled segments."""
     import torch
 
-    track = np.searchsorted(first, ids, side="right") - 1
-    start = w * (ids - first[track])
-    frames = torch.as_tensor(start)[:, None] + torch.arange(w)[None, :]  # (m, W)
-    rows = units[torch.as_tensor(track)[:, None], frames]  # (m, W, D)
-    return rows.reshape(len(ids), -1).cpu().numpy().astype(np.float32)
+    sample = _sample_tracks(counts, settings.train_segments, seed)
+    frames = torch.cat([units[i, : int(lengths[i])].float() for i in sample])
+    frame_axes = _uncentred_pca(frames, settings.frame_dim)
+    partial = SegmentProjection(settings, frame_axes, np.zeros((0, 0), np.float32))
+    pooled = np.concatenate(
+        [partial.pooled(units[i, : int(lengths[i])], settings.segment_stride) for i in sample]
+    )
+    segment_axes = _uncentred_pca(torch.from_numpy(pooled), settings.dim)
+    return SegmentProjection(settings, frame_axes, segment_axes)
 
 
-def _uncentred_pca(sample: np.ndarray, dim: int) -> np.ndarray:
-    """(W·D, d): the top eigenvectors of the segments' second-moment matrix (no centring:
-    the projection must keep inner products, not variances around a mean)."""
+def _uncentred_pca(sample: "torch.Tensor", dim: int) -> np.ndarray:
+    """(F, d): the top eigenvectors of the rows' second-moment matrix (no centring: the
+    projection must keep inner products, not variances around a mean)."""
     import torch
 
-    x = torch.from_numpy(sample).double()
-    gram = (x.T @ x) / max(1, len(sample))  # (W·D, W·D)
+    x = sample.double()
+    gram = (x.T @ x) / max(1, len(x))  # (F, F)
     # torch's eigh, not numpy's: numpy's BLAS threads ignore the replica's thread limit.
     values, vectors = torch.linalg.eigh(gram)
     top = torch.argsort(values, descending=True)[: min(dim, gram.shape[0])]
     return vectors[:, top].float().numpy()
 
 
-def _num_lists(total: int, trainable: int) -> int:
+def _num_lists(total: int, trainable: int, max_lists: int) -> int:
     # FAISS's guidance: about 4·sqrt(S) lists, and at least 39 training points per list.
-    return int(max(1, min(4 * int(np.sqrt(total)), trainable // 39, 65536)))
+    return int(max(1, min(4 * int(np.sqrt(total)), trainable // 39, max_lists)))
 
 
 def _new_index(dim: int, nlist: int):
@@ -312,6 +418,9 @@ def two_stage_offsets(
     if query.dim() != 2 or query.shape[1] != bank.dim or query.shape[0] < 1:
         raise ValueError(f"prediction must be (T >= 1, {bank.dim}), got {tuple(query.shape)}")
     t = query.shape[0]
+    if t < index.settings.segment_frames:
+        # Nothing in the index has this query's scale: the exact reference instead.
+        return exact_in_chunks(prediction, bank, top_k)
     units = bank.unit()
     query_units = bank.transform_query(query.to(units.device))
     query_units = query_units / query_units.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -354,6 +463,36 @@ def two_stage_offsets(
         if bank.track_penalty is not None:
             all_scores[tracks[best]] += bank.track_penalty.cpu().numpy()[tracks[best]]
     return _rank(all_scores, all_offsets, top_k)
+
+
+def exact_in_chunks(prediction, bank: "TrackBank", top_k: Optional[int], chunk_tracks: int = 512):
+    """Exhaustive cosine ``best_offsets`` over a bank of unit frames in any precision (a
+    float16 memory-mapped one included): chunks of tracks are read as float32 and scored,
+    the rankings merged (catalog order, so ties break as one bank breaks them)."""
+    import torch
+
+    from dvamn.scoring import TrackBank, _rank, best_offsets
+
+    if bank.unit().dtype == torch.float32:
+        return best_offsets(prediction, bank, top_k=top_k, distance="cosine")
+    scores = np.full(bank.num_tracks, np.inf)
+    offsets = np.zeros(bank.num_tracks, np.int64)
+    for start in range(0, bank.num_tracks, chunk_tracks):
+        stop = min(bank.num_tracks, start + chunk_tracks)
+        frames = bank.unit()[start:stop].float()
+        chunk = TrackBank(
+            frames,
+            bank.lengths[start:stop],
+            unit_tracks=frames,
+            center=bank.center,
+            scale=bank.scale,
+            unit_only=True,
+        )
+        if bank.track_penalty is not None:
+            chunk.track_penalty = bank.track_penalty[start:stop]
+        ranking = best_offsets(prediction, chunk, top_k=None, distance="cosine")
+        scores[start:stop], offsets[start:stop] = ranking.all_scores, ranking.all_offsets
+    return _rank(scores, offsets, top_k)
 
 
 INDEX_DIR = "index"  # inside a catalog version: CATALOG/versions/ID/index/
