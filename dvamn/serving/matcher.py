@@ -106,6 +106,50 @@ def _check_onset_term(scoring: str, model, catalog: Catalog, search: str) -> Non
         raise ValueError(f"scoring {scoring!r} is scored exhaustively: use --search exact")
 
 
+def unit_bank_on_disk(catalog: Catalog, center, scale, chunk_tracks: int = 256) -> TrackBank:
+    """The cosine scorings' bank for two-stage search: every frame standardised (when
+    ``center``/``scale`` are given), made unit length and stored as float16 in a
+    memory-mapped temporary file, written chunk by chunk of tracks. Re-ranking reads only
+    its candidates' slices, so the replica's memory holds the coarse index and the pages
+    of recently read candidates, not the catalog's frames (440 KB per 3-minute track as
+    float32 in memory; 230 KB on disk here). The file is unlinked at once: it lives as
+    long as the mapping, no longer than the process."""
+    import os
+    import tempfile
+
+    from dvamn.scoring import transform_frames
+
+    lengths = catalog.lengths
+    shape = (len(catalog), max(1, int(lengths.max(initial=0))), EMBEDDING_DIM)
+    handle, path = tempfile.mkstemp(prefix="dvamn-frames-", suffix=".f16")
+    os.close(handle)
+    try:
+        frames = np.memmap(path, np.float16, "w+", shape=shape)
+    finally:
+        os.unlink(path)
+    center_t = None if center is None else torch.as_tensor(np.asarray(center), dtype=torch.float32)
+    scale_t = None if scale is None else torch.as_tensor(np.asarray(scale), dtype=torch.float32)
+    for start in range(0, len(catalog), chunk_tracks):
+        stop = min(len(catalog), start + chunk_tracks)
+        chunk = torch.zeros(stop - start, shape[1], EMBEDDING_DIM)
+        for i in range(start, stop):
+            track = torch.from_numpy(np.asarray(catalog.track_embedding(i), np.float32))
+            if center_t is not None:
+                track = transform_frames(track, center_t, scale_t)
+            chunk[i - start, : len(track)] = track
+        chunk /= chunk.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # padding stays zero
+        frames[start:stop] = chunk.numpy().astype(np.float16)
+    tracks = torch.from_numpy(frames)
+    return TrackBank(
+        tracks,
+        torch.as_tensor(lengths, dtype=torch.int64),
+        unit_tracks=tracks,
+        center=center_t,
+        scale=scale_t,
+        unit_only=True,
+    )
+
+
 class Matcher:
     """A loaded model and catalog; ``match`` ranks the catalog for pose feature sequences.
 
@@ -149,11 +193,15 @@ class Matcher:
         self.catalog = catalog
         self.scoring = scoring
         self.distance, center, scale = scoring_parts(scoring, self.model)
-        self.bank = bank_from_catalog(catalog, "cpu")
-        if center is not None:
-            self.bank = standardise(self.bank, center, scale)  # in place: one catalog copy
-        if self.distance == "cosine":
-            self.bank.normalise_in_place()  # and still one copy, instead of two
+        if search == "two-stage" and self.distance == "cosine":
+            # float16 unit frames memory-mapped on disk: read per candidate.
+            self.bank = unit_bank_on_disk(catalog, center, scale)
+        else:
+            self.bank = bank_from_catalog(catalog, "cpu")
+            if center is not None:
+                self.bank = standardise(self.bank, center, scale)  # in place: one copy
+            if self.distance == "cosine":
+                self.bank.normalise_in_place()  # and still one copy, instead of two
         # The rhythm term ("+onset"): the model's onset head against the catalog's
         # audio_onset, scored exhaustively (dvamn.scoring), as evaluation scores it.
         self.onset_term = uses_onset(scoring)
@@ -201,10 +249,14 @@ class Matcher:
                 time.perf_counter() - started,
             )
         self.catalog_info = catalog.summary()
-        self.catalog_info["memory_mb"] = round(self.bank.nbytes() / 2**20, 2)
         self.catalog_info["search"] = search
-        if self.index is not None:
+        if self.index is None:
+            self.catalog_info["memory_mb"] = round(self.bank.nbytes() / 2**20, 2)
+        else:
+            # In memory: the coarse index; the frames are a memory-mapped file.
             self.catalog_info["index_memory_mb"] = round(self.index.nbytes() / 2**20, 2)
+            self.catalog_info["memory_mb"] = self.catalog_info["index_memory_mb"]
+            self.catalog_info["frames_on_disk_mb"] = round(self.bank.nbytes() / 2**20, 2)
         catalog.embeddings = np.zeros((0, EMBEDDING_DIM), np.float32)  # the bank has them
         config = getattr(model, "config", None)
         # Answers carry content versions, never locations: the checkpoint's path or URI and
@@ -264,58 +316,39 @@ class Matcher:
         )
 
     def predict(self, poses: Sequence[np.ndarray]) -> List[np.ndarray]:
-        """Pose features, each (T_i, 68) -> predicted embeddings, each (T_i // 2, 128).
-
-        Queries of equal length go through the model as one batch; others one by one
-        (padding would change what the bidirectional GRUs see at the end).
-        """
+        """Pose features, each (T_i, 68) -> predicted embeddings, each (T_i // 2, 128)."""
         return self._predict(poses)[0]
 
     def _predict(self, poses: Sequence[np.ndarray]) -> tuple:
-        """(embeddings, onsets): ``predict``'s embeddings and, for the rhythm term, each
-        query's predicted onsets (T_i - T_i % 2,), else a None per query."""
-        out: List[Optional[np.ndarray]] = [None] * len(poses)
-        onsets: List[Optional[np.ndarray]] = [None] * len(poses)
-        by_length: Dict[int, List[int]] = {}
-        for i, pose in enumerate(poses):
-            if pose.ndim != 2 or pose.shape[1] != POSE_FEATURES:
-                raise ValueError(f"pose {i} has shape {pose.shape}, expected (T, {POSE_FEATURES})")
-            by_length.setdefault(len(pose), []).append(i)
-        with torch.inference_mode():
-            for indices in by_length.values():
-                batch = torch.as_tensor(np.stack([poses[i] for i in indices]), dtype=torch.float32)
-                batch = batch.to(self.device)
-                if self.onset_term:
-                    predicted, onset = self.model.predict(batch, with_onset=True)  # (B, T)
-                    onset = onset[:, : 2 * predicted.shape[1]].float().cpu().numpy()
-                else:
-                    predicted, onset = self.model.predict(batch), None  # (B, A, 128)
-                predicted = predicted.float().cpu().numpy()
-                for j, i in enumerate(indices):
-                    out[i] = predicted[j]
-                    onsets[i] = None if onset is None else onset[j]
-        return out, onsets
+        """(embeddings, onsets): ``predict_poses`` with this matcher's model."""
+        return predict_poses(self.model, self.device, poses, with_onset=self.onset_term)
+
+    def ranking(
+        self, predicted: np.ndarray, top_k: int = DEFAULT_TOP_K, onset: Optional[np.ndarray] = None
+    ):
+        """The scorer's ``Ranking`` (catalog indices, scores, offsets in frames) for one
+        predicted sequence (A, 128); ``onset`` (2A,): its predicted onsets, for a matcher
+        with the rhythm term. What ``rank`` names, and what a catalog shard returns."""
+        if self.onset_term:
+            if onset is None:
+                raise ValueError(f"scoring {self.scoring!r} ranks with the query's onsets")
+            return best_offsets(
+                predicted, self.bank, top_k=top_k, distance=self.distance, query_onset=onset
+            )
+        return search(
+            predicted,
+            self.bank,
+            self.index,
+            top_k=top_k,
+            distance=self.distance,
+            settings=self.index_settings,
+        )
 
     def rank(
         self, predicted: np.ndarray, top_k: int = DEFAULT_TOP_K, onset: Optional[np.ndarray] = None
     ) -> List[Match]:
-        """Best tracks for one predicted sequence (A, 128), best first; ``onset`` (2A,):
-        its predicted onsets, for a matcher with the rhythm term."""
-        if self.onset_term:
-            if onset is None:
-                raise ValueError(f"scoring {self.scoring!r} ranks with the query's onsets")
-            ranking = best_offsets(
-                predicted, self.bank, top_k=top_k, distance=self.distance, query_onset=onset
-            )
-        else:
-            ranking = search(
-                predicted,
-                self.bank,
-                self.index,
-                top_k=top_k,
-                distance=self.distance,
-                settings=self.index_settings,
-            )
+        """Best tracks for one predicted sequence (A, 128), best first (see ``ranking``)."""
+        ranking = self.ranking(predicted, top_k, onset)
         return [
             Match(
                 track_id=self.catalog.track_ids[i],
@@ -358,3 +391,36 @@ class Matcher:
     def match(self, pose: np.ndarray, top_k: int = DEFAULT_TOP_K) -> Dict[str, Any]:
         """One query: pose features (T, 68) at POSE_FPS -> response part (see match_many)."""
         return self.match_many([pose], [top_k])[0]
+
+
+def predict_poses(
+    model: torch.nn.Module, device: str, poses: Sequence[np.ndarray], with_onset: bool = False
+) -> tuple:
+    """Pose features, each (T_i, 68) -> (embeddings, each (T_i // 2, 128); with
+    ``with_onset`` (the rhythm term), each query's predicted onsets (T_i - T_i % 2,), else
+    a None per query).
+
+    Queries of equal length go through the model as one batch; others one by one
+    (padding would change what the bidirectional GRUs see at the end).
+    """
+    out: List[Optional[np.ndarray]] = [None] * len(poses)
+    onsets: List[Optional[np.ndarray]] = [None] * len(poses)
+    by_length: Dict[int, List[int]] = {}
+    for i, pose in enumerate(poses):
+        if pose.ndim != 2 or pose.shape[1] != POSE_FEATURES:
+            raise ValueError(f"pose {i} has shape {pose.shape}, expected (T, {POSE_FEATURES})")
+        by_length.setdefault(len(pose), []).append(i)
+    with torch.inference_mode():
+        for indices in by_length.values():
+            batch = torch.as_tensor(np.stack([poses[i] for i in indices]), dtype=torch.float32)
+            batch = batch.to(device)
+            if with_onset:
+                predicted, onset = model.predict(batch, with_onset=True)  # (B, T)
+                onset = onset[:, : 2 * predicted.shape[1]].float().cpu().numpy()
+            else:
+                predicted, onset = model.predict(batch), None  # (B, A, 128)
+            predicted = predicted.float().cpu().numpy()
+            for j, i in enumerate(indices):
+                out[i] = predicted[j]
+                onsets[i] = None if onset is None else onset[j]
+    return out, onsets
