@@ -209,3 +209,18 @@ def test_a_catalog_written_before_the_onset_column_loads_without_onsets(tmp_path
         pq.write_table(pq.read_table(part).drop_columns(["audio_onset"]), part)
     catalog = load_catalog(out)
     assert catalog.track_ids == ["t000", "t001", "t002"] and catalog.onsets is None
+
+
+def test_a_shard_loads_its_part_of_the_sorted_tracks_and_the_whole_version(tmp_path):
+    root = str(tmp_path / "catalog")
+    table = tracks_table(7, seed=3)
+    # Rows out of id order: shards follow the loader's sorted order.
+    write_catalog_tables(root, pa.concat_tables([table.slice(4), table.slice(0, 4)]))
+    whole = load_catalog(root)
+    parts = [load_catalog(root, shard=(i, 3)) for i in range(3)]
+    assert [p.shard_start for p in parts] == [0, 2, 5]
+    assert sum((p.track_ids for p in parts), []) == whole.track_ids
+    assert np.array_equal(np.concatenate([p.embeddings for p in parts]), whole.embeddings)
+    assert {p.version for p in parts} == {whole.version}  # the whole catalog's content
+    with pytest.raises(ValueError, match="shard must be in"):
+        load_catalog(root, shard=(3, 3))

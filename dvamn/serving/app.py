@@ -104,6 +104,10 @@ class ServeSettings:
     # Retry-After instead of an unbounded queue (Serve's max_queued_requests).
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
     retry_after_s: int = DEFAULT_RETRY_AFTER_S  # what such a 503 tells the client to wait
+    # Catalog shards (dvamn.serving.shards): > 1 splits the catalog across shard
+    # deployments of replicas_per_shard replicas each (None: Serve's default or config).
+    shards: int = 1
+    replicas_per_shard: Optional[int] = None
 
     @classmethod
     def from_args(cls, args: Dict[str, Any]) -> "ServeSettings":
@@ -272,7 +276,6 @@ class MatchModel:
     def _load(self, uri: str, raise_errors: bool = False) -> bool:
         """Load the version ``uri`` names unless it is the one served; True on a swap."""
         from dvamn.catalog_format import resolve_catalog
-        from dvamn.serving.catalog_store import load_catalog
         from dvamn.serving.matcher import Matcher
 
         with self._swap_lock:
@@ -281,7 +284,7 @@ class MatchModel:
                 if self.matcher is not None and version_id == self.matcher.catalog.version_id:
                     return False
                 started = time.perf_counter()
-                catalog = load_catalog(uri)
+                catalog = self._read_catalog(uri)
                 if self.matcher is None:
                     matcher = Matcher(
                         self.model,
@@ -316,6 +319,12 @@ class MatchModel:
                 time.perf_counter() - started,
             )
             return True
+
+    def _read_catalog(self, uri: str):
+        """The catalog this replica serves: all of it (a shard replica: its part)."""
+        from dvamn.serving.catalog_store import load_catalog
+
+        return load_catalog(uri)
 
     def _watch(self) -> None:
         while True:
@@ -797,5 +806,12 @@ def build_app(args: Dict[str, Any]):
     }
     replica_settings = dataclasses.replace(settings, catalog="", watch_catalog_s=0.0)
     pose = PoseEstimation.options(**pose_options).bind(replica_settings)
-    matcher = MatchModel.options(**match_options).bind(replica_settings)
+    if settings.shards < 1:
+        raise ValueError(f"application arg shards must be >= 1, got {settings.shards}")
+    if settings.shards > 1:
+        from dvamn.serving.shards import bind_sharded
+
+        matcher = bind_sharded(settings, replica_settings, match_options)
+    else:
+        matcher = MatchModel.options(**match_options).bind(replica_settings)
     return MatchAPI.options(ray_actor_options={"num_cpus": 0}).bind(pose, matcher, replica_settings)

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dvamn import storage
 from dvamn.catalog_format import (
@@ -80,6 +81,7 @@ class Catalog:
     # Per track, its ``audio_onset`` (2 T_a,) for the "+onset" scorings' rhythm term; None
     # for a catalog built before the column existed (those scorings refuse it).
     onsets: Optional[List[np.ndarray]] = None
+    shard_start: int = 0  # a shard's first row in the whole catalog (load_catalog's shard)
 
     def __post_init__(self) -> None:
         if self.audio_playable is None:
@@ -160,11 +162,22 @@ class Catalog:
         )
 
 
-def _read_tracks(version: str) -> pa.Table:
-    tables = read_parts(storage.join(version, TRACKS_DIR))
+def _read_tracks(version: str, keep: Optional[pa.Array] = None) -> pa.Table:
+    """The version's tracks; with ``keep`` (track ids), only those rows, read part by part
+    so that the other rows' embeddings are never held together (a catalog shard)."""
+    from dvamn.parquet_parts import part_files, read_part
+
+    uri = storage.join(version, TRACKS_DIR)
+    fs, _ = storage.filesystem(uri)
+    tables = []
+    for path in part_files(uri):
+        table = _with_all_columns(read_part(fs, path, None))
+        if keep is not None:
+            table = table.filter(pc.is_in(table["track_id"], value_set=keep))
+        tables.append(table)
     if not tables:
         return CATALOG_SCHEMA.empty_table()
-    return pa.concat_tables([_with_all_columns(t) for t in tables])
+    return pa.concat_tables(tables)
 
 
 def _with_all_columns(table: pa.Table) -> pa.Table:
@@ -174,6 +187,16 @@ def _with_all_columns(table: pa.Table) -> pa.Table:
         if field.name not in table.column_names and field.name == "audio_onset":
             table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     return table.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA)
+
+
+def _read_track_ids(version: str) -> pa.Table:
+    """Every track's id and embedding hash, without the embeddings."""
+    columns = ["track_id", "embedding_sha256"]
+    tables = read_parts(storage.join(version, TRACKS_DIR), columns)
+    schema = pa.schema([CATALOG_SCHEMA.field(c) for c in columns])
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables([t.select(columns).cast(schema) for t in tables])
 
 
 def _read_manifest(version: str) -> Dict[str, Any]:
@@ -218,7 +241,7 @@ def _onsets(table: pa.Table) -> Optional[List[np.ndarray]]:
     return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
-def load_catalog(uri: str) -> Catalog:
+def load_catalog(uri: str, shard: Optional[tuple] = None) -> Catalog:
     """Load a catalog's current version (``uri`` is its root) or one version
     (``CATALOG/versions/ID``), local or any fsspec URI; layout in ``dvamn.catalog_format``.
 
@@ -229,11 +252,34 @@ def load_catalog(uri: str) -> Catalog:
     Raises ``FileNotFoundError`` for a URI that holds no catalog, ``CatalogIntegrityError``
     for an incomplete or altered version and ``ValueError`` for an empty one or one that
     mixes embeddings.
+
+    ``shard=(i, S)``: only the i-th of S contiguous parts of the sorted tracks
+    (``dvamn.search.shard_bounds``; a shard replica's). The version is checked as a
+    whole (count, content version from every track's hash); only the shard's embeddings
+    are read into memory, and checked. The catalog's ``shard_start`` is the shard's first
+    row in the whole catalog.
     """
     _, version_id, version = resolve_catalog(uri)
     manifest = _read_manifest(version)
-    table = _read_tracks(version)
     expected = manifest.get("num_tracks")
+    start = 0
+    if shard is None:
+        table = _read_tracks(version)
+    else:
+        from dvamn.search import shard_bounds
+
+        every = _read_track_ids(version).sort_by("track_id")
+        if every.num_rows != expected:
+            raise CatalogIntegrityError(
+                f"catalog version {version} holds {every.num_rows} tracks but its manifest "
+                f"says {expected}: files were added or lost after the build; rebuild the catalog"
+            )
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard must be in [0, {count}), got {index}")
+        start, stop = shard_bounds(every.num_rows, count)[index]
+        table = _read_tracks(version, keep=every["track_id"][start:stop].combine_chunks())
+        expected = stop - start
     if table.num_rows != expected:
         raise CatalogIntegrityError(
             f"catalog version {version} holds {table.num_rows} tracks but its manifest says "
@@ -258,7 +304,15 @@ def load_catalog(uri: str) -> Catalog:
                 f"match its embedding_sha256 {sha!r} (the file changed after the build); "
                 "rebuild the catalog"
             )
-    version_hash = catalog_version(track_ids, shas, kinds[0], weights[0])
+    if shard is None:
+        version_hash = catalog_version(track_ids, shas, kinds[0], weights[0])
+    else:  # the content version is the whole catalog's
+        version_hash = catalog_version(
+            every["track_id"].to_pylist(),
+            every["embedding_sha256"].to_pylist(),
+            kinds[0],
+            weights[0],
+        )
     if version_hash != manifest.get("version"):
         raise CatalogIntegrityError(
             f"catalog version {version} has content version {version_hash} but its manifest "
@@ -281,6 +335,7 @@ def load_catalog(uri: str) -> Catalog:
         version_uri=version,
         audio_playable=table["audio_playable"].fill_null(False).to_numpy(zero_copy_only=False),
         onsets=_onsets(table),
+        shard_start=start,
     )
     log.info(
         "loaded catalog %s version %s: %d tracks, %s, content %s, %.1f MB",

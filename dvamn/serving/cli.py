@@ -114,6 +114,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tracks two-stage search re-ranks exactly (default %(default)s)",
     )
     serve_parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="split the catalog across this many shard deployments; the matching "
+        "replicas then run the model and merge the shards' top-k (default %(default)s)",
+    )
+    serve_parser.add_argument(
+        "--replicas-per-shard", type=int, default=1, help="replicas of each shard (default 1)"
+    )
+    serve_parser.add_argument(
         "--min-query-s",
         type=float,
         default=limits.min_query_s,
@@ -196,6 +206,8 @@ def run_serve(args: argparse.Namespace) -> int:
         "min_query_s": args.min_query_s,
         "search": args.search,
         "search_candidates": args.search_candidates,
+        "shards": args.shards,
+        "replicas_per_shard": args.replicas_per_shard,
         "max_query_s": args.max_query_s,
         "max_upload_mb": args.max_upload_mb,
         "replicas": args.replicas,
