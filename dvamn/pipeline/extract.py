@@ -321,6 +321,10 @@ def check_weights(config: ExtractConfig) -> None:
 
 
 def _pool(resources: StageResources):
+    """The stage's actor pool. A killed actor is restarted and its batch retried: Ray Data
+    gives pool actors ``max_restarts=-1`` and ``max_task_retries=-1`` unless told
+    otherwise, and a retried batch rewrites its own part (``write_parts``); tested by
+    killing one mid-job (tests/pipeline/test_extract_crash.py)."""
     import ray.data
 
     return ray.data.ActorPoolStrategy(

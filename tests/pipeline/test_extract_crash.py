@@ -1,15 +1,18 @@
 """Nothing lost on a crash: ``kill -9`` of a running extraction job, a part truncated on
-disk, then a rerun that accounts for every input exactly once."""
+disk, then a rerun that accounts for every input exactly once; one Ray Data actor killed
+mid-job, and the job still accounts for every input exactly once."""
 
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
 import pytest
 
+from dvamn.pipeline.config import StageResources
 from dvamn.pipeline.extract import extract_dataset, read_table
 from dvamn.schema import ERRORS_DIR, UNREADABLE_DIR, VIDEOS_DIR
 from tests.pipeline.test_extract import small_config
@@ -104,3 +107,72 @@ def test_a_job_killed_mid_write_and_a_truncated_part_are_redone_exactly_once(
     assert len(videos) == len(result.videos) and len(errors) == len(result.broken)
     leftovers = [f for f in os.listdir(os.path.join(out, VIDEOS_DIR)) if f.endswith(".tmp")]
     assert all(f.startswith(".part-") for f in leftovers)  # hidden, never read as parts
+
+
+def _alive_stage_actors() -> dict:
+    """ActorID -> (PID, restarts) of the extraction's live Ray Data actors (GCS's actor
+    table, Ray's state API without the dashboard)."""
+    from ray._private.state import actors
+
+    return {
+        a["ActorID"]: (a["Pid"], a["NumRestarts"])
+        for a in actors().values()
+        if a["State"] == "ALIVE"
+        and any(stage in a["ActorClassName"] for stage in ("AudioStage", "PoseStage"))
+    }
+
+
+def test_a_ray_data_actor_killed_mid_job_costs_no_input(ray_local, synth_dir, tmp_path):
+    """One actor of the job's pool, SIGKILLed while it works: Ray Data restarts it and
+    retries its batch (``max_restarts`` and ``max_task_retries`` -1, Ray Data's defaults
+    for an actor pool); a retried batch rewrites its own part (named by its contents), so
+    the job completes with every input in exactly one table, exactly once."""
+    data, result = synth_dir
+    out = tmp_path / "features"
+    total = len(result.videos) + len(result.broken)
+    killed, failures, job_done = {}, [], threading.Event()
+
+    def kill_one_actor_mid_job() -> None:
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not job_done.is_set():
+                actors = _alive_stage_actors()
+                if actors and _num_parts(out) >= 1:
+                    actor_id, (pid, _) = next(iter(actors.items()))
+                    killed.update(actor=actor_id, pid=pid, parts=_num_parts(out))
+                    os.kill(pid, signal.SIGKILL)  # an actor of this test's own Ray
+                    killed_at = time.monotonic()
+                    while not job_done.is_set():  # for the report: when it was restarted
+                        pid_now, restarts = _alive_stage_actors().get(actor_id, (pid, 0))
+                        if restarts > 0 and pid_now != pid:
+                            killed["restarted_after_s"] = round(time.monotonic() - killed_at, 1)
+                            break
+                        time.sleep(0.1)
+                    return
+                time.sleep(0.02)
+            failures.append("the job ended, or 120 s passed, before an actor could be killed")
+        except Exception as error:  # noqa: BLE001 - reported by the test below
+            failures.append(repr(error))
+
+    killer = threading.Thread(target=kill_one_actor_mid_job)
+    killer.start()
+    try:
+        # One video per batch and one actor: parts are written one by one, so the kill
+        # lands between (or during) writes, with most of the job still to do.
+        one_at_a_time = StageResources(min_actors=1, max_actors=1, num_cpus=0.5)
+        _, summary = extract_dataset(small_config(data, out, audio_stage=one_at_a_time))
+    finally:
+        job_done.set()
+        killer.join()
+    assert not failures, failures
+    assert killed["parts"] < total, "the kill must land mid-job"
+    print(f"actor kill: {killed}, job: {summary.done} done, {summary.failed} failed")
+
+    assert summary.done + summary.failed == total
+    videos = read_table(str(out), VIDEOS_DIR, columns=["uri"]).column("uri").to_pylist()
+    errors = read_table(str(out), ERRORS_DIR, columns=["uri"]).column("uri").to_pylist()
+    counts = Counter(videos + errors)
+    inputs = set(result.videos) | {uri for uri, _ in result.broken}
+    assert {os.path.basename(u) for u in counts} == {os.path.basename(u) for u in inputs}
+    assert set(counts.values()) == {1}, "every input in exactly one table, exactly once"
+    assert len(videos) == len(result.videos) and len(errors) == len(result.broken)
