@@ -198,17 +198,32 @@ def stage(title: str) -> Iterator[StageTime]:
 
 
 def materialize(dataset, total: int, desc: str, unit: str):
-    """``dataset.materialize()`` with our progress bar over its rows (Ray Data's own bars
-    are off without --verbose: ``ray_setup.ensure_ray``). The pipelines that use it
-    produce Arrow blocks (``batch_format="pyarrow"``)."""
-    import ray.data
+    """``dataset.materialize()`` with our progress bar over its rows, moved as each block
+    completes (Ray Data's own bars are off without --verbose: ``ray_setup.ensure_ray``).
 
-    refs = []
+    The result is what ``materialize`` returns: a MaterializedDataset of the same blocks,
+    whose ``stats()`` is this execution's (the stats are a job's report, and tests read
+    them). It is built the way Ray Data 2.60's ``materialize`` builds it (an InputData
+    plan over the blocks, which it does not own), from the streamed bundles.
+    """
+    from ray.data._internal.execution.interfaces import RefBundle
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators import InputData
+    from ray.data.dataset import MaterializedDataset
+
+    bundles = []
     with progress(total=total, desc=desc, unit=unit) as bar:
         for bundle in dataset.iter_internal_ref_bundles():
-            refs.extend(bundle.block_refs)
+            bundles.append(
+                RefBundle(bundle.blocks, bundle.schema, owns_blocks=False, slices=bundle.slices)
+            )
             bar.update(bundle.num_rows() or 0)
-    return ray.data.from_arrow_refs(refs)
+    context = dataset.context
+    output = MaterializedDataset(
+        LogicalPlan(InputData(input_data=bundles), context), context, dataset._raw_stats()
+    )
+    output._execute()  # as materialize does: the cache of the InputData source
+    return output
 
 
 def remember_ray_session() -> None:

@@ -315,7 +315,7 @@ def _extract(plan: DemoPlan, audio_kind: str):
 
 def _train(plan: DemoPlan):
     from dvamn.model import DVAMNConfig
-    from dvamn.training.train import SUMMARY_FILE, TrainConfig, TrainResult, train
+    from dvamn.training.train import SUMMARY_FILE, TrainConfig, TrainResult, say_epochs, train
 
     run_dir = plan.path("run")
     summary_path = os.path.join(run_dir, SUMMARY_FILE)
@@ -347,7 +347,7 @@ def _train(plan: DemoPlan):
         f"lr {plan.lr}) so that it trains in minutes on 2 CPU cores; `dvamn train` defaults "
         "to the paper's"
     )
-    return train(config)
+    return train(config, on_epoch=say_epochs(plan.epochs))
 
 
 def _held_out(plan: DemoPlan, synth: dict) -> list[dict]:

@@ -431,7 +431,15 @@ def extract_dataset(config: ExtractConfig, write_manifest: bool = True):
         len(job.todo),
     )
     started = time.perf_counter()
-    dataset = build_dataset(config, job.todo, run_id).materialize() if job.todo else None
+    dataset = None
+    if job.todo:
+        from dvamn import console
+
+        # A bar over the videos as their blocks complete (failed videos are error rows,
+        # not rows of the dataset: the summary counts them).
+        dataset = console.materialize(
+            build_dataset(config, job.todo, run_id), len(job.todo), "   videos", "video"
+        )
     wall_s = time.perf_counter() - started
     videos = _footers(config.out, VIDEOS_DIR)
     errors = _footers(config.out, ERRORS_DIR)

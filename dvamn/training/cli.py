@@ -326,7 +326,7 @@ def _register_evaluate(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dvamn.training.train import summary_table, train
+    from dvamn.training.train import say_epochs, summary_table, train
 
     network = {k: getattr(args, k) for k in NETWORK_FLAGS if getattr(args, k) is not None}
     if args.rhythm is not None:
@@ -351,7 +351,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         ensure_ray(args.address)
         with console.stage("train DVAMN (Ray Train)"):
-            result = train(config)
+            result = train(config, on_epoch=say_epochs(config.epochs))
     except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as exc:
         print(f"dvamn train: {exc}", file=sys.stderr)
         return 2

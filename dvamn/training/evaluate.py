@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from dvamn import console
 from dvamn.constants import AUDIO_HOP_S, POSE_FRAMES_PER_AUDIO_FRAME, WINDOW_POSE_FRAMES
 from dvamn.devices import resolve_torch_device
 from dvamn.model import DVAMN, log_cosh
@@ -136,7 +137,13 @@ def retrieval_from_predictions(
         )
     ranks, offset_hits, all_scores = [], [], []
     exact_rankings = []
-    for prediction, onset, track, offset in zip(predictions, onsets, true_tracks, true_offsets):
+    queries = console.progress(
+        zip(predictions, onsets, true_tracks, true_offsets),
+        total=len(predictions),
+        desc=f"   queries ({distance})",
+        unit="query",
+    )
+    for prediction, onset, track, offset in queries:
         ranking = best_offsets(prediction, bank, top_k=None, distance=distance, query_onset=onset)
         exact_rankings.append(ranking)
         where = np.nonzero(ranking.indices == track)[0]

@@ -43,15 +43,17 @@ latest complete checkpoint in RUN (``_resume_state``: Ray Train's record of the 
 lag behind it when the driver was killed).
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -683,26 +685,30 @@ def _stop_early(cfg: Dict[str, Any], stop: bool, device) -> bool:
     return bool(flag.item() > 0)
 
 
+def epoch_line(m: Dict[str, Any], epochs: int) -> str:
+    """One epoch's metrics on one line: rank 0's log line, and the line ``dvamn train``
+    and the demo print for each epoch Ray Train reports (``train(on_epoch=...)``)."""
+    return (
+        f"epoch {int(m['epoch']) + 1}/{epochs}  train loss {m['train_loss']:.3f} | val loss "
+        f"{m['val_loss']:.3f} rmse {m['val_rmse']:.3f} mae {m['val_mae']:.3f} | R@1 "
+        f"{m['val_r_at_1']:.3f} R@5 {m['val_r_at_5']:.3f} R@10 {m['val_r_at_10']:.3f} median "
+        f"rank {m['val_median_rank']:.1f} of {int(m['val_pool_size'])} (chance R@1 "
+        f"{m['val_chance_r_at_1']:.3f}) | {m['samples_per_s']:.0f} samples/s, "
+        f"{m['epoch_seconds']:.0f} s"
+    )
+
+
+def say_epochs(epochs: int) -> Callable[[Dict[str, Any]], None]:
+    """``train(on_epoch=...)`` for a command: each reported epoch as a line of its own
+    console output (``dvamn.console.say``)."""
+    from dvamn import console
+
+    return lambda metrics: console.say("   " + epoch_line(metrics, epochs))
+
+
 def _log_epoch(m: Dict[str, Any], epochs: int) -> None:
     log.info(
-        "epoch %d/%d  train loss %.3f rmse %.3f mae %.3f | val loss %.3f rmse %.3f mae %.3f | "
-        "R@1 %.3f R@5 %.3f R@10 %.3f median rank %.1f of %d (chance R@1 %.3f) | %.0f samples/s, %.0f s",
-        m["epoch"] + 1,
-        epochs,
-        m["train_loss"],
-        m["train_rmse"],
-        m["train_mae"],
-        m["val_loss"],
-        m["val_rmse"],
-        m["val_mae"],
-        m["val_r_at_1"],
-        m["val_r_at_5"],
-        m["val_r_at_10"],
-        m["val_median_rank"],
-        m["val_pool_size"],
-        m["val_chance_r_at_1"],
-        m["samples_per_s"],
-        m["epoch_seconds"],
+        "%s (train rmse %.3f mae %.3f)", epoch_line(m, epochs), m["train_rmse"], m["train_mae"]
     )
 
 
@@ -743,10 +749,14 @@ def _check_resumable(run_uri: str, config: TrainConfig) -> None:
         )
 
 
-def train(config: TrainConfig):
+def train(config: TrainConfig, on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None):
     """Train DVAMN as ``config`` says. Returns a TrainResult (run URI, best and latest
     checkpoint, per-epoch history). Raises FloatingPointError naming the step when the
-    loss became NaN, ValueError for unusable features."""
+    loss became NaN, ValueError for unusable features.
+
+    ``on_epoch(metrics)`` is called in this process (the driver) for each epoch as Ray
+    Train reports it: rank 0's metrics (``epoch_line`` formats them). Not with
+    ``workers=0``, whose loop runs here without Ray Train's controller."""
     import ray
     import ray.data
 
@@ -776,11 +786,69 @@ def train(config: TrainConfig):
         provenance=survey.provenance,
         run_uri=run_uri,
     )
-    _make_trainer(config, loop_config, storage_path, name, train_videos, val_videos).fit()
+    with _reported_epochs(config, on_epoch) as callbacks:
+        _make_trainer(
+            config, loop_config, storage_path, name, train_videos, val_videos, callbacks
+        ).fit()
     _raise_for_nan_report(run_uri)
     result = _collect_result(run_uri, model_size, started)
     _write_summary(result)
     return result
+
+
+def _epochs_to_driver(queue):
+    """A Ray Train callback that forwards each epoch's metrics, as Ray Train received them
+    from rank 0, to the driver through ``queue`` (a Ray queue: the callback runs in Ray
+    Train's controller actor, not in the driver). Defined here so that importing this
+    module does not import Ray Train."""
+    from ray.train import UserCallback
+
+    class EpochsToDriver(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):  # noqa: ARG002
+            # metrics[i] is worker i's; rank 0's has the validation retrieval figures.
+            # A NaN stop reports only nan_step: nothing to show.
+            if metrics and "val_loss" in metrics[0]:
+                queue.put(dict(metrics[0]))
+
+    return EpochsToDriver()
+
+
+@contextlib.contextmanager
+def _reported_epochs(config: TrainConfig, on_epoch: Optional[Callable[[Dict[str, Any]], None]]):
+    """Yields the Ray Train callbacks for the trainer; while the block (``fit()``) runs, a
+    thread of the driver hands every reported epoch's metrics to ``on_epoch`` (console
+    lines of ours instead of the workers' prints)."""
+    if on_epoch is None or not config.workers:
+        yield []
+        return
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    finished = threading.Event()
+
+    def hand_over() -> None:
+        while True:
+            try:
+                metrics = queue.get(timeout=0.5)
+            except Empty:
+                if finished.is_set():
+                    return
+                continue
+            except Exception:  # noqa: BLE001 - the queue's actor is gone: Ray shut down
+                return
+            on_epoch(metrics)
+
+    thread = threading.Thread(target=hand_over, name="dvamn-epochs", daemon=True)
+    thread.start()
+    try:
+        yield [_epochs_to_driver(queue)]
+    finally:
+        finished.set()  # the thread takes what is left in the queue, then ends
+        thread.join(timeout=10)
+        try:
+            queue.shutdown()
+        except Exception as error:  # noqa: BLE001 - cleanup after a failed or stopped run
+            log.info("the epoch queue's actor: %s", error)
 
 
 def _prepare_run_dir(run_uri: str, config: TrainConfig) -> None:
@@ -819,7 +887,9 @@ def _survey_and_split(config: TrainConfig):
     return survey, train_videos, val_videos
 
 
-def _make_trainer(config: TrainConfig, loop_config, storage_path, name, train_videos, val_videos):
+def _make_trainer(
+    config: TrainConfig, loop_config, storage_path, name, train_videos, val_videos, callbacks=()
+):
     """The TorchTrainer: workers, checkpoint ranking, failure retries and window datasets."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -845,6 +915,7 @@ def _make_trainer(config: TrainConfig, loop_config, storage_path, name, train_vi
                 checkpoint_score_order="max" if config.retrieval_objective else "min",
             ),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            callbacks=list(callbacks),
         ),
         datasets={
             "train": windows_dataset(

@@ -8,11 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from dvamn.audio.onset import ONSET_KIND
+from dvamn.cli import main as dvamn_main
 from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES, num_audio_frames, num_pose_frames
 from dvamn.pipeline.config import ExtractConfig, StageResources
 from dvamn.pipeline.extract import extract_dataset, read_table
 from dvamn.schema import ERRORS_DIR, VIDEO_SCHEMA, VIDEOS_DIR
 from tests.pipeline.conftest import EXTRACT_SECONDS as SECONDS
+from tests.support.console import ray_internal_lines
 
 # What a user must be able to read in the error message of each kind of bad input.
 EXPECTED_ERRORS = {
@@ -25,6 +27,14 @@ EXPECTED_ERRORS = {
     "nobody": ("pose", "nobody"),
     "huge": ("decode", "pixels"),
 }
+
+
+# small_config's settings as `dvamn extract` flags.
+SMALL_FLAGS = (
+    "--pose", "keypoints", "--audio", "logmel", "--device", "cpu",
+    "--pose-actors", "2", "--pose-cpus", "0.5",
+    "--audio-actors", "1", "--audio-cpus", "0.5", "--audio-batch", "4",
+)  # fmt: skip
 
 
 def small_config(input_dir, out, **overrides) -> ExtractConfig:
@@ -42,7 +52,7 @@ def small_config(input_dir, out, **overrides) -> ExtractConfig:
 
 
 def test_every_input_is_a_video_row_or_an_error_row_and_reruns_finish_the_rest(
-    ray_local, synth_dir, tmp_path
+    ray_local, synth_dir, tmp_path, capsys
 ):
     data, result = synth_dir
     out = tmp_path / "features"
@@ -103,9 +113,18 @@ def test_every_input_is_a_video_row_or_an_error_row_and_reruns_finish_the_rest(
         assert 0.0 <= row["missing_fraction"] < 0.5
 
     # A rerun with nothing new retries only the failures, which replace the old errors.
-    _, again = extract_dataset(small_config(data, out))
-    assert again.already_done == len(result.videos)
-    assert again.failed == len(result.broken)
+    # Through the command line: its own stage line and summary, and none of Ray's lines.
+    capsys.readouterr()
+    assert dvamn_main(["extract", str(data), "--out", str(out), *SMALL_FLAGS]) == 0
+    shown = capsys.readouterr()
+    printed = shown.out
+    assert not ray_internal_lines(shown.out + shown.err), shown.out + shown.err
+    assert f"== extract pose and audio features of {data} (Ray Data)" in printed
+    assert "done in" in printed and "extraction summary" in printed
+    assert f"{total} ({len(result.videos)} already done, skipped)" in printed
+    assert f"0 done, {len(result.broken)} failed" in printed
+    assert f"{len(result.videos)} videos in {out}/videos" in printed
+    assert f"{len(result.broken)} errors in {out}/errors" in printed
     assert read_table(str(out), ERRORS_DIR).num_rows == len(result.broken)
     assert read_table(str(out), VIDEOS_DIR).num_rows == len(result.videos)
 

@@ -13,7 +13,14 @@ from dvamn.cli import main as dvamn_main
 from dvamn.model import DVAMNConfig, best_checkpoint, list_checkpoints, load_model
 from dvamn.training.data import AugmentConfig, collect_features, read_features
 from dvamn.training.evaluate import REPORTED_SCORINGS, evaluate_videos
-from dvamn.training.train import TrainConfig, contrastive_loss, summary_table, train
+from dvamn.training.train import (
+    TrainConfig,
+    contrastive_loss,
+    epoch_line,
+    summary_table,
+    train,
+)
+from tests.support.console import ray_internal_lines
 from tests.support.contracts import EVALUATION_JSON_KEYS
 from tests.training.features import write_features
 
@@ -69,11 +76,17 @@ def test_two_workers_lower_the_loss_and_write_checkpoints(first_run):
         assert json.load(f)["best_checkpoint"] == result.best_checkpoint
 
 
-def test_evaluate_cli_writes_json_and_plots(first_run, features, tmp_path):
+def test_evaluate_cli_writes_json_and_plots(first_run, features, tmp_path, capsys):
     _, out = first_run
     json_path, plots = tmp_path / "m.json", tmp_path / "plots"
+    capsys.readouterr()
     code = dvamn_main(["evaluate", out, features, "--json", str(json_path), "--plots", str(plots)])
     assert code == 0
+    # Its stage and its summary table on the console; none of Ray's lines.
+    shown = capsys.readouterr()
+    assert not ray_internal_lines(shown.out + shown.err), shown.out + shown.err
+    assert f"== evaluate {out} on {features}" in shown.out and "done in" in shown.out
+    assert "retrieval: " in shown.out and "chance" in shown.out
     metrics = json.loads(json_path.read_text())
     for key in EVALUATION_JSON_KEYS:
         assert key in metrics
@@ -95,11 +108,20 @@ def test_a_new_run_refuses_an_existing_directory_and_resume_continues_at_the_nex
     argv += ["--batch-size", "16", "--lr", "3e-3", "--cpus-per-worker", "0.5", "--dropout", "0"]
     argv += ["--widths", "16,16,32", "--gru-hidden", "16", "--post-gru-widths", "32,16"]
     argv += ["--fc-width", "16"]
+    capsys.readouterr()
     assert dvamn_main(argv) == 0
-    assert "R@1" in capsys.readouterr().out  # the summary table
+    shown = capsys.readouterr()
+    # Its stage, a line for the epoch Ray Train reported (from the driver, not a worker's
+    # print), the summary table; none of Ray's lines.
+    assert not ray_internal_lines(shown.out + shown.err), shown.out + shown.err
+    assert "== train DVAMN (Ray Train)" in shown.out
+    epoch_lines = [ln for ln in shown.out.splitlines() if ln.lstrip().startswith("epoch 3/3 ")]
+    assert len(epoch_lines) == 1 and "R@1" in epoch_lines[0], shown.out
+    assert "val loss" in shown.out.split("done in")[-1]  # the summary table, after the stage
     with open(os.path.join(out, "summary.json")) as f:
         history = json.load(f)["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert epoch_line(history[2], 3) in epoch_lines[0]  # rank 0's metrics, as checkpointed
     assert history[:2] == first.history  # the first two epochs came from the checkpoint
     assert history[2]["step"] > first.history[1]["step"]
     assert os.path.basename(list_checkpoints(out)[-1]) == "checkpoint_epoch_0003"
