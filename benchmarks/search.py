@@ -260,7 +260,11 @@ def bench_size(
     store, lengths = full_store[:size], full_lengths[:size]
     bank = unit_bank(store, lengths)  # memory-mapped float16: read per candidate
     settings = IndexSettings(
-        candidates=args.candidates, neighbours=args.neighbours, nprobe=args.nprobe, dim=args.dim
+        candidates=args.candidates,
+        neighbours=args.neighbours,
+        nprobe=args.nprobe,
+        dim=args.dim,
+        refine_tracks=args.refine_tracks,
     )
     began = time.perf_counter()
     index = SegmentIndex.build(bank, settings)
@@ -343,6 +347,7 @@ def main() -> int:
     parser.add_argument("--neighbours", type=int, default=IndexSettings.neighbours)
     parser.add_argument("--nprobe", type=int, default=IndexSettings.nprobe)
     parser.add_argument("--dim", type=int, default=IndexSettings.dim)
+    parser.add_argument("--refine-tracks", type=int, default=IndexSettings.refine_tracks)
     parser.add_argument(
         "--exact-queries",
         type=int,

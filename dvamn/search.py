@@ -86,6 +86,9 @@ class IndexSettings:
     dim: int = 64  # d: reduced dimensions of a segment vector
     neighbours: int = 256  # track segments each query segment fetches
     candidates: int = 100  # tracks the exact scorer re-ranks
+    # > 0: of the candidates, only the best this many by the exact similarity at their
+    # coarse offsets get the local search (0: every candidate does)
+    refine_tracks: int = 0
     offsets_per_track: int = 3  # coarse offsets of each candidate track it re-ranks
     refine_frames: int = 3  # exact offsets searched each side of a coarse offset
     nprobe: int = 32  # inverted lists visited per query segment
@@ -94,7 +97,9 @@ class IndexSettings:
 
     def check(self) -> "IndexSettings":
         for name, value in asdict(self).items():
-            if not isinstance(value, int) or value < (0 if name == "refine_frames" else 1):
+            if not isinstance(value, int) or value < (
+                0 if name in ("refine_frames", "refine_tracks") else 1
+            ):
                 raise ValueError(f"index setting {name} must be a positive integer, got {value!r}")
         if 2 * self.refine_frames < self.segment_stride - 1:
             raise ValueError(
@@ -296,8 +301,7 @@ class SegmentIndex:
         order = np.argsort(-estimate, kind="stable")
         # Diversity: the best ``candidates`` tracks, each with its best few offsets (one
         # track's neighbouring offsets would otherwise fill the whole list).
-        tracks_in_order, first_seen = np.unique(u_track[order], return_index=True)
-        kept = tracks_in_order[np.argsort(first_seen)][: settings.candidates]
+        kept = _unique_in_order(u_track[order])[: settings.candidates]
         chosen = order[np.isin(u_track[order], kept)]
         # Distinct regions: the best offset of each bin of 2·refine_frames + 1 offsets
         # (its neighbours are re-ranked around it anyway), then a track's best bins.
@@ -426,6 +430,8 @@ def two_stage_offsets(
     query_units = query_units / query_units.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     lengths = bank.lengths.cpu().numpy()
     pairs = index.candidates(query_units, lengths, settings)
+    if settings.refine_tracks and len(pairs):
+        pairs = _probe(pairs, query_units, units, settings.refine_tracks)
     # One exact-scoring row per candidate: offsets coarse offset +- refine_frames.
     r = settings.refine_frames
     rows = [(int(tr), max(0, int(o) - r), min(int(lengths[tr]) - t, int(o) + r)) for tr, o in pairs]
@@ -493,6 +499,29 @@ def exact_in_chunks(prediction, bank: "TrackBank", top_k: Optional[int], chunk_t
         ranking = best_offsets(prediction, chunk, top_k=None, distance="cosine")
         scores[start:stop], offsets[start:stop] = ranking.all_scores, ranking.all_offsets
     return _rank(scores, offsets, top_k)
+
+
+def _probe(pairs: np.ndarray, query_units, units, keep_tracks: int) -> np.ndarray:
+    """The exact similarity at each candidate's coarse offset alone (T frames, one window:
+    cheap), and the pairs of the best ``keep_tracks`` tracks by it, which the local search
+    around their offsets then scores (the coarse offset is within half a stride of the
+    best one, and neighbouring offsets of smooth embeddings score alike)."""
+    import torch
+
+    t = query_units.shape[0]
+    tracks = torch.as_tensor(pairs[:, 0])
+    frames = torch.as_tensor(pairs[:, 1])[:, None] + torch.arange(t)[None, :]  # (C, T)
+    windows = units[tracks.to(units.device)[:, None], frames.to(units.device)].float()
+    sims = torch.einsum("ctd,td->c", windows, query_units.float()).cpu().numpy()
+    order = np.argsort(-sims, kind="stable")
+    kept_tracks = _unique_in_order(pairs[order, 0])[:keep_tracks]
+    return pairs[np.isin(pairs[:, 0], kept_tracks)]
+
+
+def _unique_in_order(values: np.ndarray) -> np.ndarray:
+    """The distinct values in order of first appearance."""
+    _, first = np.unique(values, return_index=True)
+    return values[np.sort(first)]
 
 
 INDEX_DIR = "index"  # inside a catalog version: CATALOG/versions/ID/index/

@@ -290,3 +290,19 @@ def test_query_shorter_than_a_segment_is_scored_exhaustively(tracks, bank_and_in
     fast = search(query, half, index, top_k=10, settings=SETTINGS)
     assert np.array_equal(fast.indices, exact.indices)
     assert np.array_equal(fast.offsets, exact.offsets)
+
+
+def test_probing_the_coarse_offsets_refines_only_the_best_tracks(tracks, bank_and_index):
+    from dataclasses import replace
+
+    bank, index = bank_and_index
+    probed = replace(SETTINGS, candidates=40, refine_tracks=5)
+    for seed, (track, offset) in enumerate([(3, 0), (41, 37), (79, 90)]):
+        query = noisy_window(tracks, track, offset, noise=1.0, seed=seed)
+        exact = best_offsets(query, bank, top_k=None, distance="cosine")
+        fast = search(query, bank, index, top_k=None, settings=probed)
+        assert len(fast.indices) == 5  # 40 candidates probed, 5 searched around
+        assert fast.indices[0] == track and fast.offsets[0] == offset
+        # Exact scores, searched near the coarse offsets: never better than the best.
+        assert (fast.scores >= exact.all_scores[fast.indices] - 1e-6).all()
+        assert fast.scores[0] == pytest.approx(exact.scores[0], abs=1e-6)
