@@ -197,8 +197,41 @@ def check_page_in_browser(url: str, video_path: str, video: dict, tmp_path) -> N
         driver.execute_script("arguments[0].style.display = ''; window.scrollTo(0, 0)", chooser)
         driver.save_screenshot(str(tmp_path / "page.png"))
         print(f"screenshot of the page: {tmp_path / 'page.png'}")
+
+        # An AIST++ keypoints2d pickle of the same dance: the page sends it as it is, and
+        # lists what the service answers for it (read by the service's restricted reader).
+        pickled = aist_pickle_of(video, os.path.dirname(video_path), tmp_path)
+        with open(pickled, "rb") as f:
+            want = httpx.post(
+                f"{url}/match",
+                params={"top_k": 20},
+                files={"video": (os.path.basename(pickled), f.read())},
+                timeout=300,
+            )
+        assert want.status_code == 200, want.text
+        best = want.json()["matches"][0]
+        driver.execute_script("arguments[0].style.display = 'block'", chooser)
+        chooser.send_keys(pickled)
+        # Keypoints have no video to play: the page takes the video's source away.
+        wait.until(lambda d: not d.find_element(By.ID, "video").get_attribute("src"))
+        first = driver.find_element(By.CSS_SELECTOR, "#tracks li")
+        assert first.get_attribute("data-track-id") == best["track_id"]
+        shown = float(first.find_element(By.CSS_SELECTOR, ".score").get_attribute("data-score"))
+        assert shown == best["score"]
+        assert not driver.find_element(By.ID, "error").is_displayed()
     finally:
         driver.quit()
+
+
+def aist_pickle_of(video: dict, videos_dir: str, tmp_path) -> str:
+    """The video's keypoint file written as an AIST++ keypoints2d pickle (60 fps)."""
+    from tests.support.aist import aist_pickle_bytes, at_aist_rate
+
+    with np.load(os.path.join(videos_dir, video["keypoints"])) as k:
+        keypoints, scores = at_aist_rate(k["keypoints"], k["scores"], float(k["fps"]))
+    path = tmp_path / "gBR_sBM_cAll_d04_mBR0_ch01.pkl"
+    path.write_bytes(aist_pickle_bytes(keypoints, scores))
+    return str(path)
 
 
 def _true_track(video: dict) -> str:

@@ -26,6 +26,7 @@ from dvamn.pose.features import (
 from dvamn.pose.keypoint_files import (
     KeypointFileError,
     KeypointTrack,
+    aist_keypoints_from_bytes,
     aist_video_stem,
     aist_view_from_name,
     convert_aist_pickle,
@@ -48,6 +49,7 @@ __all__ = [
     "PoseWeightsError",
     "RTMOEstimator",
     "TwoStageEstimator",
+    "aist_keypoints_from_bytes",
     "aist_video_stem",
     "aist_view_from_name",
     "convert_aist_pickle",

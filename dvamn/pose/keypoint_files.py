@@ -14,7 +14,8 @@ with ``keypoints2d`` float [9, N, 17, 3] (9 camera views; x, y in pixels of the
 1920x1080 videos, confidence; NaN where nothing was detected), ``det_scores`` [9, N]
 (0 where nothing was detected) and ``timestamps`` [N] (frame ids of the 60 fps videos).
 ``convert_aist_pickle`` turns one into our ``.npz`` files (one per camera view), so that
-a cluster never has to unpickle; ``dvamn convert-aist`` does it for a folder.
+a cluster never has to unpickle; ``dvamn convert-aist`` does it for a folder. The service
+reads an uploaded one with the same reader (``aist_keypoints_from_bytes``).
 
 Files come from people we do not control, so both readers check every limit on what is
 actually decoded, before anything large is allocated:
@@ -710,7 +711,17 @@ class _KeypointUnpickler(pickle.Unpickler):
 def _read_aist_pickle(uri: str) -> dict:
     """The dict of an AIST++ keypoints2d pickle, read with every check of the module
     docstring; its arrays are plain ndarrays."""
-    raw = _read_capped(uri, "pickle")
+    return _parse_aist_pickle(_read_capped(uri, "pickle"), uri)
+
+
+def _parse_aist_pickle(raw: bytes, uri: str) -> dict:
+    """``_read_aist_pickle`` of bytes already read (at most MAX_KEYPOINT_FILE_BYTES);
+    ``uri`` names them in messages."""
+    if len(raw) > MAX_KEYPOINT_FILE_BYTES:
+        raise KeypointFileError(
+            f"{uri}: the pickle is {len(raw):,} bytes, over the {MAX_KEYPOINT_FILE_BYTES:,} "
+            "byte limit for keypoint files"
+        )
     try:
         _scan_pickle(raw)
         data = _KeypointUnpickler(io.BytesIO(raw)).load()
@@ -809,6 +820,14 @@ def load_aist_keypoints(uri: str, view: int = 0) -> KeypointTrack:
     checks of the module docstring; anything refused is a ``KeypointFileError``.
     """
     return _aist_view(_read_aist_pickle(uri), uri, view)
+
+
+def aist_keypoints_from_bytes(raw: bytes, name: str, view: int = 0) -> KeypointTrack:
+    """One camera view of an AIST++ ``keypoints2d`` pickle given as bytes (an upload to
+    the service), read with every check of ``load_aist_keypoints``, on the 60 fps grid
+    of its timestamps (as ``convert_aist_pickle`` writes it: gaps are score-0 frames).
+    ``name`` names the bytes in messages. Anything refused is a ``KeypointFileError``."""
+    return _on_uniform_grid(_aist_view(_parse_aist_pickle(raw, name), name, view))
 
 
 def _on_uniform_grid(track: KeypointTrack) -> KeypointTrack:

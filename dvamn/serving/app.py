@@ -181,7 +181,8 @@ def _raise_if_error(result: Dict[str, Any]) -> Dict[str, Any]:
 
 @serve.deployment(name="PoseEstimation", max_ongoing_requests=4)
 class PoseEstimation:
-    """Video bytes -> pose features of the main dancer (``dvamn.serving.queries.VideoPose``)."""
+    """Video bytes -> pose features of the main dancer (``dvamn.serving.queries.VideoPose``);
+    an AIST++ keypoints2d pickle's bytes -> its keypoints' features (``aist_pickle_features``)."""
 
     def __init__(self, settings: ServeSettings):
         from dvamn.pose import PoseWeightsError
@@ -189,6 +190,7 @@ class PoseEstimation:
 
         self.video_pose: Optional[VideoPose] = None
         self.pose_version = ""
+        self.limits = settings.limits
         try:
             self.video_pose = VideoPose(
                 pose=settings.pose,
@@ -211,17 +213,24 @@ class PoseEstimation:
             self.pose_version = weights_version(getattr(self.video_pose.estimator, "weights", ""))
 
     def features(self, data: bytes, name: str) -> Dict[str, Any]:
-        if self.video_pose is None:
-            return _error(QueryError(503, VIDEO_UNAVAILABLE))
+        from dvamn.serving.queries import AIST_POSE_SOURCE, aist_pickle_features, is_aist_pickle
+
         try:
-            features, description = self.video_pose(data, name)
+            if is_aist_pickle(data, name):  # keypoints: no pose model needed
+                features, description = aist_pickle_features(data, name, self.limits)
+                source, version = AIST_POSE_SOURCE, ""
+            elif self.video_pose is None:
+                return _error(QueryError(503, VIDEO_UNAVAILABLE))
+            else:
+                features, description = self.video_pose(data, name)
+                source, version = self.video_pose.source, self.pose_version
         except QueryError as exc:
             return _error(exc)
         return {
             "features": features,
             "pose": description,
-            "source": self.video_pose.source,
-            "pose_version": self.pose_version,
+            "source": source,
+            "pose_version": version,
         }
 
 
@@ -649,7 +658,8 @@ class MatchAPI:
         include_pose: bool = Query(False, description=_INCLUDE_POSE),
         credentials: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
     ) -> Dict[str, Any]:
-        """Multipart upload ``video`` (any format PyAV decodes; its audio is ignored)."""
+        """Multipart upload ``video`` (any format PyAV decodes; its audio is ignored), or an
+        AIST++ ``keypoints2d`` ``.pkl`` (its camera c01; read without running anything in it)."""
         self._authorize(credentials)
         started = time.perf_counter()
         # The upload is held in memory once: the body goes to a spooled file, the multipart

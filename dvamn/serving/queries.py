@@ -303,6 +303,41 @@ def keypoint_features(
     }
 
 
+# An upload that is a pickle: named so, or starting as protocols 2-5 do (no video
+# container starts with 0x80). Only the hardened AIST++ reader ever sees its bytes.
+AIST_PICKLE_SUFFIX = ".pkl"
+AIST_POSE_SOURCE = "keypoints:aist++"
+
+
+def is_aist_pickle(data: bytes, name: str) -> bool:
+    return name.lower().endswith(AIST_PICKLE_SUFFIX) or data[:1] == b"\x80"
+
+
+def aist_pickle_features(
+    data: bytes, name: str = "upload", limits: Optional[QueryLimits] = None
+) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """An uploaded AIST++ ``keypoints2d`` pickle -> pose features, as ``keypoint_features``.
+
+    Its first camera view (c01) is read by the restricted reader of
+    ``dvamn.pose.keypoint_files`` (``aist_keypoints_from_bytes``: every opcode checked
+    before anything is unpickled, only numpy's array reconstruction resolved, to checking
+    stand-ins; nothing in the file runs) with that reader's limits, then the query's
+    (duration, values) as for any keypoints. A file it refuses is a 422 naming why.
+    """
+    from dvamn.pose import KeypointFileError, aist_keypoints_from_bytes
+
+    started = time.perf_counter()
+    try:
+        track = aist_keypoints_from_bytes(data, name, view=0)
+    except KeypointFileError as error:
+        raise QueryError(422, f"cannot use {error}") from None
+    features, description = keypoint_features(
+        track.keypoints, track.fps, track.scores, track.width, track.height, limits
+    )
+    description["decode_pose_ms"] = round(1000 * (time.perf_counter() - started), 2)
+    return features, description
+
+
 class VideoPose:
     """Uploaded video bytes -> pose features of the main dancer; loads its model once.
 

@@ -78,3 +78,45 @@ def test_track_audio_plays_a_bounded_segment_of_a_catalog_track(service, serving
         assert response.status_code == 404 and "not in the catalog" in response.text
     # With a token configured the audio needs it, as /match does.
     assert httpx.get(f"{service.auth_url}/tracks/{track}/audio").status_code == 401
+
+
+def test_an_aist_pickle_upload_is_matched_and_a_hostile_one_runs_nothing(
+    service, serving_assets, tmp_path
+):
+    from tests.security.test_hostile_keypoint_files import _call, _text
+    from tests.support.aist import aist_pickle_bytes, at_aist_rate
+
+    from .conftest import _keypoints
+
+    dance = serving_assets.dances[0]
+    k = _keypoints(serving_assets.root, dance)
+    keypoints, scores = at_aist_rate(k["keypoints"], k["scores"], float(k["fps"]))
+    raw = aist_pickle_bytes(keypoints, scores)
+    answer = httpx.post(
+        f"{service.url}/match",
+        params={"include_pose": "true", "top_k": 3},
+        files={"video": ("gBR_sBM_cAll_d04_mBR0_ch01.pkl", raw)},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    answer = answer.json()
+    assert answer["pose_source"] == "keypoints:aist++" and answer["pose_version"] == ""
+    assert len(answer["pose"]["keypoints"]) == answer["query"]["frames"]
+    # The same match as its first view's keypoints sent as JSON (60 fps, 1920x1080).
+    body = {
+        "keypoints": keypoints.tolist(),
+        "scores": scores.tolist(),
+        "fps": 60.0,
+        "width": 1920.0,
+        "height": 1080.0,
+        "top_k": 3,
+    }
+    as_json = httpx.post(f"{service.url}/match/keypoints", json=body, timeout=120).json()
+    assert answer["matches"] == as_json["matches"]
+
+    marker = tmp_path / "MARKER"  # the replicas run on this machine: they would make it
+    hostile = _call("numpy.lib._datasource", "os.system", _text(f"touch {marker}"))
+    refused = httpx.post(f"{service.url}/match", files={"video": ("evil.pkl", hostile)})
+    assert refused.status_code == 422, refused.text
+    assert "cannot use evil.pkl: refused to unpickle the global" in refused.json()["detail"]
+    assert not marker.exists(), "the payload ran"

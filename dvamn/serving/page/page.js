@@ -8,6 +8,7 @@
 const TOP_K = 20; // suggestions listed (a catalog with fewer lists all)
 const MAX_SEGMENT_S = 60; // GET tracks/{id}/audio's longest segment
 const DRIFT_S = 0.15; // audio further than this from the video's clock is re-aligned
+const KEYPOINT_FILE = /\.(npz|json|pkl)$/i; // keypoints, not a video: nothing to play
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -90,10 +91,6 @@ async function query(file) {
   state.token = $("token").value.trim();
   const name = file.name.toLowerCase();
   let response;
-  if (name.endsWith(".pkl")) {
-    showError(415, "AIST++ pickles are read by `dvamn convert-aist`: convert it to .npz first.");
-    return;
-  }
   if (name.endsWith(".npz") || name.endsWith(".json")) {
     let body;
     try {
@@ -105,6 +102,8 @@ async function query(file) {
     if (!body.top_k) body.top_k = TOP_K;
     response = await send("match/keypoints?include_pose=true", JSON.stringify(body), "application/json");
   } else {
+    // A video, or an AIST++ keypoints2d .pkl: the service reads those itself, with its
+    // restricted reader (a browser has no safe way to, and sends the file as it is).
     const form = new FormData();
     form.append("video", file, file.name);
     response = await send(`match?include_pose=true&top_k=${TOP_K}`, form);
@@ -211,7 +210,7 @@ function show(answer, file) {
   $("status").textContent = "";
   $("result").hidden = false;
   const video = $("video");
-  const isVideo = !/\.(npz|json)$/i.test(file.name);
+  const isVideo = !KEYPOINT_FILE.test(file.name);
   video.hidden = !isVideo;
   if (isVideo) {
     if (video.src) URL.revokeObjectURL(video.src);
