@@ -55,6 +55,7 @@ from dvamn.serving.catalog_store import weights_version
 from dvamn.serving.keypoint_json import KeypointQuery, keypoint_query_features
 from dvamn.serving.pose_track import pose_track_json
 from dvamn.serving.queries import (
+    DEFAULT_HEALTH_CHECK_PERIOD_S,
     DEFAULT_MAX_QUEUED_REQUESTS,
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_RETRY_AFTER_S,
@@ -104,6 +105,8 @@ class ServeSettings:
     # Retry-After instead of an unbounded queue (Serve's max_queued_requests).
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
     retry_after_s: int = DEFAULT_RETRY_AFTER_S  # what such a 503 tells the client to wait
+    # Serve checks each replica this often; a dead one is found, and replaced, by a check.
+    health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S
     # Catalog shards (dvamn.serving.shards): > 1 splits the catalog across shard
     # deployments of replicas_per_shard replicas each (None: Serve's default or config).
     shards: int = 1
@@ -566,10 +569,11 @@ class MatchAPI:
                 headers={"WWW-Authenticate": 'Bearer realm="dvamn", error="invalid_token"'},
             )
 
-    async def _retryable_503(self, response: Any) -> Any:
-        """Await a deployment's answer. Its full queue (Serve's ``max_queued_requests``) or
-        the loss of the replica that held the request (Serve starts another) becomes a
-        retryable 503 with ``Retry-After``, never a 500."""
+    async def _retryable_503(self, response: Any, deployment: str) -> Any:
+        """Await ``deployment``'s answer. Its full queue (Serve's ``max_queued_requests``)
+        or the loss of the replica that held the request (Serve starts another) becomes a
+        retryable 503 with ``Retry-After``, never a 500; its detail names the deployment
+        that refused (a full ingress gets Serve's proxy's own 503 instead)."""
         from ray.exceptions import ActorUnavailableError, RayActorError
         from ray.serve.exceptions import (
             BackPressureError,
@@ -580,7 +584,7 @@ class MatchAPI:
         try:
             return await response
         except BackPressureError:
-            reason = "the service is at capacity (its request queue is full)"
+            reason = f"{deployment} is at capacity (its request queue is full)"
         except (
             RayActorError,
             ActorUnavailableError,
@@ -588,7 +592,9 @@ class MatchAPI:
             DeploymentUnavailableError,
         ) as exc:
             log.warning("a replica was lost while answering: %s", type(exc).__name__)
-            reason = "the replica answering this request was lost and is being replaced"
+            reason = (
+                f"the {deployment} replica answering this request was lost and is being replaced"
+            )
         raise HTTPException(
             503,
             f"{reason}; retry after {self.settings.retry_after_s} s",
@@ -598,7 +604,7 @@ class MatchAPI:
     async def _service_info(self) -> Dict[str, Any]:
         """The model and catalog a matching replica serves (asked each time: the catalog
         version changes while the service runs)."""
-        return await self._retryable_503(self.matcher.info.remote())
+        return await self._retryable_503(self.matcher.info.remote(), MatchModel.name)
 
     async def _answer(
         self,
@@ -613,7 +619,9 @@ class MatchAPI:
         query = dict(query or {})
         pose_track = query.pop("pose_track", None)
         started = time.perf_counter()
-        result = await self._retryable_503(self.matcher.match.remote(features, top_k))
+        result = await self._retryable_503(
+            self.matcher.match.remote(features, top_k), MatchModel.name
+        )
         timings["match_call"] = round(1000 * (time.perf_counter() - started), 2)
         info = await self._service_info()
         return {
@@ -687,7 +695,9 @@ class MatchAPI:
         name = upload.filename or "upload"
         timings = {"receive": round(1000 * (time.perf_counter() - started), 2)}
         started = time.perf_counter()
-        pose = _raise_if_error(await self._retryable_503(self.pose.features.remote(data, name)))
+        pose = _raise_if_error(
+            await self._retryable_503(self.pose.features.remote(data, name), PoseEstimation.name)
+        )
         timings["pose_call"] = round(1000 * (time.perf_counter() - started), 2)
         timings["decode_pose"] = pose["pose"].pop("decode_pose_ms")
         return await self._answer(
@@ -808,6 +818,10 @@ def build_app(args: Dict[str, Any]):
     }
     pose_options.update(backpressure)
     match_options.update(backpressure)
+    # A killed replica is replaced within about this period plus its start-up.
+    checks = {"health_check_period_s": settings.health_check_period_s}
+    pose_options.update(checks)
+    match_options.update(checks)
     # The catalog travels in MatchModel's user_config, not in the replicas' constructor
     # arguments: a new catalog is then a reconfigure of the running replicas, not a restart.
     match_options["user_config"] = {
@@ -824,4 +838,6 @@ def build_app(args: Dict[str, Any]):
         matcher = bind_sharded(settings, replica_settings, match_options)
     else:
         matcher = MatchModel.options(**match_options).bind(replica_settings)
-    return MatchAPI.options(ray_actor_options={"num_cpus": 0}).bind(pose, matcher, replica_settings)
+    return MatchAPI.options(ray_actor_options={"num_cpus": 0}, **checks).bind(
+        pose, matcher, replica_settings
+    )

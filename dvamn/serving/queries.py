@@ -34,6 +34,9 @@ DEFAULT_MAX_UPLOAD_MB = 200.0
 DEFAULT_MAX_QUEUED_REQUESTS = 32
 DEFAULT_RETRY_AFTER_S = 5
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
+# How often Serve's controller checks each replica (docs/serving.md, "Overload"): it finds a
+# dead replica only by such a check, and replaces it then. Serve's own default is 10 s.
+DEFAULT_HEALTH_CHECK_PERIOD_S = 2.0
 
 
 class QueryError(ValueError):

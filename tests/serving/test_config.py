@@ -76,7 +76,8 @@ def _match_model_user_config(config: dict) -> dict:
 def test_serve_deploy_of_a_new_catalog_in_user_config_is_a_lightweight_update():
     """What docs/serving.md says of `serve deploy serve_config.yaml` with a new catalog:
     the application builds from the file's import path and args as Serve builds it;
-    MatchModel's user_config there names the same keys as the one the code sets (the
+    every deployment gets its health-check period; MatchModel's user_config there names
+    the same keys as the one the code sets (the
     file's replaces the code's); editing its catalog leaves the application's code
     version alone (Serve reconfigures the running replicas), while editing the `catalog`
     arg changes it (Serve restarts them)."""
@@ -94,6 +95,9 @@ def test_serve_deploy_of_a_new_catalog_in_user_config_is_a_lightweight_update():
     from_file = _match_model_user_config(config)
     assert set(from_file) == set(match_model.user_config) == {"catalog", "watch_catalog_s"}
     assert from_file["catalog"] == application.args["catalog"] == match_model.user_config["catalog"]
+    # Every replica is checked as often as the file says (a dead one is found by a check).
+    periods = {d.name: d._deployment_config.health_check_period_s for d in built.deployments}
+    assert set(periods.values()) == {float(application.args["health_check_period_s"])}
 
     def code_version(edit) -> str:
         edited = copy.deepcopy(config)
