@@ -8,8 +8,10 @@ The whole service (``build_app``: MatchAPI ingress, PoseEstimation, MatchModel, 
 each, Ray Serve on 127.0.0.1) with the paper-size DVAMN (random weights: the cost is the
 same) and a synthetic catalog (``--tracks``). Each ramp level runs ``--level-s`` seconds of
 closed-loop clients (each sends its next request when the last one is answered). Per level:
-answers by status, sustained requests/s of the 200s, their p50 / p99 latency, requests with
-no answer (client timeout), and each replica's peak resident memory so far (Linux's VmHWM).
+answers by status, which deployment answered each 503 (``503_by``: the ingress relays a
+deployment's 503 naming it), sustained requests/s of the 200s, their p50 / p99 latency,
+requests with no answer (client timeout), and each replica's peak resident memory so far
+(Linux's VmHWM).
 The knee is the last level without 503s; the ramp stops at the first level with 503s (or
 at the last level given). The service must refuse (503 + Retry-After), never answer 500 or
 time out: those are counted and make the command exit 1.
@@ -68,8 +70,23 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+DEPLOYMENTS = ("MatchAPI", "PoseEstimation", "MatchModel")
+
+
+def refused_by(response) -> str:
+    """The deployment that answered a 503: the ingress relays its deployments' 503s with
+    a detail that starts with their name; Serve's proxy answers a full ingress itself."""
+    try:
+        detail = str(response.json().get("detail", ""))
+    except ValueError:  # the proxy's plain-text 503
+        return "MatchAPI"
+    named = [d for d in DEPLOYMENTS if detail.startswith(d) or f"the {d} replica" in detail]
+    return named[0] if named else "MatchAPI"
+
+
 def run_level(send, clients: int, seconds: float) -> Dict[str, Any]:
     statuses: Counter = Counter()
+    refusals: Counter = Counter()
     latencies: List[float] = []
     no_answer, missing_retry_after = [0], [0]
     lock = threading.Lock()
@@ -94,8 +111,10 @@ def run_level(send, clients: int, seconds: float) -> Dict[str, Any]:
                     statuses[response.status_code] += 1
                     if response.status_code == 200:
                         latencies.append(elapsed)
-                    elif response.status_code == 503 and not response.headers.get("retry-after"):
-                        missing_retry_after[0] += 1
+                    elif response.status_code == 503:
+                        refusals[refused_by(response)] += 1
+                        if not response.headers.get("retry-after"):
+                            missing_retry_after[0] += 1
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
@@ -108,6 +127,7 @@ def run_level(send, clients: int, seconds: float) -> Dict[str, Any]:
         "clients": clients,
         "wall_s": round(wall_s, 2),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "503_by": dict(sorted(refusals.items())),
         "ok_per_s": round(statuses[200] / wall_s, 2),
         "p50_ms": percentile_ms(latencies, 50) if latencies else None,
         "p99_ms": percentile_ms(latencies, 99) if latencies else None,
@@ -251,7 +271,7 @@ def main() -> int:
             print(
                 f"  {r['kind']}: {knee['clients']} clients, {knee['ok_per_s']} req/s, "
                 f"p50 {knee['p50_ms']} ms, p99 {knee['p99_ms']} ms, peak RSS {knee['peak_rss_mb']} MB;"
-                f" first 503s at {r['first_503_level']} clients"
+                f" first 503s at {r['first_503_level']} clients, from {r['levels'][-1]['503_by']}"
             )
     results["failures"] = failures
     print(f"answers other than 200/503(+Retry-After), or none: {failures}")
