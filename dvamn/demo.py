@@ -135,9 +135,8 @@ def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001 - signal handler signa
 
 def run_demo(plan: DemoPlan) -> dict[str, Any]:
     """Run every stage; returns the report's numbers (also written to report.json)."""
-    import ray
 
-    from dvamn.ray_setup import ensure_ray
+    from dvamn.ray_setup import ensure_ray, stop_service
 
     os.makedirs(plan.workdir, exist_ok=True)
     started = time.perf_counter()
@@ -185,7 +184,7 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
             _keep_serving(service["url"])
         return report
     finally:
-        _shutdown(ray, own_ray)
+        stop_service(APP_NAME, own_ray)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -206,22 +205,6 @@ def _stage(title: str, timings: dict, fn, *args):
         result = fn(*args)
     timings[title.split(" ", 1)[1]] = round(took.seconds, 1)
     return result
-
-
-def _shutdown(ray, own_ray: bool) -> None:
-    """Stop the service; stop Ray too when the demo started it (not a cluster's)."""
-    try:
-        from ray import serve
-
-        if ray.is_initialized():
-            if own_ray:
-                serve.shutdown()
-            else:
-                serve.delete(APP_NAME)
-    except Exception as error:  # noqa: BLE001 - cleanup must reach ray.shutdown
-        log.warning("serve shutdown: %s", error)
-    if own_ray and ray.is_initialized():
-        ray.shutdown()
 
 
 # --- stages ---------------------------------------------------------------------------------

@@ -42,6 +42,26 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[float] = None) 
     return True
 
 
+def stop_service(app_name: str, own_ray: bool) -> None:
+    """Stop a Serve application this process deployed. On a Ray instance this process
+    started, Serve and Ray stop with it; on a cluster only ``app_name`` is deleted, so the
+    cluster's other applications and Serve itself keep running."""
+    import ray
+
+    try:
+        from ray import serve
+
+        if ray.is_initialized():
+            if own_ray:
+                serve.shutdown()
+            else:
+                serve.delete(app_name)
+    except Exception as error:  # noqa: BLE001 - cleanup must reach ray.shutdown
+        log.warning("serve shutdown: %s", error)
+    if own_ray and ray.is_initialized():
+        ray.shutdown()
+
+
 def check_shared_output(uri: str, what: str) -> None:
     """Warn when ``uri`` is a local path but the cluster has several nodes: each node would
     write its part to its own disk. On a cluster, outputs belong on S3 (or NFS)."""

@@ -153,6 +153,7 @@ def check_page_in_browser(url: str, video_path: str, video: dict, tmp_path) -> N
         assert "/docs" in driver.find_element(
             By.LINK_TEXT, "API documentation (/docs)"
         ).get_attribute("href")
+        assert not driver.find_element(By.ID, "result").is_displayed()  # nothing to show yet
         chooser = driver.find_element(By.ID, "file")
         driver.execute_script("arguments[0].style.display = 'block'", chooser)
 
@@ -214,6 +215,7 @@ def check_page_in_browser(url: str, video_path: str, video: dict, tmp_path) -> N
         chooser.send_keys(pickled)
         # Keypoints have no video to play: the page takes the video's source away.
         wait.until(lambda d: not d.find_element(By.ID, "video").get_attribute("src"))
+        assert not driver.find_element(By.ID, "video").is_displayed()
         first = driver.find_element(By.CSS_SELECTOR, "#tracks li")
         assert first.get_attribute("data-track-id") == best["track_id"]
         shown = float(first.find_element(By.CSS_SELECTOR, ".score").get_attribute("data-score"))

@@ -20,6 +20,7 @@ from dvamn.serving.queries import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+APP_NAME = "dvamn"  # the Serve application `dvamn serve` deploys
 KEYPOINT_SUFFIXES = (".npz", ".json")
 MAX_DETAIL_CHARS = 2000  # of a server's error message printed
 
@@ -188,11 +189,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import time
 
-    import ray
     from ray import serve
 
     from dvamn import console
-    from dvamn.ray_setup import ensure_ray
+    from dvamn.ray_setup import ensure_ray, stop_service
     from dvamn.serving.app import build_app
 
     app_args: Dict[str, Any] = {
@@ -225,7 +225,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     if warning:
         print(f"dvamn serve: warning: {warning}", file=sys.stderr)
-    ensure_ray(args.address)
+    own_ray = ensure_ray(args.address)
     console.route_ray_logs()  # Serve's logger, given a console handler when ray.serve loads
     try:
         with console.stage("start the matching service (Ray Serve)"):
@@ -236,10 +236,10 @@ def run_serve(args: argparse.Namespace) -> int:
                     "request_timeout_s": args.request_timeout_s,
                 }
             )
-            serve.run(build_app(app_args), name="dvamn", route_prefix="/")
+            serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
     except Exception as exc:  # a replica that fails to start names its cause here
         print(f"dvamn serve: the application did not start: {exc}", file=sys.stderr)
-        serve.shutdown()
+        stop_service(APP_NAME, own_ray)
         return 1
     print(
         f"serving on http://{args.host}:{args.port}: the web page at /, the API at /docs; "
@@ -251,8 +251,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        # On a cluster (--address) only this application goes: Serve and Ray stay up.
+        stop_service(APP_NAME, own_ray)
     return 0
 
 
