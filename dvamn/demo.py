@@ -33,7 +33,7 @@ APP_NAME = "dvamn-demo"
 
 @dataclass
 class DemoPlan:
-    """Sizes of one demo; the defaults take about 4 minutes on 2 cores, --quick 2."""
+    """Sizes of one demo; the defaults take 4 to 8 minutes on 2 cores (by machine), --quick half."""
 
     workdir: str
     videos: int = 120
@@ -93,7 +93,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smaller demo, about 2 minutes on 2 cores (default: about 4)",
+        help="a smaller demo, about half the default's 4 to 8 minutes on 2 cores",
     )
     parser.add_argument("--port", type=int, default=0, help="service port (default: a free one)")
     parser.add_argument(
