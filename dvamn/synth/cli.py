@@ -8,8 +8,8 @@ from dvamn import console
 from dvamn.constants import MIN_DURATION_S
 
 # Named here, not imported, so that `dvamn --help` imports no numpy; a test checks that
-# they are dvamn.synth.families.FAMILIES.
-FAMILY_NAMES = ("classic", "swap", "swing", "halftime", "melodic")
+# they are dvamn.synth.families.FAMILY_NAMES.
+FAMILY_NAMES = ("classic", "swap", "swing", "halftime", "melodic", "random")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,7 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="NAME",
         help="choreography family: how the dancer answers the music (default classic, the "
-        "original generator); one of " + ", ".join(FAMILY_NAMES),
+        "original generator); one of " + ", ".join(FAMILY_NAMES) + "; random draws each "
+        "video's own rules (which body part answers which instrument, phrasing, swing, "
+        "style, camera, detector noise) from its seed, never melodic's, and records them "
+        "in synth.json",
     )
     choice.add_argument(
         "--families",

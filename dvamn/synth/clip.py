@@ -17,10 +17,11 @@ import numpy as np
 from dvamn.synth.dancer import body_pose, dance_style, random_camera, random_gaps, visible_at
 from dvamn.synth.families import (
     DEFAULT_FAMILY,
-    FAMILIES,
+    RANDOM_FAMILY,
     detector_noise,
     family_camera,
     family_pose,
+    family_rules,
     family_style,
 )
 from dvamn.synth.music import compose, random_music_params, render_audio
@@ -78,15 +79,12 @@ def make_video(spec: VideoSpec, out_dir: str) -> Dict:
     """Write ``spec``'s mp4 and npz (and wav) into local ``out_dir``; return its manifest
     entry."""
     # The first 7 streams are the original generator's (spawning more leaves them as they
-    # were), so the default family reproduces its output; the 8th is the detector's.
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(8)]
+    # were), so the default family reproduces its output; the 8th is the detector's, the
+    # 9th draws the rules of a ``random`` family video.
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(9)]
     rng_music, rng_style, rng_camera, rng_gaps, rng_look, rng_noise, rng_format = streams[:7]
-    rng_detector = streams[7]
-    if spec.family not in FAMILIES:
-        raise ValueError(
-            f"unknown choreography family {spec.family!r}; choose from {', '.join(FAMILIES)}"
-        )
-    family = FAMILIES[spec.family]
+    rng_detector, rng_rules = streams[7:]
+    family = family_rules(spec.family, rng_rules)
     classic = spec.family == DEFAULT_FAMILY
     params = random_music_params(rng_music)
     fps = float(rng_format.choice(FRAME_RATES))
@@ -201,6 +199,8 @@ def make_video(spec: VideoSpec, out_dir: str) -> Dict:
         "num_keypoint_frames": int(len(npz_times)),
         "seed": spec.seed,
         "family": spec.family,
+        # A drawn family's rules are only here (a fixed family's are in families.py).
+        **({"rules": family.to_json()} if spec.family == RANDOM_FAMILY else {}),
         "music": {
             **params.to_json(),
             "track_file": music_file,

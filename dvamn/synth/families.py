@@ -12,9 +12,13 @@ gives the same tracks whatever the family.
 | ``swing`` | snares nod the head, kicks lift the feet, hats flick the arms, downbeats dip the body | a half beat late (off-beat) with a 2:1 swing on off-eighths; sway every beat | smooth (tau x1.6), jittery keypoints, 2% dropped frames |
 | ``halftime`` | every other kick dips the body, every other snare punches, beats shrug, the lead hand follows the melody | half time: only events on even beats; sway every 2 bars, wave every 4 beats | big and slow (tau x2.5, moves x1.3), a moving, shaking camera |
 | ``melodic`` | melody notes punch the arms, bass notes dip the body, snares lift the feet, hats nod | on the notes; sway per bar | per-clip weights +-80%, jitter, dropped frames, unsure joints, moving camera |
+| ``random`` | drawn per video (``draw_family``): each body part answers a random source or none | drawn: delay, swing, half time, sway and wave periods | drawn: smoothness, size, weights, camera, jitter, dropped frames |
 
-``FAMILIES`` holds them; ``family_pose`` makes a non-default family's joints, the default
-family goes through ``dancer.body_pose`` unchanged so that today's figures reproduce.
+``FAMILIES`` holds the fixed ones; ``random`` (domain randomisation) has no fixed rules,
+``family_rules`` draws a video's from its own random stream, never a copy of ``melodic``
+(the family held out as unseen). ``family_pose`` makes a non-default family's joints, the
+default family goes through ``dancer.body_pose`` unchanged so that today's figures
+reproduce.
 """
 
 from dataclasses import asdict, dataclass
@@ -151,14 +155,77 @@ FAMILIES: Dict[str, Family] = {
 }
 
 
+# A family whose rules each video draws (``draw_family``): domain randomisation.
+RANDOM_FAMILY = "random"
+FAMILY_NAMES = (*FAMILIES, RANDOM_FAMILY)
+# The part -> source pairs of the family held out as unseen; a drawn family shares at most
+# one of them, so ``random`` never dances ``melodic``'s rules.
+_HELD_OUT = FAMILIES["melodic"]
+_PARTS = ("dip", "arms", "head", "shoulders", "steps")
+_HELD_OUT_PAIRS = {(part, getattr(_HELD_OUT, part)) for part in _PARTS if getattr(_HELD_OUT, part)}
+
+
+def held_out_pairs_shared(family: Family) -> int:
+    """How many of ``melodic``'s part -> source pairs ``family`` also has."""
+    return sum((part, getattr(family, part)) in _HELD_OUT_PAIRS for part in _PARTS)
+
+
+def draw_family(rng: np.random.Generator) -> Family:
+    """One video's rules for the ``random`` family: each body part answers a random
+    source (or none, 1 in 5; at least two parts move), the lead hand follows the melody,
+    the bass or nothing; delay, swing, half time, sway and wave periods, smoothness, size,
+    per-clip weight spread, camera and detector jitter and dropped frames drawn from the
+    ranges of the fixed families. Draws sharing two or more of ``melodic``'s part ->
+    source pairs are drawn again, and no drawn family has ``melodic``'s unsure joints or
+    its +-80% weights, so ``melodic`` stays unseen."""
+    while True:
+        sources = {
+            part: "" if rng.random() < 0.2 else str(rng.choice(EVENT_SOURCES)) for part in _PARTS
+        }
+        if sum(bool(v) for v in sources.values()) < 2:
+            continue
+        family = Family(
+            RANDOM_FAMILY,
+            "rules drawn per video",
+            **sources,
+            lead_hand=str(rng.choice(["melody", "bass", ""])),
+            delay_beats=float(rng.choice([0.0, 0.0, 0.25, 0.5])),
+            swing=float(rng.uniform(0.5, 0.7)),
+            half_time=bool(rng.random() < 0.2),
+            sway_beats=float(rng.choice([0.0, 1.0, 2.0, 4.0, 8.0])),
+            wave_beats=float(rng.choice([1.0, 2.0, 4.0])),
+            tau_scale=float(np.exp(rng.uniform(np.log(0.8), np.log(2.5)))),
+            amplitude=float(rng.uniform(0.8, 1.3)),
+            weight_spread=float(rng.uniform(0.2, 0.5)),
+            camera_shake=float(rng.choice([0.0, rng.uniform(0.0, 0.03)])),
+            camera_speed=float(rng.uniform(1.0, 2.5)),
+            jitter=float(rng.uniform(0.0, 0.012)),
+            drop_frame_rate=float(rng.choice([0.0, rng.uniform(0.0, 0.03)])),
+        )
+        if held_out_pairs_shared(family) < 2:
+            return family
+
+
+def family_rules(name: str, rng: np.random.Generator) -> Family:
+    """The rules a video of family ``name`` dances by: a fixed family's, or for
+    ``random`` a fresh draw from ``rng`` (the video's own stream)."""
+    if name == RANDOM_FAMILY:
+        return draw_family(rng)
+    if name not in FAMILIES:
+        raise ValueError(
+            f"unknown choreography family {name!r}; choose from {', '.join(FAMILY_NAMES)}"
+        )
+    return FAMILIES[name]
+
+
 def parse_families(text: str) -> Tuple[str, ...]:
     """``"swap,swing"`` -> ("swap", "swing"); ValueError naming an unknown family."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in FAMILIES]
+    unknown = [n for n in names if n not in FAMILY_NAMES]
     if not names or unknown:
         raise ValueError(
             f"unknown choreography famil{'ies' if len(unknown) > 1 else 'y'} "
-            f"{', '.join(map(repr, unknown)) or repr(text)}; choose from {', '.join(FAMILIES)}"
+            f"{', '.join(map(repr, unknown)) or repr(text)}; choose from {', '.join(FAMILY_NAMES)}"
         )
     return names
 

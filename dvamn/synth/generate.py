@@ -28,7 +28,7 @@ import numpy as np
 from dvamn import storage
 from dvamn.synth.broken import BROKEN_KINDS, make_broken
 from dvamn.synth.clip import MUSIC_SAMPLE_RATE_HZ, VideoSpec, make_video, video_seed
-from dvamn.synth.families import DEFAULT_FAMILY, FAMILIES
+from dvamn.synth.families import DEFAULT_FAMILY, FAMILY_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,11 @@ def plan(
 def assign_families(videos: int, families: Sequence[str], seed: int = 0) -> List[str]:
     """Each video's choreography family: one family for all, or, for several, as equal
     shares as ``videos`` allows in an order shuffled by ``seed``."""
-    unknown = [f for f in families if f not in FAMILIES]
+    unknown = [f for f in families if f not in FAMILY_NAMES]
     if not families or unknown:
         raise ValueError(
             f"unknown choreography families {unknown or list(families)}; choose from "
-            f"{', '.join(FAMILIES)}"
+            f"{', '.join(FAMILY_NAMES)}"
         )
     if len(families) == 1:
         return [families[0]] * videos
@@ -143,7 +143,7 @@ def synthesize(
             a ``seconds`` long cut at a random offset (recorded in the manifest).
         write_music: also write each whole track as ``music/<id>.wav`` (16-bit PCM).
         workers: processes writing videos in parallel (1: in this process).
-        families: choreography families (``dvamn.synth.families.FAMILIES``); with several,
+        families: choreography families (``dvamn.synth.families.FAMILY_NAMES``); with several,
             each video gets one (``assign_families``), recorded in its manifest entry.
         progress: called after each file as progress(done, total, what, entry, seconds).
 

@@ -270,11 +270,11 @@ def test_the_swing_family_answers_half_a_beat_late(rock_score):
 
 
 def test_mixed_families_are_assigned_by_seed_recorded_and_noisier(tmp_path):
+    from dvamn.synth import families
     from dvamn.synth.cli import FAMILY_NAMES
-    from dvamn.synth.families import FAMILIES
     from dvamn.synth.generate import assign_families
 
-    assert FAMILY_NAMES == tuple(FAMILIES)
+    assert FAMILY_NAMES == families.FAMILY_NAMES == (*families.FAMILIES, "random")
     shares = assign_families(9, ("swap", "swing", "melodic"), seed=3)
     assert sorted(shares) == sorted(["swap", "swing", "melodic"] * 3)
     assert shares == assign_families(9, ("swap", "swing", "melodic"), seed=3)
@@ -299,3 +299,43 @@ def test_mixed_families_are_assigned_by_seed_recorded_and_noisier(tmp_path):
     classic_entry = json.loads(Path(classic.manifest).read_text())["videos"][0]
     assert classic_entry["music"] == m["videos"][0]["music"]
     assert not np.allclose(np.load(Path(classic.keypoints[0]))["keypoints"], keypoints)
+
+
+def test_the_random_family_draws_each_videos_rules_from_its_seed(tmp_path, rock_score):
+    from dvamn.synth.families import (
+        FAMILIES,
+        draw_family,
+        family_pose,
+        family_style,
+        held_out_pairs_shared,
+    )
+
+    draws = [draw_family(np.random.default_rng(k)) for k in range(300)]
+    assert draws[0] == draw_family(np.random.default_rng(0))  # a seed gives its rules
+    assert len({(d.dip, d.arms, d.head, d.shoulders, d.steps) for d in draws}) > 200
+    # melodic (the held-out family) shares all 4 of its pairs with itself, a draw < 2
+    assert held_out_pairs_shared(FAMILIES["melodic"]) == 4
+    assert max(held_out_pairs_shared(d) for d in draws) == 1
+    assert all(d.drop_joint_rate == 0 and d.weight_spread <= 0.5 for d in draws)
+    # A drawn rule is danced: arms on the kicks answer kicks, not snares.
+    kicks = next(d for d in draws if d.arms == "kick" and not d.delay_beats and not d.half_time)
+    t = np.arange(int(40 * FAMILY_FPS)) / FAMILY_FPS
+    style = family_style(kicks, "square", np.random.default_rng(0))
+    arms = part_motion(family_pose(rock_score, kicks, style, t))["arms"]
+    kick = (rock_score.kick_times_s, rock_score.kick_gains)
+    snare = (rock_score.snare_times_s, rock_score.snare_gains)
+    on_beat = (-0.25, 0.05)
+    assert answer(arms, *kick, on_beat) > answer(arms, *snare, on_beat) + 0.3
+
+    # Two videos of the family get different rules; the same seed the same video.
+    one, two = (
+        synthesize(str(tmp_path / name), videos=2, seconds=4.0, seed=SEED, families=("random",))
+        for name in ("one", "two")
+    )
+    entries = [json.loads(Path(r.manifest).read_text())["videos"] for r in (one, two)]
+    assert entries[0] == entries[1]
+    assert [v["family"] for v in entries[0]] == ["random"] * 2
+    assert entries[0][0]["rules"] != entries[0][1]["rules"]
+    assert entries[0][0]["rules"]["name"] == "random"
+    for a, b in zip(one.keypoints, two.keypoints):
+        np.testing.assert_array_equal(np.load(a)["keypoints"], np.load(b)["keypoints"])
