@@ -188,7 +188,7 @@ class Matcher:
             raise ValueError(f"search must be one of {', '.join(SEARCH_MODES)}, got {search!r}")
         check_compatible(catalog, model_metadata)
         self.device = resolve_torch_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = ready_for_inference(model, self.device)
         self.metadata = model_metadata
         self.catalog = catalog
         self.scoring = scoring
@@ -391,6 +391,20 @@ class Matcher:
     def match(self, pose: np.ndarray, top_k: int = DEFAULT_TOP_K) -> Dict[str, Any]:
         """One query: pose features (T, 68) at POSE_FPS -> response part (see match_many)."""
         return self.match_many([pose], [top_k])[0]
+
+
+def ready_for_inference(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """``model`` on ``device`` in eval mode, touched only if it is not so already.
+
+    A matcher for a new catalog version is built from the model the old one is still
+    answering with, in another thread; ``Module.to`` on a GRU empties and rebuilds its
+    flat-weight references, and a forward pass running meanwhile fails on them
+    ("zip() argument 2 is longer than argument 1"). A ready model is left alone."""
+    target = torch.device(device).type
+    elsewhere = any(p.device.type != target for p in model.parameters())
+    if elsewhere or any(m.training for m in model.modules()):
+        model = model.to(device).eval()
+    return model
 
 
 def predict_poses(

@@ -118,13 +118,14 @@ class ShardRouter:
         from dvamn.devices import resolve_torch_device
         from dvamn.model import load_model
         from dvamn.scoring_names import uses_onset
+        from dvamn.serving.matcher import ready_for_inference
 
         limit_threads(settings.num_cpus, uses_torch=True)
         self.settings = settings
         self.shards = shards
         self.device = resolve_torch_device(settings.device)
         self.model, self.metadata = load_model(settings.checkpoint)
-        self.model = self.model.to(self.device).eval()
+        self.model = ready_for_inference(self.model, self.device)
         self.with_onset = uses_onset(settings.scoring)  # the rhythm term's onsets too
         self.match.set_max_batch_size(settings.max_batch_size)
         self.match.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
