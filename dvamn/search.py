@@ -203,37 +203,97 @@ class SegmentIndex:
     ) -> "SegmentIndex":
         """Fit the projection and the inverted lists on a sample of the bank's segments,
         then add every segment (in chunks of tracks, so memory stays bounded; a
-        memory-mapped float16 bank is read chunk by chunk)."""
+        memory-mapped float16 bank is read chunk by chunk). In one process: ``fit``,
+        ``encode`` and ``add_codes`` as ``dvamn catalog`` runs them on Ray Data."""
         settings = (settings or IndexSettings()).check()
         units = bank.unit()
         lengths = bank.lengths.cpu().numpy()
-        counts = segment_counts(lengths, settings)
-        first = np.zeros(len(lengths) + 1, np.int64)
+        track = [units[i, : int(n)] for i, n in enumerate(lengths)]
+        index = cls.fit(
+            [track[i] for i in cls.sample_rows(lengths, settings, seed)], lengths, settings, seed
+        )
+        for start in range(0, len(lengths), chunk_tracks):
+            rows = np.arange(start, min(len(lengths), start + chunk_tracks))
+            index.add_codes(rows, index.encode([track[i] for i in rows]))
+        return index.check_complete()
+
+    @staticmethod
+    def sample_rows(
+        lengths: np.ndarray, settings: Optional[IndexSettings] = None, seed: int = 0
+    ) -> np.ndarray:
+        """The rows (tracks, in catalog order) whose unit frames ``fit`` is given."""
+        settings = (settings or IndexSettings()).check()
+        counts = segment_counts(np.asarray(lengths), settings)
+        return _sample_tracks(counts, settings.train_segments, seed)
+
+    @classmethod
+    def fit(
+        cls,
+        sample_units: Sequence["torch.Tensor"],
+        lengths: np.ndarray,
+        settings: Optional[IndexSettings] = None,
+        seed: int = 0,
+    ) -> "SegmentIndex":
+        """An index of tracks of these ``lengths`` (catalog order) with its projection and
+        inverted lists fitted on ``sample_units``, the (L, D) unit frames of the tracks
+        ``sample_rows`` names, and no segment yet: ``encode`` each track's frames (any
+        process can: the fitted index is small), then ``add_codes`` them, in any order."""
+        settings = (settings or IndexSettings()).check()
+        counts = segment_counts(np.asarray(lengths), settings)
+        first = np.zeros(len(counts) + 1, np.int64)
         first[1:] = np.cumsum(counts)
-        total = int(first[-1])
-        if total == 0:
+        if first[-1] == 0:
             raise ValueError(f"no track has {settings.segment_frames} frames: nothing to index")
-        projection = _fit_projection(units, lengths, counts, settings, seed)
-        sample = _sample_tracks(counts, settings.train_segments, seed)
+        projection = _fit_projection(sample_units, settings)
         train = np.concatenate(
-            [_track_segments(projection, units, lengths, i, settings) for i in sample]
+            [projection.project(u, settings.segment_stride) for u in sample_units]
         )
         rng = np.random.default_rng(seed + 1)
         if len(train) > settings.train_segments:
             train = train[rng.choice(len(train), settings.train_segments, replace=False)]
-        nlist = _num_lists(total, len(train), settings.max_lists)
+        nlist = _num_lists(int(first[-1]), len(train), settings.max_lists)
         index = _new_index(projection.segments.shape[1], nlist)
         index.train(np.ascontiguousarray(train))
-        for start in range(0, len(lengths), chunk_tracks):
-            stop = min(len(lengths), start + chunk_tracks)
-            parts = [
-                _track_segments(projection, units, lengths, i, settings) for i in range(start, stop)
-            ]
-            block = np.concatenate(parts)
-            if len(block):
-                index.add(block)
-        log.info("coarse index: %d segments of %d tracks, %d lists", total, len(lengths), nlist)
         return cls(settings, projection, index, first)
+
+    def encode(self, tracks: Sequence["torch.Tensor"]) -> list:
+        """Each track's (L, D) unit frames -> its segments' FAISS codes (S, code size),
+        uint8: the projected segments, assigned to their lists and quantised."""
+        segments = [self.projection.project(t, self.settings.segment_stride) for t in tracks]
+        counts = [len(s) for s in segments]
+        if not sum(counts):
+            return [np.zeros((0, self.index.sa_code_size()), np.uint8) for _ in tracks]
+        codes = self.index.sa_encode(np.ascontiguousarray(np.concatenate(segments)))
+        return np.split(codes, np.cumsum(counts)[:-1])
+
+    def add_codes(self, rows: Sequence[int], codes: Sequence[np.ndarray]) -> None:
+        """Add the ``encode``d segments of the tracks at these catalog ``rows``."""
+        ids = []
+        for row, code in zip(rows, codes, strict=True):
+            begin, end = int(self.first_segment[row]), int(self.first_segment[row + 1])
+            if len(code) != end - begin:
+                raise ValueError(
+                    f"track {row}: {len(code)} segment codes, but its length gives {end - begin}"
+                )
+            ids.append(np.arange(begin, end, dtype=np.int64))
+        if ids and sum(len(i) for i in ids):
+            self.index.add_sa_codes(np.concatenate(codes), np.concatenate(ids))
+
+    def check_complete(self) -> "SegmentIndex":
+        """Raise unless every track's segments were added once."""
+        expected = int(self.first_segment[-1])
+        if int(self.index.ntotal) != expected:
+            raise ValueError(
+                f"the coarse index holds {self.index.ntotal} segments of the {expected} its "
+                "tracks have: some tracks were not added, or were added twice"
+            )
+        log.info(
+            "coarse index: %d segments of %d tracks, %d lists",
+            expected,
+            self.num_tracks,
+            int(self.index.nlist),
+        )
+        return self
 
     def to_bytes(self) -> bytes:
         faiss = _faiss()
@@ -335,25 +395,17 @@ def _sample_tracks(counts: np.ndarray, segments: int, seed: int) -> np.ndarray:
     return np.sort(order[:enough])
 
 
-def _track_segments(projection, units, lengths, i: int, settings: IndexSettings) -> np.ndarray:
-    frames = units[i, : int(lengths[i])]
-    return projection.project(frames, settings.segment_stride)
-
-
 def _fit_projection(
-    units, lengths, counts, settings: IndexSettings, seed: int
+    sample_units: Sequence["torch.Tensor"], settings: IndexSettings
 ) -> SegmentProjection:
-    """Fit the frame axes on the sampled tracks' frames, then the segment axes on their
-    pooled segments."""
+    """Fit the frame axes on the sampled tracks' unit frames, then the segment axes on
+    their pooled segments."""
     import torch
 
-    sample = _sample_tracks(counts, settings.train_segments, seed)
-    frames = torch.cat([units[i, : int(lengths[i])].float() for i in sample])
+    frames = torch.cat([u.float() for u in sample_units])
     frame_axes = _uncentred_pca(frames, settings.frame_dim)
     partial = SegmentProjection(settings, frame_axes, np.zeros((0, 0), np.float32))
-    pooled = np.concatenate(
-        [partial.pooled(units[i, : int(lengths[i])], settings.segment_stride) for i in sample]
-    )
+    pooled = np.concatenate([partial.pooled(u, settings.segment_stride) for u in sample_units])
     segment_axes = _uncentred_pca(torch.from_numpy(pooled), settings.dim)
     return SegmentProjection(settings, frame_axes, segment_axes)
 

@@ -231,12 +231,37 @@ def test_catalog_build_stores_the_index_the_service_loads(tmp_path, tracks, monk
         index_checkpoint=str(tmp_path / "ckpt"),
     )
     catalog = load_catalog(str(tmp_path / "catalog"))
+    # The catalog job fits on a sample and encodes part by part (Ray Data's workers in
+    # `dvamn catalog`): the same index, byte for byte, as one build over the whole bank.
+    assert stored_index(str(tmp_path / "catalog")) == index_built_in_one_go(catalog, model)
     monkeypatch.setattr(SegmentIndex, "build", None)  # a rebuild would fail: it must load
     matcher = Matcher.from_uris(
         str(tmp_path / "ckpt"), str(tmp_path / "catalog"), device="cpu", search="two-stage"
     )
     assert matcher.index.num_tracks == len(catalog) == NUM_TRACKS
     assert matcher.scoring == "cosine-w"
+
+
+def stored_index(catalog_uri: str) -> bytes:
+    """The coarse index file of a catalog's current version."""
+    from dvamn.catalog_format import resolve_catalog
+    from dvamn.search import INDEX_DIR, INDEX_FILE
+
+    _, _, version = resolve_catalog(catalog_uri)
+    with open(f"{version}/{INDEX_DIR}/{INDEX_FILE}", "rb") as f:
+        return f.read()
+
+
+def index_built_in_one_go(catalog, model) -> bytes:
+    """``SegmentIndex.build`` (default settings, as the catalog's) over the whole catalog's
+    frames in the default scoring's space."""
+    from dvamn.scoring import scoring_parts
+
+    _, center, scale = scoring_parts("cosine-w", model)
+    sequences = [catalog.track_embedding(i) for i in range(len(catalog))]
+    bank = prepare_tracks(sequences, center=center, scale=scale)
+    bank.normalise_in_place()
+    return SegmentIndex.build(bank).to_bytes()
 
 
 @pytest.mark.parametrize("num_shards", [2, 3])

@@ -51,7 +51,7 @@ from dvamn.devices import wants_gpu
 from dvamn.parquet_parts import part_files, read_footer, read_parts, write_part
 from dvamn.pipeline.config import AUDIO_KINDS
 from dvamn.ray_setup import limit_threads
-from dvamn.schema import VIDEOS_DIR, rows_to_table, sequence_to_numpy
+from dvamn.schema import VIDEOS_DIR, column_sequences, rows_to_table, sequence_to_numpy
 from dvamn.scoring_names import DEFAULT_SCORING
 
 log = logging.getLogger(__name__)
@@ -423,14 +423,15 @@ def build_catalog(config: CatalogConfig) -> CatalogSummary:
         lambda uri: _write_dataset(tracks, uri),
         num_inputs,
         source,
+        on_ray=True,
     )
 
 
+_EMBEDDING_PROVENANCE = ["audio_embedding_kind", "audio_weights"]
 _META_COLUMNS = [
     "track_id",
     "embedding_sha256",
-    "audio_embedding_kind",
-    "audio_weights",
+    *_EMBEDDING_PROVENANCE,
     "duration_s",
     "audio_playable",
 ]
@@ -483,6 +484,7 @@ def write_catalog_tables(
         lambda uri: write_part(tracks, storage.join(uri, "tracks.parquet")),
         tracks.num_rows + errors.num_rows,
         "tables",
+        on_ray=False,
     )
 
 
@@ -493,15 +495,17 @@ def _publish(
     write_tracks: Callable[[str], None],
     num_inputs: int,
     source: str,
+    on_ray: bool,
 ) -> CatalogSummary:
     """Write a new version directory, then make it current; a failure leaves the catalog's
-    current version as it was (the new one is removed: nobody has read it)."""
+    current version as it was (the new one is removed: nobody has read it). ``on_ray``:
+    the coarse index's tracks are encoded on Ray Data (the catalog job), else here."""
     root = config.out.rstrip("/")
     version_id = new_version_id()
     out = version_uri(root, version_id)
     try:
         summary = _write_version(
-            config, meta_table, error_table, write_tracks, num_inputs, source, version_id
+            config, meta_table, error_table, write_tracks, num_inputs, source, version_id, on_ray
         )
     except BaseException:
         log.warning("catalog: the build of %s failed; removing its version %s", root, version_id)
@@ -529,6 +533,7 @@ def _write_version(
     num_inputs: int,
     source: str,
     version_id: str,
+    on_ray: bool,
 ) -> CatalogSummary:
     """Write one complete version directory; its manifest last."""
     root = config.out.rstrip("/")
@@ -548,7 +553,7 @@ def _write_version(
         write_part(CATALOG_SCHEMA.empty_table(), storage.join(tracks_uri, "empty.parquet"))
 
     if config.index_checkpoint and meta_table.num_rows:
-        _write_index(config, out)
+        _write_index(config, out, on_ray)
 
     # With no track at all, the manifest still says what was asked for.
     kind = kinds[0] if kinds else (config.audio if source == "audio-file" else "unknown")
@@ -592,12 +597,15 @@ def _write_version(
     return summary
 
 
-def _write_index(config: CatalogConfig, out: str) -> None:
-    """The coarse index of the version's tracks, in the scoring space of
-    ``config.index_checkpoint``'s model: the tracks just written are read back in catalog
-    order (by track id, as the service loads them) and indexed in this process."""
+def _write_index(config: CatalogConfig, out: str, on_ray: bool) -> None:
+    """The coarse index (``dvamn.search``) of the version's tracks, in the scoring space of
+    ``config.index_checkpoint``'s model, in catalog order (by track id, as the service
+    loads them). The projection and inverted lists are fitted here on a sample of tracks;
+    every track's segments are then encoded where its part is read (``on_ray``: by Ray
+    Data's workers, as the catalog job embeds) and only their small codes come back, so
+    this process never holds the catalog's frames."""
     from dvamn.model import load_model
-    from dvamn.scoring import prepare_tracks, scoring_parts
+    from dvamn.scoring import scoring_parts
     from dvamn.search import SegmentIndex, transform_digest, write_catalog_index
 
     started = time.perf_counter()
@@ -607,30 +615,93 @@ def _write_index(config: CatalogConfig, out: str) -> None:
         raise ValueError(
             f"--index-scoring {config.index_scoring!r}: two-stage search needs a cosine scoring"
         )
-    columns = ["track_id", "embedding", "embedding_sha256", "audio_embedding_kind", "audio_weights"]
-    table = pa.concat_tables(read_parts(storage.join(out, TRACKS_DIR), columns)).sort_by("track_id")
-    embedding = table["embedding"].combine_chunks()  # list<fixed_size_list<float32, 128>>
-    offsets = embedding.offsets.to_numpy().astype(np.int64)
-    frames = embedding.values.flatten().to_numpy(zero_copy_only=False).reshape(-1, EMBEDDING_DIM)
-    sequences = [frames[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-    bank = prepare_tracks(sequences, center=center, scale=scale)
-    bank.normalise_in_place()
-    index = SegmentIndex.build(bank)
+    tracks_uri = storage.join(out, TRACKS_DIR)
+    columns = ["track_id", "num_audio_frames", "embedding_sha256", *_EMBEDDING_PROVENANCE]
+    meta = pa.concat_tables(read_parts(tracks_uri, columns)).sort_by("track_id")
+    track_ids = meta["track_id"].to_pylist()
+    row_of = {track_id: row for row, track_id in enumerate(track_ids)}
+    lengths = meta["num_audio_frames"].to_numpy().astype(np.int64)
+
+    def map_parts(fn: Callable[..., pa.Table], **kwargs: Any):
+        """``fn`` over every part's (track_id, embedding) batches, on Ray Data or here."""
+        if on_ray:
+            import ray
+
+            ds = ray.data.read_parquet(tracks_uri, columns=["track_id", "embedding"])
+            ds = ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=64)
+            return ds.iter_batches(batch_format="pyarrow", batch_size=None)
+        parts = read_parts(tracks_uri, ["track_id", "embedding"])
+        return (fn(part, **kwargs) for part in parts)
+
+    sample = SegmentIndex.sample_rows(lengths)
+    chosen = sorted(
+        (row_of[t], u)
+        for batch in map_parts(_index_sample, track_ids=[track_ids[i] for i in sample])
+        for t, u in zip(batch["track_id"].to_pylist(), _unit_frames(batch, center, scale))
+    )
+    index = SegmentIndex.fit([u for _, u in chosen], lengths)
+    fitted = index.to_bytes()
+    for batch in map_parts(_index_codes, fitted=fitted, center=center, scale=scale):
+        rows = [row_of[t] for t in batch["track_id"].to_pylist()]
+        for row, frames in zip(rows, batch["num_frames"].to_pylist(), strict=True):
+            if frames != lengths[row]:
+                raise ValueError(
+                    f"catalog track {track_ids[row]!r}: its embedding has {frames} frames but "
+                    f"num_audio_frames says {lengths[row]}; rebuild the catalog"
+                )
+        width = index.index.sa_code_size()
+        codes = [np.frombuffer(c, np.uint8).reshape(-1, width) for c in batch["codes"].to_pylist()]
+        index.add_codes(rows, codes)
+    index.check_complete()
     content = catalog_version(
-        table["track_id"].to_pylist(),
-        table["embedding_sha256"].to_pylist(),
-        table["audio_embedding_kind"][0].as_py(),
-        table["audio_weights"][0].as_py() or "",
+        track_ids,
+        meta["embedding_sha256"].to_pylist(),
+        meta["audio_embedding_kind"][0].as_py(),
+        meta["audio_weights"][0].as_py() or "",
     )
     where = write_catalog_index(
         out, index, config.index_scoring, transform_digest(center, scale), content
     )
     log.info(
-        "catalog: coarse index of %d tracks (%.1f KB a track) in %s, %.1f s",
+        "catalog: coarse index of %d tracks (%.1f KB a track) in %s, %.1f s (encoded %s)",
         index.num_tracks,
         index.nbytes() / max(1, index.num_tracks) / 1024,
         where,
         time.perf_counter() - started,
+        "on Ray Data" if on_ray else "in this process",
+    )
+
+
+def _unit_frames(batch: pa.Table, center, scale) -> list:
+    """The tracks' frames as the cosine scorings' bank holds them: standardised by the
+    model's statistics, then unit length (``dvamn.scoring``), one (L, D) tensor each."""
+    from dvamn.scoring import prepare_tracks
+
+    sequences = column_sequences(batch, "embedding", EMBEDDING_DIM)
+    bank = prepare_tracks(sequences, center=center, scale=scale)
+    bank.normalise_in_place()
+    return [bank.tracks[i, : len(seq)] for i, seq in enumerate(sequences)]
+
+
+def _index_sample(batch: pa.Table, track_ids: List[str]) -> pa.Table:
+    """The batch's tracks that fit the coarse index's projection and lists."""
+    return batch.filter(pc.is_in(batch["track_id"], value_set=pa.array(track_ids, pa.string())))
+
+
+def _index_codes(batch: pa.Table, fitted: bytes, center, scale) -> pa.Table:
+    """Each track's segments encoded by the fitted (empty) coarse index: its FAISS codes,
+    about 13 KB for a 3-minute track instead of its 440 KB of frames."""
+    from dvamn.search import SegmentIndex
+
+    index = SegmentIndex.from_bytes(fitted)
+    units = _unit_frames(batch, center, scale)
+    codes = index.encode(units)
+    return pa.table(
+        {
+            "track_id": batch["track_id"],
+            "num_frames": pa.array([len(u) for u in units], pa.int64()),
+            "codes": pa.array([c.tobytes() for c in codes], pa.binary()),
+        }
     )
 
 

@@ -67,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="also build two-stage search's coarse index (dvamn.search) into the catalog "
         "version, in the scoring space of this checkpoint or training run (the one the "
-        "service will load); without it, `dvamn serve --search two-stage` builds the index "
-        "at every replica start",
+        "service will load), its tracks encoded on Ray Data; without it, `dvamn serve "
+        "--search two-stage` builds the index at every replica start",
     )
     parser.add_argument(
         "--index-scoring",

@@ -188,3 +188,28 @@ def test_music_and_catalog_on_s3(ray_local, music_dir, s3_bucket):
     assert catalog.track_ids == ["a", "rock/b"]
     assert catalog.uris[0] == f"{s3_bucket}/music/a.wav"
     assert catalog.version == summary.version
+
+
+def test_the_coarse_index_is_built_on_ray_data_as_in_one_process(ray_local, tmp_path):
+    import torch
+
+    from dvamn.model import DVAMN, DVAMNConfig, save_checkpoint
+    from dvamn.search import INDEX_DIR
+    from tests.test_search import index_built_in_one_go, stored_index
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for i, seconds in enumerate((9.0, 11.0, 13.0)):  # a segment is 8 s
+        write_tone(str(music / f"t{i}.wav"), seconds, 300.0 + 110 * i)
+    torch.manual_seed(0)
+    model = DVAMN(DVAMNConfig(widths=(8, 8, 8), gru_hidden=8, post_gru_widths=(8, 8), fc_width=8))
+    save_checkpoint(str(tmp_path / "ckpt"), model.eval(), {"audio_embedding_kind": "logmel"})
+    out = str(tmp_path / "catalog")
+    config = CatalogConfig(
+        music=str(music), out=out, audio="logmel", index_checkpoint=str(tmp_path / "ckpt")
+    )
+    summary = build_catalog(config)
+    assert summary.num_tracks == 3
+    assert os.path.isdir(os.path.join(out, "versions", summary.version_id, INDEX_DIR))
+    # Fitted here, each track encoded by a Ray Data task: the index one build would make.
+    assert stored_index(out) == index_built_in_one_go(load_catalog(out), model)
