@@ -43,9 +43,10 @@ def read_footer(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
         return pq.ParquetFile(f).metadata
 
 
-def write_part(table: pa.Table, uri: str) -> None:
-    """Writes ``table`` as the part ``uri``; a crash mid-write leaves no truncated part."""
+def write_part(table: pa.Table, uri: str, row_group_size: Optional[int] = None) -> None:
+    """Writes ``table`` as the part ``uri``; a crash mid-write leaves no truncated part.
+    ``row_group_size``: rows a row group at most (a reader decodes a row group at once)."""
     fs, path = storage.filesystem(uri)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # remote: atomic_output makes no dirs
     with storage.atomic_output(uri) as f:
-        pq.write_table(table, f)
+        pq.write_table(table, f, row_group_size=row_group_size)

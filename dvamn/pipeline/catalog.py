@@ -481,7 +481,9 @@ def write_catalog_tables(
         config,
         tracks.select(_META_COLUMNS),
         errors,
-        lambda uri: write_part(tracks, storage.join(uri, "tracks.parquet")),
+        # Row groups of 64 tracks: a two-stage replica streams the embeddings a row group
+        # at a time (Catalog.iter_embeddings), so one row group is what it holds at once.
+        lambda uri: write_part(tracks, storage.join(uri, "tracks.parquet"), row_group_size=64),
         tracks.num_rows + errors.num_rows,
         "tables",
         on_ray=False,

@@ -335,8 +335,9 @@ class MatchModel:
     def _read_catalog(self, uri: str):
         """The catalog this replica serves: all of it (a shard replica: its part)."""
         from dvamn.serving.catalog_store import load_catalog
+        from dvamn.serving.matcher import holds_embeddings
 
-        return load_catalog(uri)
+        return load_catalog(uri, embeddings=holds_embeddings(self.settings.search))
 
     def _watch(self) -> None:
         while True:

@@ -9,7 +9,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +82,11 @@ class Catalog:
     # for a catalog built before the column existed (those scorings refuse it).
     onsets: Optional[List[np.ndarray]] = None
     shard_start: int = 0  # a shard's first row in the whole catalog (load_catalog's shard)
+    # load_catalog(..., embeddings=False): the embeddings stay in the version's parts below
+    # this URI and ``iter_embeddings`` streams them, each checked against its hash ("": in
+    # memory).
+    embeddings_uri: str = ""
+    embedding_sha256s: Optional[List[str]] = None
 
     def __post_init__(self) -> None:
         if self.audio_playable is None:
@@ -97,7 +102,67 @@ class Catalog:
 
     def track_embedding(self, i: int) -> np.ndarray:
         """(T_a, 128) view of track ``i``'s embedding sequence."""
+        if self.embeddings_uri:
+            raise ValueError(
+                f"catalog {self.uri} was loaded without its embeddings (embeddings=False): "
+                "read them with iter_embeddings, or load it with embeddings=True"
+            )
         return self.embeddings[self.offsets[i] : self.offsets[i + 1]]
+
+    def iter_embeddings(self, batch_tracks: int = 64) -> Iterator[Tuple[int, np.ndarray]]:
+        """Every track's (row, (T_a, 128) embedding), each once. In memory: in catalog
+        order. Loaded with ``embeddings=False``: in file order, read from the version's
+        parts ``batch_tracks`` at a time (so memory holds one batch, not the catalog),
+        each checked against the hash and length the load recorded."""
+        if not self.embeddings_uri:
+            for i in range(len(self)):
+                yield i, self.track_embedding(i)
+            return
+        import pyarrow.parquet as pq
+
+        from dvamn.parquet_parts import part_files
+
+        row_of = {track_id: i for i, track_id in enumerate(self.track_ids)}
+        seen = np.zeros(len(self), bool)
+        lengths = self.lengths
+        fs, _ = storage.filesystem(self.embeddings_uri)
+        for path in part_files(self.embeddings_uri):
+            with fs.open(path, "rb") as f:
+                batches = pq.ParquetFile(f).iter_batches(
+                    batch_size=batch_tracks, columns=["track_id", "embedding"]
+                )
+                for batch in batches:
+                    ids = batch.column(0).to_pylist()
+                    embeddings, offsets = _packed_embeddings(pa.chunked_array([batch.column(1)]))
+                    for j, track_id in enumerate(ids):
+                        i = row_of.get(track_id)
+                        if i is None:  # another shard's track
+                            continue
+                        embedding = embeddings[offsets[j] : offsets[j + 1]]
+                        self._check_streamed(i, embedding, int(lengths[i]), seen[i])
+                        seen[i] = True
+                        yield i, embedding
+        if not seen.all():
+            missing = [self.track_ids[i] for i in np.flatnonzero(~seen)[:3]]
+            raise CatalogIntegrityError(
+                f"catalog {self.embeddings_uri}: tracks {missing} were not found when "
+                "their embeddings were read (files changed after the load); rebuild the catalog"
+            )
+
+    def _check_streamed(self, i: int, embedding: np.ndarray, length: int, seen: bool) -> None:
+        problem = None
+        if seen:
+            problem = "appears twice"
+        elif len(embedding) != length:
+            problem = f"has {len(embedding)} frames where num_audio_frames says {length}"
+        elif embedding_sha256(embedding) != self.embedding_sha256s[i]:
+            problem = f"does not match its embedding_sha256 {self.embedding_sha256s[i]!r}"
+        if problem:
+            raise CatalogIntegrityError(
+                f"catalog {self.embeddings_uri}: the embedding of track "
+                f"{self.track_ids[i]!r} {problem} (the file changed after the build); "
+                "rebuild the catalog"
+            )
 
     @property
     def nbytes(self) -> int:
@@ -162,31 +227,46 @@ class Catalog:
         )
 
 
-def _read_tracks(version: str, keep: Optional[pa.Array] = None) -> pa.Table:
+def _read_tracks(
+    version: str, keep: Optional[pa.Array] = None, embeddings: bool = True
+) -> pa.Table:
     """The version's tracks; with ``keep`` (track ids), only those rows, read part by part
-    so that the other rows' embeddings are never held together (a catalog shard)."""
+    so that the other rows' embeddings are never held together (a catalog shard); without
+    ``embeddings``, every column but that one."""
     from dvamn.parquet_parts import part_files, read_part
 
+    schema = CATALOG_SCHEMA
+    if not embeddings:
+        schema = pa.schema([f for f in CATALOG_SCHEMA if f.name != "embedding"])
     uri = storage.join(version, TRACKS_DIR)
     fs, _ = storage.filesystem(uri)
     tables = []
     for path in part_files(uri):
-        table = _with_all_columns(read_part(fs, path, None))
+        part = read_part(fs, path, None if embeddings else _present(fs, path, schema))
+        table = _with_all_columns(part, schema)
         if keep is not None:
             table = table.filter(pc.is_in(table["track_id"], value_set=keep))
         tables.append(table)
     if not tables:
-        return CATALOG_SCHEMA.empty_table()
+        return schema.empty_table()
     return pa.concat_tables(tables)
 
 
-def _with_all_columns(table: pa.Table) -> pa.Table:
-    """A tracks part as CATALOG_SCHEMA, the columns later versions added (audio_onset)
-    filled with nulls in parts written before them."""
-    for field in CATALOG_SCHEMA:
-        if field.name not in table.column_names and field.name == "audio_onset":
-            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
-    return table.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA)
+def _present(fs, path: str, schema: pa.Schema) -> List[str]:
+    """The columns of ``schema`` that the part holds (older parts lack audio_onset)."""
+    from dvamn.parquet_parts import read_footer
+
+    names = set(read_footer(fs, path).schema.to_arrow_schema().names)
+    return [name for name in schema.names if name in names]
+
+
+def _with_all_columns(table: pa.Table, schema: pa.Schema = CATALOG_SCHEMA) -> pa.Table:
+    """A tracks part as ``schema``, the columns later versions added (audio_onset) filled
+    with nulls in parts written before them."""
+    if "audio_onset" in schema.names and "audio_onset" not in table.column_names:
+        field = schema.field("audio_onset")
+        table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(schema.names).cast(schema)
 
 
 def _read_track_ids(version: str) -> pa.Table:
@@ -241,7 +321,7 @@ def _onsets(table: pa.Table) -> Optional[List[np.ndarray]]:
     return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
-def load_catalog(uri: str, shard: Optional[tuple] = None) -> Catalog:
+def load_catalog(uri: str, shard: Optional[tuple] = None, embeddings: bool = True) -> Catalog:
     """Load a catalog's current version (``uri`` is its root) or one version
     (``CATALOG/versions/ID``), local or any fsspec URI; layout in ``dvamn.catalog_format``.
 
@@ -258,13 +338,17 @@ def load_catalog(uri: str, shard: Optional[tuple] = None) -> Catalog:
     whole (count, content version from every track's hash); only the shard's embeddings
     are read into memory, and checked. The catalog's ``shard_start`` is the shard's first
     row in the whole catalog.
+
+    ``embeddings=False``: everything but the embeddings, which stay in the version's files
+    (two-stage search streams them into its frames file, ``Catalog.iter_embeddings``, each
+    checked against its hash as it is read): memory then holds no track's frames.
     """
     _, version_id, version = resolve_catalog(uri)
     manifest = _read_manifest(version)
     expected = manifest.get("num_tracks")
     start = 0
     if shard is None:
-        table = _read_tracks(version)
+        table = _read_tracks(version, embeddings=embeddings)
     else:
         from dvamn.search import shard_bounds
 
@@ -278,7 +362,8 @@ def load_catalog(uri: str, shard: Optional[tuple] = None) -> Catalog:
         if not 0 <= index < count:
             raise ValueError(f"shard must be in [0, {count}), got {index}")
         start, stop = shard_bounds(every.num_rows, count)[index]
-        table = _read_tracks(version, keep=every["track_id"][start:stop].combine_chunks())
+        keep = every["track_id"][start:stop].combine_chunks()
+        table = _read_tracks(version, keep=keep, embeddings=embeddings)
         expected = stop - start
     if table.num_rows != expected:
         raise CatalogIntegrityError(
@@ -294,11 +379,16 @@ def load_catalog(uri: str, shard: Optional[tuple] = None) -> Catalog:
         raise ValueError(
             f"catalog {uri} mixes audio embeddings {kinds} / weights {weights}; rebuild it"
         )
-    embeddings, offsets = _packed_embeddings(table["embedding"])
     track_ids = table["track_id"].to_pylist()
     shas = table["embedding_sha256"].to_pylist()
-    for i, sha in enumerate(shas):
-        if embedding_sha256(embeddings[offsets[i] : offsets[i + 1]]) != sha:
+    if embeddings:
+        packed, offsets = _packed_embeddings(table["embedding"])
+    else:  # checked against the frames iter_embeddings reads
+        packed = np.zeros((0, EMBEDDING_DIM), np.float32)
+        offsets = np.zeros(table.num_rows + 1, np.int64)
+        offsets[1:] = np.cumsum(table["num_audio_frames"].to_numpy().astype(np.int64))
+    for i, sha in enumerate(shas if embeddings else []):
+        if embedding_sha256(packed[offsets[i] : offsets[i + 1]]) != sha:
             raise CatalogIntegrityError(
                 f"catalog version {version}: the embedding of track {track_ids[i]!r} does not "
                 f"match its embedding_sha256 {sha!r} (the file changed after the build); "
@@ -325,7 +415,7 @@ def load_catalog(uri: str, shard: Optional[tuple] = None) -> Catalog:
         titles=table["title"].to_pylist(),
         uris=table["uri"].to_pylist(),
         durations_s=table["duration_s"].to_numpy().astype(np.float64),
-        embeddings=embeddings,
+        embeddings=packed,
         offsets=offsets,
         audio_embedding_kind=kinds[0],
         audio_weights=weights[0] or "",
@@ -336,6 +426,8 @@ def load_catalog(uri: str, shard: Optional[tuple] = None) -> Catalog:
         audio_playable=table["audio_playable"].fill_null(False).to_numpy(zero_copy_only=False),
         onsets=_onsets(table),
         shard_start=start,
+        embeddings_uri="" if embeddings else storage.join(version, TRACKS_DIR),
+        embedding_sha256s=shas,
     )
     log.info(
         "loaded catalog %s version %s: %d tracks, %s, content %s, %.1f MB",

@@ -106,13 +106,15 @@ def _check_onset_term(scoring: str, model, catalog: Catalog, search: str) -> Non
         raise ValueError(f"scoring {scoring!r} is scored exhaustively: use --search exact")
 
 
-def unit_bank_on_disk(catalog: Catalog, center, scale, chunk_tracks: int = 256) -> TrackBank:
+def unit_bank_on_disk(catalog: Catalog, center, scale, chunk_tracks: int = 32) -> TrackBank:
     """The cosine scorings' bank for two-stage search: every frame standardised (when
     ``center``/``scale`` are given), made unit length and stored as float16 in a
     memory-mapped temporary file, written chunk by chunk of tracks. Re-ranking reads only
     its candidates' slices, so the replica's memory holds the coarse index and the pages
     of recently read candidates, not the catalog's frames (440 KB per 3-minute track as
-    float32 in memory; 230 KB on disk here). The file is unlinked at once: it lives as
+    float32 in memory; 230 KB on disk here). A catalog loaded with ``embeddings=False``
+    is streamed from its files into this one (``Catalog.iter_embeddings``), so loading
+    never holds the catalog's frames either. The file is unlinked at once: it lives as
     long as the mapping, no longer than the process."""
     import os
     import tempfile
@@ -129,16 +131,26 @@ def unit_bank_on_disk(catalog: Catalog, center, scale, chunk_tracks: int = 256) 
         os.unlink(path)
     center_t = None if center is None else torch.as_tensor(np.asarray(center), dtype=torch.float32)
     scale_t = None if scale is None else torch.as_tensor(np.asarray(scale), dtype=torch.float32)
-    for start in range(0, len(catalog), chunk_tracks):
-        stop = min(len(catalog), start + chunk_tracks)
-        chunk = torch.zeros(stop - start, shape[1], EMBEDDING_DIM)
-        for i in range(start, stop):
-            track = torch.from_numpy(np.asarray(catalog.track_embedding(i), np.float32))
+
+    def write(rows: List[int], embeddings: List[np.ndarray]) -> None:
+        chunk = torch.zeros(len(rows), shape[1], EMBEDDING_DIM)
+        for j, embedding in enumerate(embeddings):
+            track = torch.from_numpy(np.array(embedding, np.float32))
             if center_t is not None:
                 track = transform_frames(track, center_t, scale_t)
-            chunk[i - start, : len(track)] = track
+            chunk[j, : len(track)] = track
         chunk /= chunk.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # padding stays zero
-        frames[start:stop] = chunk.numpy().astype(np.float16)
+        frames[rows] = chunk.numpy().astype(np.float16)
+
+    rows, embeddings = [], []
+    for row, embedding in catalog.iter_embeddings():
+        rows.append(row)
+        embeddings.append(embedding)
+        if len(rows) == chunk_tracks:
+            write(rows, embeddings)
+            rows, embeddings = [], []
+    if rows:
+        write(rows, embeddings)
     tracks = torch.from_numpy(frames)
     return TrackBank(
         tracks,
@@ -193,7 +205,12 @@ class Matcher:
         self.catalog = catalog
         self.scoring = scoring
         self.distance, center, scale = scoring_parts(scoring, self.model)
-        if search == "two-stage" and self.distance == "cosine":
+        if search == "two-stage" and self.distance != "cosine":
+            raise ValueError(
+                f"two-stage search approximates the cosine distance; scoring {scoring!r} "
+                "is not a cosine scoring: use --search exact or a cosine scoring"
+            )
+        if search == "two-stage":
             # float16 unit frames memory-mapped on disk: read per candidate.
             self.bank = unit_bank_on_disk(catalog, center, scale)
         else:
@@ -212,11 +229,6 @@ class Matcher:
         self.index_settings = (index_settings or IndexSettings()).check()
         self.index: Optional[SegmentIndex] = None
         if search == "two-stage":
-            if self.distance != "cosine":
-                raise ValueError(
-                    f"two-stage search approximates the cosine distance; scoring {scoring!r} "
-                    "is not a cosine scoring: use --search exact or a cosine scoring"
-                )
             if index is None:
                 index, why = read_catalog_index(
                     catalog.version_uri,
@@ -295,7 +307,7 @@ class Matcher:
         return cls(
             model,
             metadata,
-            load_catalog(catalog),
+            load_catalog(catalog, embeddings=holds_embeddings(search)),
             device=device,
             scoring=scoring,
             search=search,
@@ -391,6 +403,13 @@ class Matcher:
     def match(self, pose: np.ndarray, top_k: int = DEFAULT_TOP_K) -> Dict[str, Any]:
         """One query: pose features (T, 68) at POSE_FPS -> response part (see match_many)."""
         return self.match_many([pose], [top_k])[0]
+
+
+def holds_embeddings(search: str) -> bool:
+    """Whether a matcher of this search mode needs the catalog's embeddings in memory:
+    two-stage search streams them into its frames file (``load_catalog(...,
+    embeddings=False)``)."""
+    return search != "two-stage"
 
 
 def ready_for_inference(model: torch.nn.Module, device: str) -> torch.nn.Module:

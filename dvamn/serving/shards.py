@@ -46,8 +46,10 @@ class MatchShard(MatchModel.func_or_class):
 
     def _read_catalog(self, uri: str):
         from dvamn.serving.catalog_store import load_catalog
+        from dvamn.serving.matcher import holds_embeddings
 
-        catalog = load_catalog(uri, shard=(self.shard, self.num_shards))
+        shard = (self.shard, self.num_shards)
+        catalog = load_catalog(uri, shard=shard, embeddings=holds_embeddings(self.settings.search))
         # A coarse index stored with the version covers the whole catalog: the shard
         # builds its own at load (two-stage search).
         catalog.version_uri = ""
