@@ -721,16 +721,36 @@ def merge_rankings(rankings: Sequence["Ranking"], starts: Sequence[int], top_k: 
 
 
 def recall_against_exact(
-    exact: Sequence["Ranking"], approx: Sequence["Ranking"], k: int = 10
+    exact: Sequence["Ranking"], approx: Sequence["Ranking"], k: int = 10, tie: float = 1e-6
 ) -> dict:
-    """Top-1 agreement and recall@k of approximate rankings against exact ones."""
+    """Top-1 agreement and recall@k of approximate rankings against exact ones, and why
+    the exact top-k entries the approximate top-k lacks were lost, as fractions of all
+    exact top-k entries: ``missed_coarse`` (the coarse stage never proposed the track: its
+    approximate score is +inf), ``missed_offset`` (re-ranked, but the exact best offset
+    was outside the searched windows: a worse score than the exact one by more than
+    ``tie``), ``missed_tie`` (re-ranked at its exact score, displaced by an equal one)."""
     same_top1 = [len(a.indices) > 0 and a.indices[0] == e.indices[0] for e, a in zip(exact, approx)]
     recall = [
         len(set(e.indices[:k]) & set(a.indices[:k])) / max(1, min(k, len(e.indices)))
         for e, a in zip(exact, approx)
     ]
+    causes = {"missed_coarse": 0, "missed_offset": 0, "missed_tie": 0}
+    for e, a in zip(exact, approx):
+        kept = set(a.indices[:k])
+        for track in e.indices[:k]:
+            if track in kept:
+                continue
+            score = a.all_scores[track]
+            if not np.isfinite(score):
+                causes["missed_coarse"] += 1
+            elif score > e.all_scores[track] + tie:
+                causes["missed_offset"] += 1
+            else:
+                causes["missed_tie"] += 1
+    entries = sum(min(k, len(e.indices)) for e in exact)
     return {
         "top1_same": float(np.mean(same_top1)) if same_top1 else float("nan"),
         f"recall_at_{k}": float(np.mean(recall)) if recall else float("nan"),
+        **{name: count / max(1, entries) for name, count in causes.items()},
         "queries": len(recall),
     }

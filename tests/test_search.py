@@ -80,6 +80,26 @@ def test_recall_against_exhaustive_on_noisy_queries(tracks, bank_and_index):
     assert recall["recall_at_10"] >= 0.5, recall
 
 
+def test_recall_names_why_each_exact_top_k_entry_was_lost():
+    from dvamn.scoring import _rank
+
+    exact_scores = np.array([0.10, 0.20, 0.30, 0.40, 0.50])
+    exact = _rank(exact_scores, np.zeros(5, np.int64), top_k=3)  # top 3: tracks 0, 1, 2
+    # Track 0 never proposed, track 1 re-ranked at a worse offset, track 2 kept; tracks 3
+    # and 4 (outside the exact top 3) fill the approximate top 3.
+    approx = _rank(np.array([np.inf, 0.45, 0.30, 0.40, 0.42]), np.zeros(5, np.int64), 3)
+    r = recall_against_exact([exact], [approx], k=3)
+    assert r["top1_same"] == 0.0 and r["recall_at_3"] == pytest.approx(1 / 3)
+    assert r["missed_coarse"] == r["missed_offset"] == pytest.approx(1 / 3)
+    assert r["missed_tie"] == 0.0
+    # Re-ranked at its exact score (float sums in another order) and displaced by an
+    # equal one: a tie, not a loss of the search.
+    exact = _rank(np.array([0.1, 0.2, 0.3, 0.3 + 1e-7, 0.5]), np.zeros(5, np.int64), 3)
+    approx = _rank(np.array([0.1, 0.2, 0.3 + 2e-7, 0.3 + 1e-7, 0.5]), np.zeros(5, np.int64), 3)
+    r = recall_against_exact([exact], [approx], k=3)
+    assert r["missed_tie"] == pytest.approx(1 / 3) and r["missed_coarse"] == 0.0
+
+
 def test_every_returned_score_is_the_exact_one(tracks, bank_and_index):
     bank, index = bank_and_index
     query = noisy_window(tracks, 5, 20, noise=2.0, seed=7)
