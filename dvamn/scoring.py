@@ -544,7 +544,9 @@ def best_offsets(
         chunk = max(1, max_chunk_elements // max(1, per_track))
         for start in range(0, len(full), chunk):
             idx = full[start : start + chunk]
-            x = tracks[idx]  # (n, L_max, D)
+            # (n, L_max, D); the bank itself when the chunk is all of it (a re-ranking
+            # bank of candidate slices: copying it cost as much as scoring it).
+            x = tracks if len(idx) == n else tracks[idx]
             if distance == "logcosh":
                 window = _logcosh_window_distances(q, x)  # (n, O_max)
             else:
