@@ -643,6 +643,7 @@ def _write_index(config: CatalogConfig, out: str, on_ray: bool) -> None:
     )
     index = SegmentIndex.fit([u for _, u in chosen], lengths)
     fitted = index.to_bytes()
+    width = index.index.sa_code_size()
     for batch in map_parts(_index_codes, fitted=fitted, center=center, scale=scale):
         rows = [row_of[t] for t in batch["track_id"].to_pylist()]
         for row, frames in zip(rows, batch["num_frames"].to_pylist(), strict=True):
@@ -651,7 +652,6 @@ def _write_index(config: CatalogConfig, out: str, on_ray: bool) -> None:
                     f"catalog track {track_ids[row]!r}: its embedding has {frames} frames but "
                     f"num_audio_frames says {lengths[row]}; rebuild the catalog"
                 )
-        width = index.index.sa_code_size()
         codes = [np.frombuffer(c, np.uint8).reshape(-1, width) for c in batch["codes"].to_pylist()]
         index.add_codes(rows, codes)
     index.check_complete()

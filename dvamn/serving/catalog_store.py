@@ -383,17 +383,17 @@ def load_catalog(uri: str, shard: Optional[tuple] = None, embeddings: bool = Tru
     shas = table["embedding_sha256"].to_pylist()
     if embeddings:
         packed, offsets = _packed_embeddings(table["embedding"])
+        for i, sha in enumerate(shas):
+            if embedding_sha256(packed[offsets[i] : offsets[i + 1]]) != sha:
+                raise CatalogIntegrityError(
+                    f"catalog version {version}: the embedding of track {track_ids[i]!r} does "
+                    f"not match its embedding_sha256 {sha!r} (the file changed after the "
+                    "build); rebuild the catalog"
+                )
     else:  # checked against the frames iter_embeddings reads
         packed = np.zeros((0, EMBEDDING_DIM), np.float32)
         offsets = np.zeros(table.num_rows + 1, np.int64)
         offsets[1:] = np.cumsum(table["num_audio_frames"].to_numpy().astype(np.int64))
-    for i, sha in enumerate(shas if embeddings else []):
-        if embedding_sha256(packed[offsets[i] : offsets[i + 1]]) != sha:
-            raise CatalogIntegrityError(
-                f"catalog version {version}: the embedding of track {track_ids[i]!r} does not "
-                f"match its embedding_sha256 {sha!r} (the file changed after the build); "
-                "rebuild the catalog"
-            )
     if shard is None:
         version_hash = catalog_version(track_ids, shas, kinds[0], weights[0])
     else:  # the content version is the whole catalog's
