@@ -84,14 +84,16 @@ class IndexSettings:
     frame_dim: int = 32  # each frame's reduced dimensions before pooling
     pool_frames: int = 4  # reduced frames summed into one block
     dim: int = 64  # d: reduced dimensions of a segment vector
-    neighbours: int = 256  # track segments each query segment fetches
-    candidates: int = 100  # tracks the exact scorer re-ranks
+    # neighbours, candidates, offsets_per_track and nprobe: chosen by a sweep on real
+    # predictions at 1,000 tracks (figures in docs/serving.md)
+    neighbours: int = 1024  # track segments each query segment fetches
+    candidates: int = 250  # tracks the exact scorer re-ranks
     # > 0: of the candidates, only the best this many by the exact similarity at their
     # coarse offsets get the local search (0: every candidate does)
     refine_tracks: int = 0
-    offsets_per_track: int = 3  # coarse offsets of each candidate track it re-ranks
+    offsets_per_track: int = 2  # coarse offsets of each candidate track it re-ranks
     refine_frames: int = 3  # exact offsets searched each side of a coarse offset
-    nprobe: int = 32  # inverted lists visited per query segment
+    nprobe: int = 64  # inverted lists visited per query segment
     train_segments: int = 50_000  # segments sampled to fit the projection and the lists
     max_lists: int = 4096  # inverted lists at most (k-means and assignment cost grow with it)
 
