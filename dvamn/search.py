@@ -85,7 +85,8 @@ class IndexSettings:
     pool_frames: int = 4  # reduced frames summed into one block
     dim: int = 64  # d: reduced dimensions of a segment vector
     # neighbours, candidates, offsets_per_track and nprobe: chosen by a sweep on real
-    # predictions at 1,000 tracks (figures in docs/serving.md)
+    # predictions at 1,000 tracks (benchmarks/search.py; the defaults' figures in
+    # docs/serving.md, the sweep's not kept)
     neighbours: int = 1024  # track segments each query segment fetches
     candidates: int = 250  # tracks the exact scorer re-ranks
     # > 0: of the candidates, only the best this many by the exact similarity at their
