@@ -16,7 +16,8 @@ For each catalog size (synthetic 3-minute tracks: random embeddings, 900 frames 
 
 Then the whole service over HTTP (Ray Serve on loopback, FastAPI ingress, @serve.batch)
 with a small catalog (``--http-tracks``), ``--http-requests`` keypoint queries from 8
-threads: p50 / p99 latency and requests/s end to end.
+threads: p50 / p99 latency and requests/s end to end, with the service's exhaustive search
+or, ``--http-search two-stage``, its two-stage search (``--sizes`` with no sizes: HTTP only).
 
 Prints a table and writes JSON (``--out``). The machine's load changes the numbers: the
 JSON records the CPU count and torch threads.
@@ -25,6 +26,7 @@ JSON records the CPU count and torch threads.
 import argparse
 import json
 import os
+import shlex
 import socket
 import sys
 import tempfile
@@ -216,6 +218,7 @@ def bench_http(model, args) -> Dict[str, Any]:
                 "min_query_s": 1.0,
                 "num_cpus": args.replica_cpus,
                 "pose_num_gpus": 0,
+                "search": args.http_search,
                 # No pose model is needed for keypoint queries, but the deployment loads
                 # one: point it at the tests' stand-in so that nothing is downloaded.
                 "pose_model": _standin_rtmo(tmp),
@@ -246,6 +249,7 @@ def bench_http(model, args) -> Dict[str, Any]:
         latencies = [r[0] for r in results]
         return {
             "tracks": args.http_tracks,
+            "search": args.http_search,
             "requests": len(results),
             "threads": 8,
             "p50_ms": percentile_ms(latencies, 50),
@@ -270,13 +274,22 @@ def _standin_rtmo(tmp: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument(
+        "--sizes", type=int, nargs="*", default=[100, 1000, 10000], help="none: HTTP only"
+    )
     parser.add_argument("--track-s", type=float, default=TRACK_S)
     parser.add_argument("--query-s", type=float, default=QUERY_S)
     parser.add_argument("--queries", type=int, default=30, help="per size (at most)")
     parser.add_argument("--budget-s", type=float, default=40.0, help="time per size (>= 3 queries)")
     parser.add_argument("--http-tracks", type=int, default=100, help="0 skips the HTTP part")
     parser.add_argument("--http-requests", type=int, default=100)
+    parser.add_argument(
+        "--http-search",
+        choices=["exact", "two-stage"],
+        default="exact",
+        help="the service's search for the HTTP part (two-stage: the replica builds the "
+        "coarse index at start, default IndexSettings)",
+    )
     parser.add_argument("--replica-cpus", type=float, default=1.0)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
@@ -290,6 +303,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     model = paper_model()
     results: Dict[str, Any] = {
+        "command": " ".join(["python"] + [shlex.quote(a) for a in sys.argv]),
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
@@ -318,7 +332,7 @@ def main() -> int:
         http = bench_http(model, args)
         results["http"] = http
         print(
-            f"HTTP, {http['tracks']} tracks, {http['requests']} requests over {http['threads']} "
+            f"HTTP, {http['tracks']} tracks ({http['search']} search), {http['requests']} requests over {http['threads']} "
             f"threads: p50 {http['p50_ms']:.1f} ms, p99 {http['p99_ms']:.1f} ms, "
             f"{http['requests_per_s']:.2f} req/s, mean batch {http['mean_batch_size']}"
         )
