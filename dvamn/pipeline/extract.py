@@ -270,15 +270,16 @@ def _video_id(uri: str, root: str) -> str:
         return uri
 
 
-def readable_part_uris(out: str, subdir: str) -> set[str]:
-    """The ``uri`` column of every part of ``OUT/<subdir>``; a part that cannot be read
-    (footer or ``uri`` column) is moved to ``OUT/unreadable/<subdir>/`` with a warning
-    naming it, so that its videos count as not done and are extracted again."""
+def readable_part_uris(out: str, subdir: str) -> dict[str, str]:
+    """``uri`` -> ``video_id`` of every row of every part of ``OUT/<subdir>``; a part that
+    cannot be read (footer or those columns) is moved to ``OUT/unreadable/<subdir>/`` with a
+    warning naming it, so that its videos count as not done and are extracted again."""
     fs, _ = storage.filesystem(out)
-    uris: set[str] = set()
+    uris: dict[str, str] = {}
     for file in part_files(storage.join(out, subdir)):
         try:
-            uris.update(read_part(fs, file, ["uri"]).column("uri").to_pylist())
+            table = read_part(fs, file, ["uri", "video_id"])
+            uris.update(zip(table.column("uri").to_pylist(), table.column("video_id").to_pylist()))
             continue
         except Exception as error:  # noqa: BLE001 - any unreadable part is set aside
             reason = f"{type(error).__name__}: {error}"
@@ -306,9 +307,25 @@ def plan(config: ExtractConfig) -> ExtractPlan:
     done = readable_part_uris(config.out, VIDEOS_DIR)
     readable_part_uris(config.out, ERRORS_DIR)  # sets aside what the summary could not read
     todo = [(uri, vid) for uri, vid in inputs if uri not in done]
+    _refuse_id_clashes(todo, done, config.out)
     return ExtractPlan(
         inputs, todo, len(inputs) - len(todo), part_files(storage.join(config.out, ERRORS_DIR))
     )
+
+
+def _refuse_id_clashes(todo: list[tuple[str, str]], done: dict[str, str], out: str) -> None:
+    """An input whose id OUT already holds from another uri (the input folder moved or
+    renamed, or another dataset's OUT) would be extracted beside it: two rows of one video,
+    which training would count twice and could put on both sides of its split."""
+    done_by_id = {vid: uri for uri, vid in done.items()}
+    clashes = [(uri, vid) for uri, vid in todo if vid in done_by_id]
+    if clashes:
+        uri, vid = clashes[0]
+        raise ValueError(
+            f"{out} already holds video {vid!r} from {done_by_id[vid]}, and the input {uri} "
+            f"has the same id ({len(clashes)} such input(s)): extract into a new --out, or, "
+            "if the inputs only moved, remove the old parts from OUT/videos first"
+        )
 
 
 def check_weights(config: ExtractConfig) -> None:

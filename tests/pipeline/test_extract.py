@@ -204,3 +204,28 @@ def test_extract_reads_and_writes_s3(ray_local, s3_bucket, tmp_path):
     total = sum(pq.ParquetFile(fs.open(p, "rb")).metadata.num_rows for p in parts)
     assert total == 2
     assert fs.exists(f"{out}/manifest.json")
+
+
+def test_a_rerun_refuses_inputs_whose_ids_out_already_holds_from_another_uri(tmp_path):
+    """The input folder moved (or another dataset's OUT): extracting its videos beside the
+    old rows would hold each video twice, so the plan stops, naming the clash (no Ray)."""
+    import pyarrow as pa
+
+    from dvamn.parquet_parts import PART_SUFFIX, write_part
+    from dvamn.pipeline.extract import plan
+
+    old_dir, new_dir, out = tmp_path / "old", tmp_path / "new", tmp_path / "out"
+    for folder in (old_dir, new_dir):
+        folder.mkdir()
+        for name in ("dance_0000.mp4", "dance_0001.mp4"):
+            (folder / name).write_bytes(b"not decoded by the plan")
+    old_rows = pa.table(
+        {"uri": [str(old_dir / "dance_0000.mp4")], "video_id": ["dance_0000"]}
+    )
+    write_part(old_rows, str(out / VIDEOS_DIR / f"part-old{PART_SUFFIX}"))
+
+    same = plan(small_config(old_dir, out))  # the same inputs: one done, one to do
+    assert (same.already_done, [vid for _, vid in same.todo]) == (1, ["dance_0001"])
+    with pytest.raises(ValueError, match=r"dance_0000.*same id \(1 such input") as refused:
+        plan(small_config(new_dir, out))
+    assert str(old_dir / "dance_0000.mp4") in str(refused.value)
