@@ -80,6 +80,7 @@ from dvamn.scoring_names import (  # noqa: F401
     ONSET_SCORINGS,
     ONSET_TERM,
     SCORINGS,
+    default_scoring,
     uses_onset,
 )
 

@@ -41,7 +41,6 @@ from ray import serve
 from dvamn.devices import wants_gpu
 from dvamn.pose.flags import DEFAULT_POSE
 from dvamn.ray_setup import cpu_threads, limit_threads
-from dvamn.scoring import DEFAULT_SCORING
 from dvamn.search import DEFAULT_SEARCH, IndexSettings
 from dvamn.serving.audio_segments import (
     MAX_SEGMENT_S,
@@ -82,7 +81,9 @@ class ServeSettings:
     pose_model: Optional[str] = None  # ONNX path/URI; None = rtmlib's default URL
     pose_detector: Optional[str] = None
     device: str = "auto"  # for the pose model and DVAMN
-    scoring: str = DEFAULT_SCORING  # how candidates are compared (dvamn.scoring.SCORINGS)
+    # How candidates are compared (dvamn.scoring.ALL_SCORINGS); None: default_scoring, which
+    # adds QB-Norm for a checkpoint with a query bank.
+    scoring: Optional[str] = None
     search: str = DEFAULT_SEARCH  # "exact" or "two-stage" (dvamn.search)
     search_candidates: int = IndexSettings.candidates  # tracks two-stage search re-ranks
     # The query limits (QueryLimits' defaults; its docstring says what each means).

@@ -17,9 +17,9 @@ import torch
 from dvamn.constants import AUDIO_HOP_S, EMBEDDING_DIM, POSE_FEATURES
 from dvamn.devices import resolve_torch_device
 from dvamn.scoring import (
-    DEFAULT_SCORING,
     TrackBank,
     best_offsets,
+    default_scoring,
     scoring_parts,
     set_hubness,
     set_onsets,
@@ -172,9 +172,12 @@ class Matcher:
         catalog: the loaded catalog; its packed embeddings are released once the scorer's
             bank is built (the bank holds them), keeping one copy in memory.
         device: "auto", "cpu" or "cuda" for the model and the scorer.
-        scoring: how candidates are compared (``dvamn.scoring.SCORINGS``; the default
-            compares embeddings standardised by the model's target statistics, which
-            keeps "average-sounding" tracks from coming out close to every query).
+        scoring: how candidates are compared (``dvamn.scoring.ALL_SCORINGS``); None:
+            ``default_scoring``, cosine on embeddings standardised by the model's target
+            statistics (which keeps "average-sounding" tracks from coming out close to
+            every query), with QB-Norm from the checkpoint's query bank where it has one,
+            and the rhythm term where it can be scored (an onset head, a catalog with
+            ``audio_onset``, exact search).
         search: "exact" scores every track at every offset; "two-stage" asks a coarse
             segment index (``dvamn.search``) for candidates and scores only those exactly.
             Two-stage needs a cosine scoring.
@@ -191,7 +194,7 @@ class Matcher:
         model_metadata: Dict[str, Any],
         catalog: Catalog,
         device: str = "auto",
-        scoring: str = DEFAULT_SCORING,
+        scoring: Optional[str] = None,
         search: str = DEFAULT_SEARCH,
         index: Optional[SegmentIndex] = None,
         index_settings: Optional[IndexSettings] = None,
@@ -203,6 +206,13 @@ class Matcher:
         self.model = ready_for_inference(model, self.device)
         self.metadata = model_metadata
         self.catalog = catalog
+        if scoring is None:
+            scoring = default_scoring(
+                getattr(model, "query_bank", None) is not None,
+                rhythm=getattr(model, "has_onset_head", False)
+                and catalog.onsets is not None
+                and search == "exact",
+            )
         self.scoring = scoring
         self.distance, center, scale = scoring_parts(scoring, self.model)
         if search == "two-stage" and self.distance != "cosine":
@@ -232,7 +242,7 @@ class Matcher:
             if index is None:
                 index, why = read_catalog_index(
                     catalog.version_uri,
-                    scoring,
+                    split_scoring(scoring)[0],  # hubness and rhythm are applied after it
                     transform_digest(center, scale),
                     catalog.version,
                     len(catalog),
@@ -262,6 +272,7 @@ class Matcher:
             )
         self.catalog_info = catalog.summary()
         self.catalog_info["search"] = search
+        self.catalog_info["scoring"] = scoring
         if self.index is None:
             self.catalog_info["memory_mb"] = round(self.bank.nbytes() / 2**20, 2)
         else:
@@ -296,7 +307,7 @@ class Matcher:
         checkpoint: str,
         catalog: str,
         device: str = "auto",
-        scoring: str = DEFAULT_SCORING,
+        scoring: Optional[str] = None,
         search: str = DEFAULT_SEARCH,
         index_settings: Optional[IndexSettings] = None,
     ) -> "Matcher":

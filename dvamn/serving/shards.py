@@ -128,7 +128,12 @@ class ShardRouter:
         self.device = resolve_torch_device(settings.device)
         self.model, self.metadata = load_model(settings.checkpoint)
         self.model = ready_for_inference(self.model, self.device)
-        self.with_onset = uses_onset(settings.scoring)  # the rhythm term's onsets too
+        # The rhythm term's onsets too: for a scoring that names it, or, where none is named,
+        # for a model with an onset head (the shards' default_scoring decides; a shard
+        # without the term ignores them).
+        self.with_onset = (
+            uses_onset(settings.scoring) if settings.scoring else self.model.has_onset_head
+        )
         self.match.set_max_batch_size(settings.max_batch_size)
         self.match.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 

@@ -10,7 +10,7 @@ from dvamn.model_config import RHYTHM_FEATURES, DVAMNConfig
 from dvamn.ray_setup import add_address_argument, ensure_ray
 from dvamn.scoring_names import DEFAULT_SCORING, SCORINGS
 from dvamn.search import DEFAULT_SEARCH, SEARCH_MODES, IndexSettings
-from dvamn.training.config import INITIAL_TEMPERATURE, OBJECTIVES, TrainConfig
+from dvamn.training.config import INITIAL_TEMPERATURE, OBJECTIVES, TrainConfig, epoch_scoring
 from dvamn.training.data import QUERY_STRIDE_POSE_FRAMES, AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def _add_objective_arguments(p) -> None:
         "--objective",
         choices=OBJECTIVES,
         default=TrainConfig.objective,
-        help="logcosh: regress the embeddings (the paper); contrastive: InfoNCE over the "
+        help="logcosh: regress the embeddings (the paper's objective); contrastive: InfoNCE over the "
         "search similarity with hard negatives (other offsets of the same track); both: "
         "log-cosh + --contrastive-weight x contrastive (default %(default)s)",
     )
@@ -333,8 +333,7 @@ def run_train(args: argparse.Namespace) -> int:
         network["rhythm"] = args.rhythm
     if args.onset_head:
         network["onset_head"] = True
-    # With an onset head, per-epoch retrieval (and so selection) includes the rhythm term.
-    scoring = args.scoring or (f"{DEFAULT_SCORING}+onset" if args.onset_head else DEFAULT_SCORING)
+    scoring = args.scoring or epoch_scoring(bool(args.onset_head))
     try:
         model = DVAMNConfig(layer=args.layer, **network)
         augment = AugmentConfig(

@@ -17,7 +17,15 @@ from dvamn.training.data import (
 )
 
 OBJECTIVES = ("logcosh", "contrastive", "both")
-DEFAULT_OBJECTIVE = "logcosh"
+DEFAULT_OBJECTIVE = "both"
+
+
+def epoch_scoring(onset_head: bool) -> str:
+    """Per-epoch retrieval's (and so selection's) scoring where none is named: with an onset
+    head, with the rhythm term the service will add (``dvamn.scoring_names.default_scoring``)."""
+    return f"{DEFAULT_SCORING}+{ONSET_TERM}" if onset_head else DEFAULT_SCORING
+
+
 INITIAL_TEMPERATURE = 0.1  # of the learnable temperature (CLIP starts at 0.07)
 MIN_TEMPERATURE = 0.01
 
