@@ -219,9 +219,7 @@ def test_a_rerun_refuses_inputs_whose_ids_out_already_holds_from_another_uri(tmp
         folder.mkdir()
         for name in ("dance_0000.mp4", "dance_0001.mp4"):
             (folder / name).write_bytes(b"not decoded by the plan")
-    old_rows = pa.table(
-        {"uri": [str(old_dir / "dance_0000.mp4")], "video_id": ["dance_0000"]}
-    )
+    old_rows = pa.table({"uri": [str(old_dir / "dance_0000.mp4")], "video_id": ["dance_0000"]})
     write_part(old_rows, str(out / VIDEOS_DIR / f"part-old{PART_SUFFIX}"))
 
     same = plan(small_config(old_dir, out))  # the same inputs: one done, one to do
