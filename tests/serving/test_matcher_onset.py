@@ -39,7 +39,14 @@ def test_the_matcher_ranks_with_the_onset_heads_prediction():
         matcher.catalog.track_ids[i] for i in ranking.indices
     ]
     assert [m["score"] for m in answer["matches"]] == pytest.approx(list(ranking.scores))
-    plain = Matcher(model, METADATA, catalog(np.random.default_rng(0)), device="cpu")
+    # Named no scoring, a model with an onset head over a catalog with onsets gets the
+    # rhythm term (default_scoring; this model has no query bank, so no QB-Norm).
+    default = Matcher(model, METADATA, catalog(np.random.default_rng(0)), device="cpu")
+    assert default.scoring == "cosine-w+onset"
+    assert default.match(pose, top_k=5)["matches"] == answer["matches"]
+    plain = Matcher(
+        model, METADATA, catalog(np.random.default_rng(0)), device="cpu", scoring="cosine-w"
+    )
     plain_scores = [m["score"] for m in plain.match(pose, top_k=5)["matches"]]
     assert plain_scores != pytest.approx([m["score"] for m in answer["matches"]])
 
