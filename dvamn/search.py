@@ -55,7 +55,7 @@ FAISS is given (``faiss.omp_set_num_threads``), one in a 1-CPU replica.
 import io
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
@@ -77,31 +77,54 @@ INDEX_FORMAT = 2  # 2: overlapping 8 s segments, factored projection (1: 1 s seg
 @dataclass
 class IndexSettings:
     """How the coarse index is built and searched (``dvamn serve``/``evaluate`` flags).
-    The first five fix the index's content; the rest are read at search time."""
+    The first five and ``train_segments``/``max_lists`` (the fitting sample and the
+    number of inverted lists) fix the index's content; the rest are read at search
+    time."""
 
     segment_frames: int = 40  # W: 8 s at 5 Hz, the query's scale
     segment_stride: int = 5  # a track segment starts every this many frames (1 s)
     frame_dim: int = 32  # each frame's reduced dimensions before pooling
     pool_frames: int = 4  # reduced frames summed into one block
     dim: int = 64  # d: reduced dimensions of a segment vector
-    # neighbours, candidates, offsets_per_track and nprobe: chosen by a sweep on real
-    # predictions at 1,000 tracks (benchmarks/search.py; the defaults' figures in
-    # docs/serving.md, the sweep's not kept)
+    # neighbours and rescore_tracks are for an index of up to scale_tracks tracks; past
+    # that (``scaled``), neighbours grows in proportion to the tracks (each query segment
+    # then fetches the same fraction of the index, so the k-th neighbour's similarity,
+    # the coarse estimate's bound, stays where it was) and rescore_tracks with its
+    # square root. Chosen on real predictions at 1,000 and 10,000 tracks
+    # (benchmarks/search.py, docs/serving.md).
     neighbours: int = 1024  # track segments each query segment fetches
-    candidates: int = 250  # tracks the exact scorer re-ranks
+    # Tracks the middle stage scores on the reduced frames (0: no middle stage, the
+    # coarse estimate picks the exact scorer's candidates itself)
+    rescore_tracks: int = 1000
+    scale_tracks: int = 1250  # 0: neighbours and rescore_tracks fixed at any size
+    # offsets the middle stage scores each side of a coarse offset (stride // 2: all of
+    # them between coarse offsets)
+    rescore_frames: int = 2
+    candidates: int = 100  # tracks the exact scorer re-ranks
     # > 0: of the candidates, only the best this many by the exact similarity at their
     # coarse offsets get the local search (0: every candidate does)
     refine_tracks: int = 0
-    offsets_per_track: int = 2  # coarse offsets of each candidate track it re-ranks
+    # coarse offsets of each track that the middle stage (without one: the exact
+    # scorer) scores
+    offsets_per_track: int = 3
     refine_frames: int = 3  # exact offsets searched each side of a coarse offset
-    nprobe: int = 64  # inverted lists visited per query segment
+    nprobe: int = 128  # inverted lists visited per query segment
     train_segments: int = 50_000  # segments sampled to fit the projection and the lists
     max_lists: int = 4096  # inverted lists at most (k-means and assignment cost grow with it)
 
     def check(self) -> "IndexSettings":
         for name, value in asdict(self).items():
             if not isinstance(value, int) or value < (
-                0 if name in ("refine_frames", "refine_tracks") else 1
+                0
+                if name
+                in (
+                    "refine_frames",
+                    "refine_tracks",
+                    "rescore_tracks",
+                    "rescore_frames",
+                    "scale_tracks",
+                )
+                else 1
             ):
                 raise ValueError(f"index setting {name} must be a positive integer, got {value!r}")
         if 2 * self.refine_frames < self.segment_stride - 1:
@@ -115,6 +138,18 @@ class IndexSettings:
                 f"({self.segment_frames})"
             )
         return self
+
+    def scaled(self, num_tracks: int) -> "IndexSettings":
+        """These settings for an index (a shard's) of ``num_tracks`` tracks: neighbours
+        and rescore_tracks grown past ``scale_tracks`` (see above)."""
+        if not self.scale_tracks or num_tracks <= self.scale_tracks:
+            return self
+        ratio = num_tracks / self.scale_tracks
+        return replace(
+            self,
+            neighbours=int(round(self.neighbours * ratio)),
+            rescore_tracks=int(round(self.rescore_tracks * ratio**0.5)),
+        )
 
 
 def _faiss():
@@ -160,6 +195,93 @@ class SegmentProjection:
         return np.ascontiguousarray(reduced, np.float32)
 
 
+class ReducedFrames:
+    """The middle stage's frames: every track's unit frames projected onto the coarse
+    index's frame axes (``SegmentProjection.frames``: the exact per-frame inner product
+    restricted to the catalog's top principal axes), int8 with one scale per axis (the
+    largest coefficient of the first tracks' frames; beyond it, clipped), the tracks end to
+    end (``starts`` (N + 1,): each track's first frame). Built from the bank a replica
+    holds, not stored with the catalog: 1 byte a frame and axis, 29 KB a 3-minute track
+    at 32 axes."""
+
+    def __init__(self, codes: "torch.Tensor", starts: np.ndarray, scale: np.ndarray):
+        self.codes = codes  # (F, k) int8
+        self.starts = np.asarray(starts, np.int64)
+        self.scale = np.asarray(scale, np.float32)  # (k,)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nelement()) + self.starts.nbytes + self.scale.nbytes
+
+    @classmethod
+    def from_bank(
+        cls, bank: "TrackBank", projection: SegmentProjection, chunk_tracks: int = 256
+    ) -> "ReducedFrames":
+        """Project and quantise the bank's unit frames, ``chunk_tracks`` at a time (a
+        float16 memory-mapped bank is read once, chunk by chunk)."""
+        import torch
+
+        units = bank.unit()
+        lengths = bank.lengths.cpu().numpy().astype(np.int64)
+        axes = torch.from_numpy(projection.frames)
+        starts = np.zeros(len(lengths) + 1, np.int64)
+        starts[1:] = np.cumsum(lengths)
+        codes = torch.zeros((int(starts[-1]), axes.shape[1]), dtype=torch.int8)
+        scale = None
+        for first in range(0, len(lengths), chunk_tracks):
+            last = min(len(lengths), first + chunk_tracks)
+            width = int(lengths[first:last].max(initial=0))
+            reduced = units[first:last, :width].float().cpu() @ axes  # (n, width, k)
+            if scale is None:
+                largest = reduced.abs().amax(dim=(0, 1)).numpy()
+                scale = np.maximum(largest, 1e-6).astype(np.float32) / 127.0
+            quantised = (reduced / torch.from_numpy(scale)).round_().clamp_(-127, 127)
+            quantised = quantised.to(torch.int8)
+            for row in range(first, last):
+                n = int(lengths[row])
+                codes[starts[row] : starts[row] + n] = quantised[row - first, :n]
+        if scale is None:
+            scale = np.ones(axes.shape[1], np.float32)
+        return cls(codes, starts, scale)
+
+    def similarities(
+        self, query: "torch.Tensor", tracks: np.ndarray, starts: np.ndarray, shifts: int
+    ) -> "torch.Tensor":
+        """(C, shifts) mean reduced similarity of ``query`` ((T, k) reduced unit frames)
+        with track ``tracks[c]`` at offsets ``starts[c]`` .. ``starts[c] + shifts - 1``
+        (frames past a track's end read as whatever follows: the caller masks those
+        offsets)."""
+        import torch
+
+        t, k = query.shape
+        width = t + shifts - 1
+        # One (width·k, shifts) matrix holds the query at every shift (dequantised: the
+        # codes' scales folded in), so a block of pairs is one matrix product.
+        folded = (query * torch.from_numpy(self.scale)).reshape(-1) / t
+        weights = torch.zeros((width * k, shifts))
+        for shift in range(shifts):
+            weights[shift * k : shift * k + t * k, shift] = folded
+        base = torch.as_tensor(self.starts[tracks] + starts)
+        total = self.codes.shape[0]
+        out = torch.empty((len(base), shifts))
+        inside = base + width <= total  # all but pairs at the very end of the last track
+        if bool(inside.any()):
+            # Every pair's frames are contiguous: (F - width + 1, width·k) windows of the
+            # flat codes (a view), one row gathered a pair.
+            windows = self.codes.view(-1).unfold(0, width * k, k)
+            where = torch.nonzero(inside).flatten()
+            step = 256  # pairs a block
+            for first in range(0, len(where), step):
+                rows = where[first : first + step]
+                out[rows] = windows.index_select(0, base[rows]).float() @ weights
+        if not bool(inside.all()):
+            rows = torch.nonzero(~inside).flatten()
+            frames = (base[rows, None] + torch.arange(width)[None, :]).clamp_max(total - 1)
+            block = self.codes.index_select(0, frames.reshape(-1)).float()
+            out[rows] = block.view(len(rows), width * k) @ weights
+        return out
+
+
 def segment_counts(lengths: np.ndarray, settings: IndexSettings) -> np.ndarray:
     """Indexed segments of each track: one every ``segment_stride`` frames that fits."""
     w, stride = settings.segment_frames, settings.segment_stride
@@ -180,6 +302,9 @@ class SegmentIndex:
         # searchsorted(first_segment, s, "right") - 1, starting at frame
         # segment_stride · (s - first_segment[track]).
         self.first_segment = np.asarray(first_segment, np.int64)
+        # The middle stage's reduced frames of the bank searched (``attach_frames``): not
+        # part of the stored index, derived from the bank when a search first needs them.
+        self.frames: Optional[ReducedFrames] = None
 
     @property
     def num_tracks(self) -> int:
@@ -194,7 +319,15 @@ class SegmentIndex:
             index = faiss.index_gpu_to_cpu(index)
         codes = int(index.ntotal) * (int(index.code_size) + 8)  # code + list id
         centroids = int(faiss.downcast_index(index.quantizer).ntotal) * int(index.d) * 4
-        return codes + centroids + self.projection.nbytes + self.first_segment.nbytes
+        frames = self.frames.nbytes if self.frames is not None else 0
+        return codes + centroids + self.projection.nbytes + self.first_segment.nbytes + frames
+
+    def attach_frames(self, bank: "TrackBank") -> ReducedFrames:
+        """The middle stage's reduced frames of ``bank`` (the one this index was built
+        from), built on first use and kept."""
+        if self.frames is None or len(self.frames.starts) != bank.num_tracks + 1:
+            self.frames = ReducedFrames.from_bank(bank, self.projection)
+        return self.frames
 
     @classmethod
     def build(
@@ -326,10 +459,17 @@ class SegmentIndex:
             return cls(settings, projection, index, z["first_segment"])
 
     def candidates(
-        self, query_units: "torch.Tensor", lengths: np.ndarray, settings: IndexSettings
+        self,
+        query_units: "torch.Tensor",
+        lengths: np.ndarray,
+        settings: IndexSettings,
+        tracks: Optional[int] = None,
     ) -> np.ndarray:
-        """(C, 2) int64 rows of (track, offset), best coarse estimate first, for a
-        query's unit frames (T, D) (T >= segment_frames)."""
+        """(C, 2) int64 rows of (track, offset) for a query's unit frames (T, D) (T >=
+        segment_frames): of the best ``candidates`` tracks, each at its best
+        ``offsets_per_track`` offsets in distinct regions, best coarse estimate first;
+        with ``tracks`` (the middle stage's), of the best ``tracks`` tracks, each at its
+        best ``offsets_per_track`` coarse offsets, in no order."""
         stride = self.settings.segment_stride
         t = query_units.shape[0]
         # Query segments on the tracks' grid: a hit gives an offset that is a multiple of
@@ -361,6 +501,8 @@ class SegmentIndex:
         gains = np.bincount(inverse, weights=gain)
         u_track, u_offset = unique // span, unique % span
         estimate = (kth.sum() + gains) / len(kth)
+        if tracks is not None:
+            return _best_offsets_of_best_tracks(u_track, u_offset, estimate, tracks, settings)
         order = np.argsort(-estimate, kind="stable")
         # Diversity: the best ``candidates`` tracks, each with its best few offsets (one
         # track's neighbouring offsets would otherwise fill the whole list).
@@ -374,6 +516,27 @@ class SegmentIndex:
         rank_in_track = _rank_within_groups(u_track[chosen])
         chosen = chosen[rank_in_track < settings.offsets_per_track]
         return np.stack([u_track[chosen], u_offset[chosen]], axis=1)
+
+
+def _best_offsets_of_best_tracks(
+    u_track: np.ndarray, u_offset: np.ndarray, estimate: np.ndarray, tracks: int, settings
+) -> np.ndarray:
+    """(track, offset) rows of the best ``tracks`` tracks by their best estimate (ties:
+    lower track), each at its best ``offsets_per_track`` offsets (ties: earlier): one
+    sort of the pairs (this runs on every hit of a large ``neighbours``)."""
+    # By track, then best first (estimates are mean cosines, in [-1, 1]: one float key;
+    # stable, so equal estimates keep the earlier offset first).
+    order = np.argsort(u_track * 4.0 - estimate, kind="stable")
+    sorted_tracks = u_track[order]
+    first = np.r_[True, sorted_tracks[1:] != sorted_tracks[:-1]]
+    run = np.cumsum(first) - 1  # each sorted pair's track, numbered
+    starts = np.flatnonzero(first)
+    rank = np.arange(len(order)) - starts[run]
+    best = estimate[order[first]]  # each track's best estimate, tracks ascending
+    kept = np.zeros(len(starts), bool)
+    kept[np.argsort(-best, kind="stable")[:tracks]] = True
+    chosen = order[kept[run] & (rank < settings.offsets_per_track)]
+    return np.stack([u_track[chosen], u_offset[chosen]], axis=1)
 
 
 def _rank_within_groups(groups: np.ndarray) -> np.ndarray:
@@ -467,7 +630,7 @@ def two_stage_offsets(
 
     from dvamn.scoring import TrackBank, _rank, best_offsets
 
-    settings = (settings or index.settings).check()
+    settings = (settings or index.settings).check().scaled(index.num_tracks)
     if index.num_tracks != bank.num_tracks:
         raise ValueError(
             f"the coarse index holds {index.num_tracks} tracks but the bank {bank.num_tracks}: "
@@ -484,7 +647,13 @@ def two_stage_offsets(
     query_units = bank.transform_query(query.to(units.device))
     query_units = query_units / query_units.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     lengths = bank.lengths.cpu().numpy()
-    pairs = index.candidates(query_units, lengths, settings)
+    if settings.rescore_tracks:
+        pairs = index.candidates(query_units, lengths, settings, settings.rescore_tracks)
+        pairs = _rescore(
+            pairs, query_units, index.attach_frames(bank), index.projection, lengths, settings
+        )
+    else:
+        pairs = index.candidates(query_units, lengths, settings)
     if settings.refine_tracks and len(pairs):
         pairs = _probe(pairs, query_units, units, settings.refine_tracks)
     # One exact-scoring row per candidate: offsets coarse offset +- refine_frames.
@@ -587,6 +756,44 @@ def _probe(pairs: np.ndarray, query_units, units, keep_tracks: int) -> np.ndarra
     order = np.argsort(-sims, kind="stable")
     kept_tracks = _unique_in_order(pairs[order, 0])[:keep_tracks]
     return pairs[np.isin(pairs[:, 0], kept_tracks)]
+
+
+def _rescore(
+    pairs: np.ndarray,
+    query_units: "torch.Tensor",
+    frames: ReducedFrames,
+    projection: SegmentProjection,
+    lengths: np.ndarray,
+    settings: IndexSettings,
+) -> np.ndarray:
+    """The middle stage: each coarse pair (track, o) scored on the reduced frames at
+    offsets o - rescore_frames .. o + rescore_frames (at stride // 2, the coarse
+    offsets' regions cover every offset), and each of the best ``candidates`` tracks by
+    that score at its best offset, as (track, offset) rows, best first."""
+    import torch
+
+    if not len(pairs):
+        return pairs
+    t = query_units.shape[0]
+    half = settings.rescore_frames
+    shifts = 2 * half + 1
+    tracks, coarse = pairs[:, 0], pairs[:, 1]
+    last_offset = lengths[tracks] - t  # >= 0: candidates hold whole windows
+    starts = np.clip(coarse - half, 0, np.maximum(0, last_offset - 2 * half))
+    query = query_units.float().cpu() @ torch.from_numpy(projection.frames)
+    sims = frames.similarities(query, tracks, starts, shifts).numpy()  # (C, shifts)
+    offsets = starts[:, None] + np.arange(shifts)[None, :]
+    sims[offsets > last_offset[:, None]] = -np.inf
+    best = sims.argmax(axis=1)
+    score = sims[np.arange(len(best)), best]
+    offset = offsets[np.arange(len(best)), best]
+    # Each track's best pair (scores are mean cosines in [-1, 1], or -inf: one float key),
+    # then the best tracks by it, ties by track.
+    by_track = np.argsort(tracks * 4.0 - score, kind="stable")
+    sorted_tracks = tracks[by_track]
+    best = by_track[np.r_[True, sorted_tracks[1:] != sorted_tracks[:-1]]]
+    chosen = best[np.argsort(-score[best], kind="stable")[: settings.candidates]]
+    return np.stack([tracks[chosen], offset[chosen]], axis=1)
 
 
 def _unique_in_order(values: np.ndarray) -> np.ndarray:

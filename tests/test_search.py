@@ -351,3 +351,62 @@ def test_probing_the_coarse_offsets_refines_only_the_best_tracks(tracks, bank_an
         # Exact scores, searched near the coarse offsets: never better than the best.
         assert (fast.scores >= exact.all_scores[fast.indices] - 1e-6).all()
         assert fast.scores[0] == pytest.approx(exact.scores[0], abs=1e-6)
+
+
+def test_middle_stage_scores_the_reduced_frames_inner_products(tracks, bank_and_index):
+    bank, index = bank_and_index
+    frames = index.attach_frames(bank)
+    k = index.projection.frames.shape[1]
+    assert frames.codes.shape == (NUM_TRACKS * TRACK_FRAMES, k)
+    assert frames.codes.dtype == torch.int8
+    axes = torch.from_numpy(index.projection.frames)
+    units = bank.unit()
+    query = units[5, 20 : 20 + QUERY_FRAMES] @ axes  # (T, k) reduced query frames
+    # The last pair reads past the last track's end (its last 2 offsets are not valid
+    # offsets, masked by the caller; the first 3 are checked).
+    last = TRACK_FRAMES - QUERY_FRAMES
+    pairs = [(5, 18), (5, 0), (77, last - 4), (NUM_TRACKS - 1, last - 2)]
+    sims = frames.similarities(
+        query, np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]), 5
+    )
+    for row, (track, start) in enumerate(pairs):
+        for shift in range(min(5, last - start + 1)):
+            window = units[track, start + shift : start + shift + QUERY_FRAMES] @ axes
+            expected = float((query * window).sum(-1).mean())
+            # int8 codes, one scale an axis: within a few thousandths of the exact value.
+            assert float(sims[row, shift]) == pytest.approx(expected, abs=5e-3)
+    assert frames.nbytes >= NUM_TRACKS * TRACK_FRAMES * k
+
+
+def test_middle_stage_finds_the_true_track_at_its_offset_with_the_exact_score(
+    tracks, bank_and_index
+):
+    from dataclasses import replace
+
+    bank, index = bank_and_index
+    middle = replace(SETTINGS, rescore_tracks=NUM_TRACKS, offsets_per_track=4, candidates=5)
+    for seed, (track, offset) in enumerate([(3, 0), (41, 37), (79, 90), (12, 61)]):
+        query = noisy_window(tracks, track, offset, noise=1.0, seed=seed)
+        exact = best_offsets(query, bank, top_k=None, distance="cosine")
+        fast = search(query, bank, index, top_k=None, settings=middle)
+        assert len(fast.indices) == 5  # the exact scorer re-ranked the middle stage's best 5
+        assert fast.indices[0] == track and fast.offsets[0] == exact.offsets[0] == offset
+        assert fast.scores[0] == pytest.approx(exact.scores[0], abs=1e-6)
+        assert (fast.scores >= exact.all_scores[fast.indices] - 1e-6).all()
+
+
+def test_middle_stage_frames_are_counted_and_not_stored(tracks, bank_and_index):
+    bank, index = bank_and_index
+    again = SegmentIndex.from_bytes(index.to_bytes())
+    assert again.frames is None  # derived from the bank a replica holds, not stored
+    coarse = again.nbytes()
+    frames = again.attach_frames(bank)
+    assert again.nbytes() == coarse + frames.nbytes
+    # Frames of a float16 bank, as a replica's, are the same codes.
+    half = prepare_tracks(tracks, lengths=[TRACK_FRAMES] * NUM_TRACKS)
+    half.normalise_in_place()
+    half.tracks = half.unit_tracks = half.tracks.half()
+    from dvamn.search import ReducedFrames
+
+    codes = ReducedFrames.from_bank(half, again.projection).codes
+    assert (codes.int() - frames.codes.int()).abs().max() <= 1

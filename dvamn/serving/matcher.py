@@ -253,6 +253,12 @@ class Matcher:
                     index = SegmentIndex.build(self.bank, self.index_settings)
                     log.info("built the coarse index in %.1f s", time.perf_counter() - started)
             self.index = to_device(index, self.device)
+            if self.index_settings.rescore_tracks:
+                # The middle stage's reduced frames (in memory, counted below), made
+                # from the bank at load rather than by the first query.
+                started = time.perf_counter()
+                self.index.attach_frames(self.bank)
+                log.info("middle-stage frames in %.1f s", time.perf_counter() - started)
         # Hubness correction ("+qb"/"+csls"): the checkpoint's query bank scored against
         # the catalog once, as evaluation does (exhaustively: Qb scorer calls; two-stage:
         # Qb two-stage searches); queries then cost the same.
@@ -276,7 +282,8 @@ class Matcher:
         if self.index is None:
             self.catalog_info["memory_mb"] = round(self.bank.nbytes() / 2**20, 2)
         else:
-            # In memory: the coarse index; the frames are a memory-mapped file.
+            # In memory: the coarse index and the middle stage's reduced frames; the
+            # full frames are a memory-mapped file.
             self.catalog_info["index_memory_mb"] = round(self.index.nbytes() / 2**20, 2)
             self.catalog_info["memory_mb"] = self.catalog_info["index_memory_mb"]
             self.catalog_info["frames_on_disk_mb"] = round(self.bank.nbytes() / 2**20, 2)
