@@ -200,33 +200,50 @@ def unit_bank(frames, lengths):
     return TrackBank(tracks, torch.as_tensor(lengths), unit_tracks=tracks, unit_only=True)
 
 
-def exhaustive(store, lengths, queries, query_ids, cache, top_k=10):
-    """Exact rankings of every query over the whole store, chunk by chunk, merged; and the
-    median seconds one query took per chunk (scaled to the store by the caller). A chunk's
-    scores for a query are kept in ``cache`` (keyed by chunk start and query id): the
-    smaller catalogs are the first rows of the larger ones, so each chunk and query is
-    scored once in the whole run."""
+def exhaustive(store, lengths, queries, query_ids, work, top_k=10):
+    """Exact rankings of every query over the whole store, chunk by chunk, merged. A
+    chunk's scores for a query are kept in ``work`` (a file per chunk, keyed by query id;
+    the store, model and queries are work's too): the smaller catalogs are the first rows
+    of the larger ones, so each chunk and query is scored once, and a rerun (the
+    exclusive latency run after a shared recall run) scores none again."""
     from dvamn.scoring import _rank, best_offsets
 
     scores = np.full((len(queries), len(lengths)), np.inf)
     offsets = np.zeros((len(queries), len(lengths)), np.int64)
-    per_chunk_s = cache.setdefault("per_chunk_s", [])
     for start in range(0, len(lengths), CHUNK_TRACKS):
         stop = min(len(lengths), start + CHUNK_TRACKS)
+        path = os.path.join(work, f"exact-{start}-{stop}.npz")
+        cached = {}
+        if os.path.exists(path):
+            with np.load(path) as z:
+                cached = {k: z[k] for k in z.files}
         bank = None
         for q, (query, qid) in enumerate(zip(queries, query_ids)):
-            key = (start, stop, qid)
-            if key not in cache:
+            if f"s{qid}" not in cached:
                 if bank is None:
                     bank = unit_bank(np.asarray(store[start:stop], np.float32), lengths[start:stop])
-                began = time.perf_counter()
                 ranking = best_offsets(query, bank, top_k=None, distance="cosine")
-                per_chunk_s.append((stop - start, time.perf_counter() - began))
-                cache[key] = (ranking.all_scores, ranking.all_offsets)
-            scores[q, start:stop], offsets[q, start:stop] = cache[key]
-    rankings = [_rank(scores[q], offsets[q], top_k) for q in range(len(queries))]
-    seconds_per_track = np.median([s / n for n, s in per_chunk_s])
-    return rankings, float(seconds_per_track)
+                cached[f"s{qid}"], cached[f"o{qid}"] = ranking.all_scores, ranking.all_offsets
+            scores[q, start:stop], offsets[q, start:stop] = cached[f"s{qid}"], cached[f"o{qid}"]
+        if bank is not None:
+            np.savez(path + ".tmp.npz", **cached)
+            os.replace(path + ".tmp.npz", path)
+    return [_rank(scores[q], offsets[q], top_k) for q in range(len(queries))]
+
+
+def exhaustive_seconds_per_track(store, lengths, queries) -> float:
+    """Median seconds of one exhaustive query per track, timed on the store's first
+    chunk (scaled to each catalog by the caller)."""
+    from dvamn.scoring import best_offsets
+
+    stop = min(len(lengths), CHUNK_TRACKS)
+    bank = unit_bank(np.asarray(store[:stop], np.float32), lengths[:stop])
+    times = []
+    for query in queries:
+        began = time.perf_counter()
+        best_offsets(query, bank, top_k=None, distance="cosine")
+        times.append(time.perf_counter() - began)
+    return float(np.median(times)) / stop
 
 
 def true_rank(ranking, track) -> int:
@@ -289,9 +306,7 @@ def cached_index(bank, settings, size: int, work: str):
     return index, build_s, False
 
 
-def bench_size(
-    model, size, queries, query_tracks, true_tracks, audios, args, cache
-) -> Dict[str, Any]:
+def bench_size(model, size, queries, query_tracks, true_tracks, audios, args) -> Dict[str, Any]:
     import faiss
 
     from dvamn.search import IndexSettings, recall_against_exact, two_stage_offsets
@@ -306,8 +321,13 @@ def bench_size(
         offsets_per_track=args.offsets_per_track,
         dim=args.dim,
         refine_tracks=args.refine_tracks,
+        rescore_tracks=args.rescore_tracks,
     )
     index, build_s, index_cached = cached_index(bank, settings, size, args.work)
+    began = time.perf_counter()
+    if settings.rescore_tracks:  # the middle stage's reduced frames, as a replica's load makes them
+        index.attach_frames(bank)
+    attach_s = time.perf_counter() - began
     # The exact reference on every query up to --exact-queries, a sample beyond (its
     # cost is catalog size x queries: hours at 100,000 tracks for all of them).
     wanted = args.exact_queries[min(args.sizes.index(size), len(args.exact_queries) - 1)]
@@ -326,20 +346,14 @@ def bench_size(
     timed = len(queries)
     fast = [fast[i] for i in picked]
     query_tracks = [query_tracks[i] for i in picked]
+    # The exhaustive search timed on the first chunk, scaled; its rankings from work's
+    # cache where an earlier run scored them.
+    exact_s_per_track = exhaustive_seconds_per_track(store, lengths, queries[: args.exact_timed])
     began = time.perf_counter()
-    if args.timing_only:  # the exhaustive search timed on its first chunk, scaled
-        _, exact_s_per_track = exhaustive(
-            store[:CHUNK_TRACKS],
-            lengths[:CHUNK_TRACKS],
-            [queries[i] for i in picked],
-            picked,
-            cache,
-        )
-    else:
-        exact, exact_s_per_track = exhaustive(
-            store, lengths, [queries[i] for i in picked], picked, cache
-        )
+    if not args.timing_only:
+        exact = exhaustive(store, lengths, [queries[i] for i in picked], picked, args.work)
     exact_wall = time.perf_counter() - began
+    middle_bytes = index.frames.nbytes if index.frames is not None else 0
     row = {
         "tracks": size,
         "queries_timed": timed,
@@ -347,12 +361,20 @@ def bench_size(
         "two_stage_p50_ms": round(1000 * float(np.median(latencies)), 2),
         "two_stage_p99_ms": round(1000 * float(np.percentile(latencies, 99)), 2),
         "exhaustive_p50_ms_scaled": round(1000 * exact_s_per_track * size, 1),
-        "exhaustive_scaled_from": f"{CHUNK_TRACKS}-track chunks, x {size / CHUNK_TRACKS:g}",
-        "exhaustive_wall_s": round(exact_wall, 1),
+        "exhaustive_scaled_from": f"the first {min(size, CHUNK_TRACKS)} tracks, "
+        f"{min(len(queries), args.exact_timed)} queries, x {size / min(size, CHUNK_TRACKS):g}",
+        "exhaustive_wall_s": round(exact_wall, 1),  # 0 where work's cache had the scores
         "index_bytes_per_track": round(index.nbytes() / size),
         "index_build_s": round(build_s, 1),
         "index_from_cache": index_cached,  # build_s then is that of the run that built it
+        "index_bytes_per_track_coarse": round((index.nbytes() - middle_bytes) / size),
+        "index_bytes_per_track_middle_frames": round(middle_bytes / size),
+        "middle_frames_build_s": round(attach_s, 1),
         "index_settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        # what two-stage search ran with at this size (IndexSettings.scaled)
+        "index_settings_scaled": {
+            k: getattr(settings.scaled(size), k) for k in ("neighbours", "rescore_tracks")
+        },
         "recall_queries": f"a sample of {len(picked)}" if sampled else f"all {len(picked)}",
         "reranking_frames": "float16 memory-mapped file (read per candidate)",
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -394,6 +416,13 @@ def main() -> int:
     parser.add_argument("--offsets-per-track", type=int, default=IndexSettings.offsets_per_track)
     parser.add_argument("--dim", type=int, default=IndexSettings.dim)
     parser.add_argument("--refine-tracks", type=int, default=IndexSettings.refine_tracks)
+    parser.add_argument("--rescore-tracks", type=int, default=IndexSettings.rescore_tracks)
+    parser.add_argument(
+        "--exact-timed",
+        type=int,
+        default=10,
+        help="queries the exhaustive search is timed on (the first chunk, scaled)",
+    )
     parser.add_argument(
         "--exact-queries",
         type=int,
@@ -442,7 +471,6 @@ def main() -> int:
         f"{'tracks':>7} {'2-stage p50 ms':>14} {'exact p50 ms*':>13} {'bytes/track':>11} "
         f"{'top-1 same':>10} {'recall@10':>9} {'R@1 exact':>9} {'R@1 2-st':>8}"
     )
-    cache: Dict[Any, Any] = {}  # exhaustive scores per (chunk, query), shared by the sizes
     for size in args.sizes:
         row = bench_size(
             model,
@@ -452,7 +480,6 @@ def main() -> int:
             [audios[i] for i in val],
             audios,
             args,
-            cache,
         )
         results["sizes"].append(row)
 
