@@ -33,11 +33,21 @@ is the inner product of two flattened (W·D) segment vectors. So:
 - each query segment takes its ``neighbours`` nearest track segments; a (track, offset)
   pair collects the inner products of its hits, and for the aligned query segments that
   did not find it, the similarity of their k-th neighbour (an upper bound of what they
-  missed). That optimistic mean similarity ranks the pairs; the best ``candidates`` tracks
-  (each with its best ``offsets_per_track`` offsets) go to the exact scorer, each over
-  offsets o ± ``refine_frames`` (coarse offsets are refined locally; refine_frames
-  >= stride / 2 reaches every offset between two coarse ones), and the top-k of
-  that exact ranking is the answer.
+  missed). That optimistic mean similarity ranks the pairs;
+- the middle stage: the best ``rescore_tracks`` tracks, each at its best
+  ``offsets_per_track`` coarse offsets, are scored on the reduced frames
+  (``ReducedFrames``: every frame on the same ``frame_dim`` axes, int8, in memory), the
+  exact score restricted to those axes over all T frames, at every offset within
+  ``rescore_frames`` of a coarse one. The coarse estimate sees 8 s of the query in 64
+  numbers a segment; this sees the whole query in 32 a frame, so it ranks many more
+  candidates nearly as the exact scorer does, for little time. ``neighbours`` and
+  ``rescore_tracks`` grow with the index's tracks (``IndexSettings.scaled``);
+- the best ``candidates`` tracks by it go to the exact scorer, each over offsets o ±
+  ``refine_frames`` around its best middle-stage offset, and the top-k of that exact
+  ranking is the answer. (Without a middle stage, ``rescore_tracks`` 0, the coarse
+  estimate's best ``candidates`` tracks go there, each at its ``offsets_per_track``
+  best offsets in distinct regions: refine_frames >= stride / 2 reaches every offset
+  between two coarse ones.)
 
 Tracks shorter than the query have no full window to index; they are always re-ranked
 (``dvamn.scoring``'s short-track rule). A query shorter than a segment is scored
