@@ -233,7 +233,7 @@ def main(argv: List[str]) -> int:
         ),
     ):
         path = os.path.join(run, f"eval-{label.split()[0]}.json")
-        onset_head = "--onset-head" in extra
+        onset_head = "--no-onset-head" not in extra  # dvamn train's default: a head
         scoring = [
             "--scoring",
             ",".join(s for s in QUALITY_SCORINGS if onset_head or "onset" not in s),

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from dvamn import console
 from dvamn.console import say
+from dvamn.training.config import DEFAULT_ONSET_HEAD
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ class DemoPlan:
     val_fraction: float = 0.25
     stride: int = 10
     # Also predict the music's onsets, for the rhythm term the service then scores with
-    # (`dvamn train --onset-head`; README, "Quality on synthetic data").
-    onset_head: bool = True
+    # (`dvamn train`'s default too; README, "Quality on synthetic data").
+    onset_head: bool = DEFAULT_ONSET_HEAD
     workers: int = 2
     port: int = 0  # 0: a free port
     keep_serving: bool = False  # after the report, serve the page until Ctrl-C

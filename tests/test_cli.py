@@ -32,3 +32,18 @@ def test_importing_the_cli_does_not_import_ray_or_torch():
     code = "import sys, dvamn.cli; dvamn.cli.build_parser(); print('ray' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_dvamn_train_defaults_to_the_onset_head_and_no_onset_head_is_the_papers_network():
+    from dvamn.training.cli import train_config_from_args
+
+    base = ["train", "FEATURES", "--out", "RUN"]
+    default = train_config_from_args(build_parser().parse_args(base))
+    assert default.model.onset_head and default.objective == "both"
+    assert default.scoring == "cosine-w+onset"  # selection sees the rhythm term it serves
+    paper = train_config_from_args(
+        build_parser().parse_args([*base, "--no-onset-head", "--objective", "logcosh"])
+    )
+    assert not paper.model.onset_head and paper.objective == "logcosh"
+    assert paper.scoring == "cosine-w"
+    assert paper.model.to_dict() == type(paper.model)().to_dict()  # the paper's network

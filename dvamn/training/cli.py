@@ -10,7 +10,13 @@ from dvamn.model_config import RHYTHM_FEATURES, DVAMNConfig
 from dvamn.ray_setup import add_address_argument, ensure_ray
 from dvamn.scoring_names import DEFAULT_SCORING, SCORINGS
 from dvamn.search import DEFAULT_SEARCH, SEARCH_MODES, IndexSettings
-from dvamn.training.config import INITIAL_TEMPERATURE, OBJECTIVES, TrainConfig, epoch_scoring
+from dvamn.training.config import (
+    DEFAULT_ONSET_HEAD,
+    INITIAL_TEMPERATURE,
+    OBJECTIVES,
+    TrainConfig,
+    epoch_scoring,
+)
 from dvamn.training.data import QUERY_STRIDE_POSE_FRAMES, AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -216,10 +222,12 @@ def _add_objective_arguments(p) -> None:
     )
     p.add_argument(
         "--onset-head",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_ONSET_HEAD,
         help="the network also predicts the music's onset strength per pose frame, trained "
         "against the features' audio_onset channel (and, with a contrastive objective, in "
-        "its similarity), for the rhythm term of '+onset' scorings (default: off, the paper)",
+        "its similarity), for the rhythm term of '+onset' scorings (default: on; "
+        "--no-onset-head is the paper's network)",
     )
     p.add_argument(
         "--onset-loss-weight",
@@ -328,22 +336,8 @@ def _register_evaluate(subparsers) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from dvamn.training.train import say_epochs, summary_table, train
 
-    network = {k: getattr(args, k) for k in NETWORK_FLAGS if getattr(args, k) is not None}
-    if args.rhythm is not None:
-        network["rhythm"] = args.rhythm
-    if args.onset_head:
-        network["onset_head"] = True
-    scoring = args.scoring or epoch_scoring(bool(args.onset_head))
     try:
-        model = DVAMNConfig(layer=args.layer, **network)
-        augment = AugmentConfig(
-            mirror=args.aug_mirror,
-            rotate_deg=args.aug_rotate,
-            scale=args.aug_scale,
-            drop_frames=args.aug_drop_frames,
-            time_jitter=args.aug_time_jitter,
-        )
-        config = _train_config(args, model, scoring, augment, args.objective)
+        config = train_config_from_args(args)
     except ValueError as exc:
         print(f"dvamn train: {exc}", file=sys.stderr)
         return 2
@@ -361,9 +355,19 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args, model, scoring, augment, objective):
-    from dvamn.training.train import TrainConfig
-
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """``dvamn train``'s flags as the run's TrainConfig (ValueError on a bad value)."""
+    network = {k: getattr(args, k) for k in NETWORK_FLAGS if getattr(args, k) is not None}
+    if args.rhythm is not None:
+        network["rhythm"] = args.rhythm
+    model = DVAMNConfig(layer=args.layer, onset_head=args.onset_head, **network)
+    augment = AugmentConfig(
+        mirror=args.aug_mirror,
+        rotate_deg=args.aug_rotate,
+        scale=args.aug_scale,
+        drop_frames=args.aug_drop_frames,
+        time_jitter=args.aug_time_jitter,
+    )
     return TrainConfig(
         features=args.features,
         out=args.out,
@@ -379,9 +383,9 @@ def _train_config(args, model, scoring, augment, objective):
         model=model,
         max_failures=args.max_failures,
         cpus_per_worker=args.cpus_per_worker,
-        scoring=scoring,
+        scoring=args.scoring or epoch_scoring(args.onset_head),
         max_steps_per_epoch=args.max_steps_per_epoch,
-        objective=objective,
+        objective=args.objective,
         contrastive_weight=args.contrastive_weight,
         temperature=args.temperature,
         hard_negatives=args.hard_negatives,

@@ -18,6 +18,10 @@ from dvamn.training.data import (
 
 OBJECTIVES = ("logcosh", "contrastive", "both")
 DEFAULT_OBJECTIVE = "both"
+# `dvamn train` and the demo give the network an onset head unless told not to: on clips
+# whose rules no training clip had, its rhythm term is most of the retrieval (README,
+# issue 13's sixth session). DVAMNConfig's own default stays the paper's network.
+DEFAULT_ONSET_HEAD = True
 
 
 def epoch_scoring(onset_head: bool) -> str:

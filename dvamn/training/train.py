@@ -876,8 +876,9 @@ def _survey_and_split(config: TrainConfig):
     ds = read_features(config.features).materialize()
     if config.model.onset_head and ONSET_COLUMN not in ds.schema().names:
         raise ValueError(
-            f"--onset-head trains on the features' {ONSET_COLUMN} channel, and "
-            f"{config.features!r} has none (extracted before it existed): extract them again"
+            f"the onset head (dvamn train's default) trains on the features' {ONSET_COLUMN} "
+            f"channel, and {config.features!r} has none (extracted before it existed): "
+            "extract them again, or train without the head (--no-onset-head)"
         )
     survey = survey_features(ds, config.val_fraction)
     n_train, n_val = survey.num_train_videos, survey.num_val_videos
