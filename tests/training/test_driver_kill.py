@@ -36,11 +36,12 @@ def _train_argv(features: str, run: str) -> list:
     ]  # fmt: skip
 
 
-def _wait_for_dead_train_actors(timeout_s: float = 60.0) -> None:
+def _wait_for_dead_train_actors(timeout_s: float = 180.0) -> None:
     """Ray ends a dead driver's actors (its Train controller and workers; Ray Data's
     helpers are detached and stay): wait for that, so that none of them writes a
     checkpoint while the resumed run runs. This process trains nothing meanwhile. GCS's
-    actor table: ray.util.state needs the dashboard, which the tests' Ray runs without."""
+    actor table: ray.util.state needs the dashboard, which the tests' Ray runs without.
+    Seconds on a quiet machine; over 60 s at load 30 on 2 cores, hence the timeout."""
     from ray._private.state import actors
 
     deadline = time.monotonic() + timeout_s
