@@ -410,3 +410,17 @@ def test_middle_stage_frames_are_counted_and_not_stored(tracks, bank_and_index):
 
     codes = ReducedFrames.from_bank(half, again.projection).codes
     assert (codes.int() - frames.codes.int()).abs().max() <= 1
+
+
+def test_settings_grow_with_the_index_past_scale_tracks():
+    from dataclasses import replace
+
+    base = IndexSettings()
+    assert base.scaled(1000) == base and base.scaled(base.scale_tracks) == base
+    big = base.scaled(8 * base.scale_tracks)
+    # neighbours in proportion (the same fraction of the index), middle stage with the root
+    assert big.neighbours == 8 * base.neighbours
+    assert big.rescore_tracks == round(base.rescore_tracks * 8**0.5)
+    assert (big.candidates, big.nprobe) == (base.candidates, base.nprobe)
+    fixed = replace(base, scale_tracks=0)
+    assert fixed.check().scaled(10**6) == fixed
