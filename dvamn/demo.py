@@ -334,10 +334,11 @@ def _train(plan: DemoPlan):
             fc_width=plan.fc_width,
         ),
     )
+    head = ", with an onset head" if plan.onset_head else ""
     say(
         f"   a smaller DVAMN than the paper's (widths {plan.widths}, GRU {plan.gru_hidden}, "
-        f"lr {plan.lr}) so that it trains in minutes on 2 CPU cores, with an onset head; "
-        "`dvamn train`'s network defaults to the paper's"
+        f"lr {plan.lr}) so that it trains in minutes on 2 CPU cores{head}; "
+        "`dvamn train`'s widths default to the paper's"
     )
     return train(config, on_epoch=say_epochs(plan.epochs))
 
