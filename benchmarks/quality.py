@@ -219,6 +219,10 @@ def main(argv: List[str]) -> int:
         "train", train_data["features"], "--out", run, "--workers", str(args.workers),
         "--epochs", str(args.epochs), "--layer", args.layer, *SMALL_NETWORK, *extra,
     ]  # fmt: skip
+    from dvamn.cli import build_parser
+
+    # Whether the model has an onset head, read from the flags as `dvamn train` reads them.
+    onset_head = build_parser().parse_args(train_args).onset_head
     train_s = 0.0
     if args.retrain or not os.path.exists(os.path.join(run, "summary.json")):
         shutil.rmtree(run, ignore_errors=True)
@@ -233,7 +237,6 @@ def main(argv: List[str]) -> int:
         ),
     ):
         path = os.path.join(run, f"eval-{label.split()[0]}.json")
-        onset_head = "--no-onset-head" not in extra  # dvamn train's default: a head
         scoring = [
             "--scoring",
             ",".join(s for s in QUALITY_SCORINGS if onset_head or "onset" not in s),
