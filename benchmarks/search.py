@@ -4,6 +4,7 @@ and memory per track, at catalog sizes of 1,000 to 100,000 3-minute tracks.
     python benchmarks/search.py --synth SYNTH --work /tmp/search-bench \\
         --sizes 1000 10000 100000 --exact-queries 100 50 10 --out search.json
     python benchmarks/search.py ... --timing-only --exact-queries 10   # latency, quiet machine
+    python benchmarks/search.py ... --query-set tuning --nprobe 192   # settings, other queries
 
 SYNTH is a `dvamn synth` output (keypoint files beside the videos). The script:
 
@@ -51,6 +52,9 @@ from dvamn.search import IndexSettings  # noqa: E402  (torch-free: flag defaults
 
 TRACK_FRAMES = 900  # 3 minutes at 5 Hz
 QUERY_POSE_FRAMES = 120  # 12 s at 10 fps
+# --query-set: (first window's start in pose frames, sample seed, id of the first query in
+# work's exhaustive cache)
+QUERY_SETS = {"test": (0, 0, 0), "tuning": (15, 1, 1000)}
 CHUNK_TRACKS = 1000
 
 
@@ -322,6 +326,7 @@ def bench_size(model, size, queries, query_tracks, true_tracks, audios, args) ->
         dim=args.dim,
         refine_tracks=args.refine_tracks,
         rescore_tracks=args.rescore_tracks,
+        train_segments=args.train_segments,
     )
     index, build_s, index_cached = cached_index(bank, settings, size, args.work)
     began = time.perf_counter()
@@ -351,7 +356,10 @@ def bench_size(model, size, queries, query_tracks, true_tracks, audios, args) ->
     exact_s_per_track = exhaustive_seconds_per_track(store, lengths, queries[: args.exact_timed])
     began = time.perf_counter()
     if not args.timing_only:
-        exact = exhaustive(store, lengths, [queries[i] for i in picked], picked, args.work)
+        first_id = QUERY_SETS[args.query_set][2]
+        exact = exhaustive(
+            store, lengths, [queries[i] for i in picked], [first_id + i for i in picked], args.work
+        )
     exact_wall = time.perf_counter() - began
     middle_bytes = index.frames.nbytes if index.frames is not None else 0
     row = {
@@ -417,6 +425,14 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=IndexSettings.dim)
     parser.add_argument("--refine-tracks", type=int, default=IndexSettings.refine_tracks)
     parser.add_argument("--rescore-tracks", type=int, default=IndexSettings.rescore_tracks)
+    parser.add_argument("--train-segments", type=int, default=IndexSettings.train_segments)
+    parser.add_argument(
+        "--query-set",
+        choices=QUERY_SETS,
+        default="test",
+        help="test: the reported queries; tuning: another 100 windows of the same validation "
+        "videos (starting 1.5 s later, another sample), for choosing settings apart from them",
+    )
     parser.add_argument(
         "--exact-timed",
         type=int,
@@ -450,8 +466,9 @@ def main() -> int:
     ids, poses, audios = extract_videos(args.synth, args.work)
     model = quick_model(ids, poses, audios, args.work, args.epochs).eval()
     val = [i for i, v in enumerate(ids) if is_validation(v, DEFAULT_VAL_FRACTION)]
-    cut = [(k, s) for k, i in enumerate(val) for s in range(0, len(poses[i]) - 119, 30)]
-    rng = np.random.default_rng(0)
+    first, seed, _ = QUERY_SETS[args.query_set]
+    cut = [(k, s) for k, i in enumerate(val) for s in range(first, len(poses[i]) - 119, 30)]
+    rng = np.random.default_rng(seed)
     cut = [cut[j] for j in sorted(rng.permutation(len(cut))[: args.queries])]
     query_pose = np.stack([poses[val[k]][s : s + QUERY_POSE_FRAMES] for k, s in cut])
     with torch.no_grad():
@@ -462,6 +479,7 @@ def main() -> int:
     results: Dict[str, Any] = {
         "command": " ".join(["python"] + [shlex.quote(a) for a in sys.argv]),
         "machine": {"cpus": os.cpu_count(), "threads": 1},
+        "query_set": args.query_set,
         "model": f"quick DVAMN, {args.epochs} epochs in process on {len(ids) - len(val)} videos",
         "validation_tracks": len(val),
         "model_forward_ms_paper_size": model_forward_ms(query_pose),

@@ -62,6 +62,7 @@ where ``device="cuda"`` moves the index to the GPU). Single queries run on the t
 FAISS is given (``faiss.omp_set_num_threads``), one in a 1-CPU replica.
 """
 
+import functools
 import io
 import json
 import logging
@@ -100,12 +101,12 @@ class IndexSettings:
     # that (``scaled``), neighbours grows in proportion to the tracks (each query segment
     # then fetches the same fraction of the index, so the k-th neighbour's similarity,
     # the coarse estimate's bound, stays where it was) and rescore_tracks with its
-    # square root. Chosen on real predictions at 1,000 and 10,000 tracks
-    # (benchmarks/search.py, docs/serving.md).
+    # square root. Chosen on real predictions at 1,000 and 10,000 tracks, on tuning
+    # queries apart from the benchmark's (benchmarks/search.py, docs/serving.md).
     neighbours: int = 1024  # track segments each query segment fetches
     # Tracks the middle stage scores on the reduced frames (0: no middle stage, the
     # coarse estimate picks the exact scorer's candidates itself)
-    rescore_tracks: int = 1000
+    rescore_tracks: int = 1500
     scale_tracks: int = 1250  # 0: neighbours and rescore_tracks fixed at any size
     # offsets the middle stage scores each side of a coarse offset (stride // 2: all of
     # them between coarse offsets)
@@ -116,10 +117,16 @@ class IndexSettings:
     refine_tracks: int = 0
     # coarse offsets of each track that the middle stage (without one: the exact
     # scorer) scores
-    offsets_per_track: int = 3
+    offsets_per_track: int = 4
     refine_frames: int = 3  # exact offsets searched each side of a coarse offset
     nprobe: int = 128  # inverted lists visited per query segment
-    train_segments: int = 50_000  # segments sampled to fit the projection and the lists
+    # Segments sampled to fit the projection and the lists. FAISS's rule (about 4·sqrt(S)
+    # lists, at least 39 training segments a list) then gives 4,096 lists at 10,000
+    # tracks, where 50,000 allowed 1,282: each list a third the size, so a probe scans a
+    # third as much (p50 at 10,000 tracks about 40% lower, recall the same;
+    # docs/serving.md). The catalog job holds the sampled tracks' frames while fitting:
+    # about 530 MB for 1,160 3-minute tracks.
+    train_segments: int = 200_000
     max_lists: int = 4096  # inverted lists at most (k-means and assignment cost grow with it)
 
     def check(self) -> "IndexSettings":
@@ -160,6 +167,20 @@ class IndexSettings:
             neighbours=int(round(self.neighbours * ratio)),
             rescore_tracks=int(round(self.rescore_tracks * ratio**0.5)),
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _int8_product_available() -> bool:
+    """Whether this torch multiplies int8 matrices into int32 on CPU (``torch._int_mm``,
+    private but what torch's own quantisation uses; checked once, exactly, on a tiny
+    product). Without it the middle stage multiplies in float32."""
+    try:
+        import torch
+
+        a = torch.tensor([[1, -2], [3, 4]], dtype=torch.int8)
+        return bool((torch._int_mm(a, a) == a.int() @ a.int()).all())
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 def _faiss():
@@ -266,11 +287,25 @@ class ReducedFrames:
         t, k = query.shape
         width = t + shifts - 1
         # One (width·k, shifts) matrix holds the query at every shift (dequantised: the
-        # codes' scales folded in), so a block of pairs is one matrix product.
+        # codes' scales folded in), so a block of pairs is one matrix product. The query
+        # is quantised to int8 too (one scale), so that the product is int8 x int8 ->
+        # int32 (``torch._int_mm``, oneDNN's VNNI/AMX kernels on CPU): converting the
+        # gathered codes to float32 first cost 3x the product itself at 10,000 tracks.
+        int8 = _int8_product_available()
         folded = (query * torch.from_numpy(self.scale)).reshape(-1) / t
-        weights = torch.zeros((width * k, shifts))
+        columns = -(-shifts // 8) * 8 if int8 else shifts  # int8 kernels: n % 8
+        weights = torch.zeros((width * k, columns))
         for shift in range(shifts):
             weights[shift * k : shift * k + t * k, shift] = folded
+        if int8:
+            weight_scale = float(folded.abs().max().clamp_min(1e-30)) / 127.0
+            weights = (weights / weight_scale).round_().to(torch.int8)
+
+        def product(rows: "torch.Tensor") -> "torch.Tensor":  # (n, width·k) int8 codes
+            if int8:
+                return torch._int_mm(rows, weights)[:, :shifts].float() * weight_scale
+            return rows.float() @ weights
+
         base = torch.as_tensor(self.starts[tracks] + starts)
         total = self.codes.shape[0]
         out = torch.empty((len(base), shifts))
@@ -283,12 +318,12 @@ class ReducedFrames:
             step = 256  # pairs a block
             for first in range(0, len(where), step):
                 rows = where[first : first + step]
-                out[rows] = windows.index_select(0, base[rows]).float() @ weights
+                out[rows] = product(windows.index_select(0, base[rows]))
         if not bool(inside.all()):
             rows = torch.nonzero(~inside).flatten()
             frames = (base[rows, None] + torch.arange(width)[None, :]).clamp_max(total - 1)
-            block = self.codes.index_select(0, frames.reshape(-1)).float()
-            out[rows] = block.view(len(rows), width * k) @ weights
+            block = self.codes.index_select(0, frames.reshape(-1))
+            out[rows] = product(block.view(len(rows), width * k))
         return out
 
 
@@ -502,10 +537,10 @@ class SegmentIndex:
         if hasattr(self.index, "nprobe"):
             self.index.nprobe = settings.nprobe
         k = min(settings.neighbours, int(self.index.ntotal))
-        sims, ids = self.index.search(reduced, k)  # (Q, k) each, best first
+        sims, ids = _nearest(self.index, reduced, k)  # (Q, k) each, in no order
         found = ids >= 0
-        kth = np.where(found[:, -1], sims[:, -1], np.nanmin(np.where(found, sims, np.nan), 1))
-        kth = np.nan_to_num(kth, nan=0.0)
+        # The k-th neighbour's similarity (with fewer found, the last found's).
+        kth = np.nan_to_num(np.nanmin(np.where(found, sims, np.nan), 1), nan=0.0)
         q_start = np.broadcast_to(stride * np.arange(len(ids))[:, None], ids.shape)[found]
         q_row = q_start // stride
         sid, sim = ids[found], sims[found]
@@ -538,6 +573,32 @@ class SegmentIndex:
         rank_in_track = _rank_within_groups(u_track[chosen])
         chosen = chosen[rank_in_track < settings.offsets_per_track]
         return np.stack([u_track[chosen], u_offset[chosen]], axis=1)
+
+
+def _nearest(index, queries: np.ndarray, k: int) -> tuple:
+    """(sims, ids), each (Q, k), of the k nearest indexed segments of each query segment
+    among those in its ``nprobe`` nearest lists, in no order (ids -1 where fewer). On CPU
+    this is FAISS's range search with no radius (every segment of the probed lists) and
+    a partial sort: the same neighbours as ``index.search(queries, k)``, but at thousands
+    of neighbours the search's top-k heap took 3 to 4 times as long as the scan itself
+    (10,000 tracks, 8,192 neighbours: 16 ms against 5 ms a query). A GPU index has no
+    range search: it searches."""
+    if not hasattr(index, "range_search") or "Gpu" in type(index).__name__:
+        return index.search(queries, k)
+    limits, all_sims, all_ids = index.range_search(queries, -np.finfo(np.float32).max)
+    sims = np.full((len(queries), k), np.nan, np.float32)
+    ids = np.full((len(queries), k), -1, np.int64)
+    for row in range(len(queries)):
+        found_sims = all_sims[limits[row] : limits[row + 1]]
+        found_ids = all_ids[limits[row] : limits[row + 1]]
+        if len(found_sims) > k:
+            # Of segments tied at the k-th similarity, which are kept follows the scan's
+            # order (the heap's choice may differ); the k-th similarity is the same.
+            best = np.argpartition(-found_sims, k - 1)[:k]
+            found_sims, found_ids = found_sims[best], found_ids[best]
+        sims[row, : len(found_sims)] = found_sims
+        ids[row, : len(found_ids)] = found_ids
+    return sims, ids
 
 
 def _best_offsets_of_best_tracks(

@@ -80,6 +80,27 @@ def test_recall_against_exhaustive_on_noisy_queries(tracks, bank_and_index):
     assert recall["recall_at_10"] >= 0.5, recall
 
 
+def test_neighbours_are_those_of_the_faiss_search_over_the_probed_lists(tracks, bank_and_index):
+    from dvamn.search import _nearest
+
+    _, index = bank_and_index
+    units = torch.from_numpy(tracks[7, 10 : 10 + QUERY_FRAMES])
+    units = units / units.norm(dim=-1, keepdim=True)
+    segments = index.projection.project(units, SETTINGS.segment_stride)
+    index.index.nprobe = SETTINGS.nprobe
+    total = int(index.index.ntotal)
+    for k in (50, 400, total):  # fewer than the probed lists hold, and more (ids -1 then)
+        want_sims, want_ids = index.index.search(segments, k)
+        sims, ids = _nearest(index.index, segments, k)
+        assert ids.shape == sims.shape == (len(segments), k)
+        for row in range(len(segments)):
+            assert set(ids[row][ids[row] >= 0]) == set(want_ids[row][want_ids[row] >= 0])
+            got = np.sort(sims[row][ids[row] >= 0])
+            assert np.allclose(got, np.sort(want_sims[row][want_ids[row] >= 0]), atol=1e-6)
+        if k == total:  # nprobe lists of many: not every segment was scanned
+            assert (ids == -1).any() and np.isnan(sims[ids == -1]).all()
+
+
 def test_recall_names_why_each_exact_top_k_entry_was_lost():
     from dvamn.scoring import _rank
 
