@@ -430,8 +430,9 @@ def main() -> int:
         "--query-set",
         choices=QUERY_SETS,
         default="test",
-        help="test: the reported queries; tuning: another 100 windows of the same validation "
-        "videos (starting 1.5 s later, another sample), for choosing settings apart from them",
+        help="test: the reported queries; tuning: another sample of windows of the same "
+        "validation videos, starting 1.5 s later (each overlaps a test window by up to 10.5 "
+        "of its 12 s: other queries, not other data), for choosing settings",
     )
     parser.add_argument(
         "--exact-timed",
@@ -456,6 +457,8 @@ def main() -> int:
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     args.sizes = sorted(args.sizes)
+    if not 1 <= args.queries <= 1000:  # work's cache ids: test queries 0-999, tuning 1000-1999
+        parser.error(f"--queries must be between 1 and 1000, got {args.queries}")
 
     import torch
 

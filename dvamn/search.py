@@ -101,8 +101,9 @@ class IndexSettings:
     # that (``scaled``), neighbours grows in proportion to the tracks (each query segment
     # then fetches the same fraction of the index, so the k-th neighbour's similarity,
     # the coarse estimate's bound, stays where it was) and rescore_tracks with its
-    # square root. Chosen on real predictions at 1,000 and 10,000 tracks, on tuning
-    # queries apart from the benchmark's (benchmarks/search.py, docs/serving.md).
+    # square root. Chosen on real predictions at 1,000 and 10,000 tracks, the last
+    # changes on tuning queries: windows of the same videos as the benchmark's, shifted
+    # 1.5 s (benchmarks/search.py --query-set tuning, docs/serving.md).
     neighbours: int = 1024  # track segments each query segment fetches
     # Tracks the middle stage scores on the reduced frames (0: no middle stage, the
     # coarse estimate picks the exact scorer's candidates itself)
@@ -291,7 +292,9 @@ class ReducedFrames:
         # is quantised to int8 too (one scale), so that the product is int8 x int8 ->
         # int32 (``torch._int_mm``, torch's int8 matrix kernel on CPU): converting the
         # gathered codes to float32 first cost 3x the product itself at 10,000 tracks.
-        int8 = _int8_product_available()
+        # int32 sums of t·k products of up to 127·127 each: past that (a query of over
+        # 4,000 frames at 32 axes) float32 instead.
+        int8 = _int8_product_available() and t * k * 127 * 127 < 2**31
         folded = (query * torch.from_numpy(self.scale)).reshape(-1) / t
         columns = -(-shifts // 8) * 8 if int8 else shifts  # int8 kernels: n % 8
         weights = torch.zeros((width * k, columns))

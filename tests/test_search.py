@@ -374,7 +374,22 @@ def test_probing_the_coarse_offsets_refines_only_the_best_tracks(tracks, bank_an
         assert fast.scores[0] == pytest.approx(exact.scores[0], abs=1e-6)
 
 
-def test_middle_stage_scores_the_reduced_frames_inner_products(tracks, bank_and_index):
+@pytest.fixture(params=["int8", "float32"])
+def middle_stage_product(request, monkeypatch):
+    """Both ways of the middle stage's product: int8 codes times the int8 query into
+    int32 where torch can, float32 where it cannot."""
+    import dvamn.search
+
+    if request.param == "float32":
+        monkeypatch.setattr(dvamn.search, "_int8_product_available", lambda: False)
+    elif not dvamn.search._int8_product_available():
+        pytest.skip("this torch has no int8 matrix product on CPU")
+    return request.param
+
+
+def test_middle_stage_scores_the_reduced_frames_inner_products(
+    tracks, bank_and_index, middle_stage_product
+):
     bank, index = bank_and_index
     frames = index.attach_frames(bank)
     k = index.projection.frames.shape[1]
