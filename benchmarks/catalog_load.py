@@ -33,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_json  # noqa: E402 - after the path
 
 TRACK_FRAMES = 900  # 3 minutes at 5 Hz
 
@@ -138,8 +139,7 @@ def main() -> int:
         )
     print(f"streamed / held peak: {results['peak_ratio_streamed_over_held']:.3f}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.out, results)
     return 0
 
 

@@ -39,6 +39,7 @@ import time
 from typing import Any, Dict, List, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.report import write_json  # noqa: E402 - after the path
 
 SMALL_NETWORK = [
     "--lr", "1e-3", "--stride", "10", "--widths", "32,64,128", "--gru-hidden", "128",
@@ -276,11 +277,7 @@ def main(argv: List[str]) -> int:
     }
     print(f"times (s): {report['timings_s']}; commands in {log}")
     if args.out:
-        if os.path.dirname(args.out):
-            os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.out}")
+        write_json(args.out, report)
     return 0
 
 

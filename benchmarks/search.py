@@ -47,7 +47,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
+from benchmarks.report import write_json  # noqa: E402 - after the path
 from dvamn.search import IndexSettings  # noqa: E402  (torch-free: flag defaults)
 
 TRACK_FRAMES = 900  # 3 minutes at 5 Hz
@@ -516,9 +516,7 @@ def main() -> int:
         f"model forward pass (paper size, one 12 s query): {results['model_forward_ms_paper_size']} ms"
     )
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.out}")
+        write_json(args.out, results)
     return 0
 
 

@@ -24,7 +24,6 @@ JSON records the CPU count and torch threads.
 """
 
 import argparse
-import json
 import os
 import shlex
 import socket
@@ -39,6 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_json  # noqa: E402 - after the path
 
 TRACK_S = 180.0
 QUERY_S = 12.0
@@ -337,9 +337,7 @@ def main() -> int:
             f"{http['requests_per_s']:.2f} req/s, mean batch {http['mean_batch_size']}"
         )
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.out}")
+        write_json(args.out, results)
     return 0
 
 

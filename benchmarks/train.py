@@ -12,7 +12,6 @@ DDP scales across cores. Features default to random sequences of the real schema
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -23,7 +22,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from benchmarks.report import write_json  # noqa: E402 - after the path
 from dvamn.constants import EMBEDDING_DIM, POSE_FEATURES  # noqa: E402
 from dvamn.model import DVAMN, DVAMNConfig  # noqa: E402
 
@@ -157,10 +156,7 @@ def main() -> int:
         print(f"{r['device']:>6} {r['workers']:>7} {r['samples_per_s']:>10.1f}")
     print(f"2 vs 1 CPU workers: x{summary['speedup_2_vs_1_cpu_workers']:.2f}")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=2)
-        print(f"wrote {args.out}")
+        write_json(args.out, summary)
     return 0
 
 
