@@ -33,17 +33,22 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import write_json  # noqa: E402 - after the path
 
 
+def git(*args: str) -> str:
+    return subprocess.check_output(["git", "-C", str(ROOT), *args], text=True).strip()
+
+
 def run_demo(source: str, workdir: str, log_path: str) -> Dict[str, Any]:
     """One default demo with the package at ``source`` (a folder holding ``dvamn/``);
     its wall time and the stage times of its report."""
     env = dict(os.environ, PYTHONPATH=source)
+    env.pop("RAY_ADDRESS", None)  # a local Ray each time: a cluster's workers run their own dvamn
     # Refuses to time the wrong code: `python -c` puts its working directory first on
     # sys.path, so it runs in the (empty) work dir, and the import is checked.
     program = (
         "import os, sys, dvamn; from dvamn.cli import main\n"
-        "source = os.path.join(os.path.abspath(sys.argv[1]), '')\n"
-        "if not os.path.abspath(dvamn.__file__).startswith(source):\n"
-        "    sys.exit(f'dvamn came from {dvamn.__file__}, not {source}')\n"
+        "expected = os.path.join(os.path.abspath(sys.argv[1]), 'dvamn')\n"
+        "if os.path.dirname(os.path.abspath(dvamn.__file__)) != expected:\n"
+        "    sys.exit(f'dvamn came from {dvamn.__file__}, not {expected}')\n"
         "sys.exit(main(sys.argv[2:]))"
     )
     command = [sys.executable, "-c", program, source, "demo", "--workdir", workdir]
@@ -59,6 +64,26 @@ def run_demo(source: str, workdir: str, log_path: str) -> Dict[str, Any]:
     return {"wall_s": round(wall, 1), "stages_s": report["timings_s"], "r_at_1": report["r_at_1"]}
 
 
+def summarise(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
+    """Means per side; stages matched by position (their names changed between revisions),
+    so both sides must have as many."""
+    counts = {name: {len(x["stages_s"]) for x in results} for name, results in runs.items()}
+    if len(set().union(*counts.values())) != 1:
+        names = {name: [list(x["stages_s"]) for x in results] for name, results in runs.items()}
+        raise SystemExit(f"the demos' stages differ, so they cannot be compared: {names}")
+    summary = {}
+    for name, results in runs.items():
+        summary[name] = {
+            "wall_s": round(mean(x["wall_s"] for x in results), 1),
+            "r_at_1": round(mean(x["r_at_1"] for x in results), 3),
+            "stages_s": [
+                round(mean(list(x["stages_s"].values())[i] for x in results), 1)
+                for i in range(len(results[0]["stages_s"]))
+            ],
+        }
+    return summary
+
+
 def main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", default="32a13a7", help="git revision to compare against")
@@ -68,22 +93,20 @@ def main(argv: List[str]) -> int:
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    try:
+        revision = git("rev-parse", "--verify", "--short", f"{args.baseline}^{{commit}}")
+    except subprocess.CalledProcessError:
+        p.error(f"--baseline {args.baseline!r} is not a commit of {ROOT}")
+    head = git("rev-parse", "--short", "HEAD")
+    if git("status", "--porcelain", "--untracked-files=no"):
+        head += "+changes"  # the working tree is what runs, not HEAD itself
 
-    work = args.work or tempfile.mkdtemp(prefix="dvamn-demo-time-")
+    work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="dvamn-demo-time-"))
     os.makedirs(work, exist_ok=True)
     baseline_tree = os.path.join(work, "baseline-tree")
-    revision = subprocess.check_output(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], text=True
-    ).strip()
-    head = subprocess.check_output(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], text=True
-    ).strip()
-    if subprocess.check_output(["git", "-C", str(ROOT), "status", "--porcelain"], text=True):
-        head += "+changes"  # the working tree is what runs, not HEAD itself
-    subprocess.check_call(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", baseline_tree, revision],
-        stdout=subprocess.DEVNULL,
-    )
+    git("worktree", "prune")  # a tree left by a killed run would block the add
+    shutil.rmtree(baseline_tree, ignore_errors=True)
+    git("worktree", "add", "--detach", "-f", baseline_tree, revision)
     sources = {"baseline": baseline_tree, "current": str(ROOT)}
     runs: Dict[str, List[Dict[str, Any]]] = {"baseline": [], "current": []}
     try:
@@ -97,38 +120,17 @@ def main(argv: List[str]) -> int:
                 runs[name].append(result)
                 print(f"  {result['wall_s']:.0f} s, R@1 {result['r_at_1']:.2f}", flush=True)
     finally:
-        subprocess.call(
-            ["git", "-C", str(ROOT), "worktree", "remove", "--force", baseline_tree],
-            stdout=subprocess.DEVNULL,
-        )
+        if subprocess.call(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", baseline_tree]
+        ):
+            print(f"could not remove the worktree {baseline_tree}; `git worktree prune` after")
 
     stages = list(runs["current"][0]["stages_s"])
-    summary = {}
-    for name, results in runs.items():
-        summary[name] = {
-            "wall_s": round(mean(x["wall_s"] for x in results), 1),
-            "r_at_1": round(mean(x["r_at_1"] for x in results), 3),
-            # Stages are matched by position: their names changed between revisions.
-            "stages_s": [
-                round(mean(list(x["stages_s"].values())[i] for x in results), 1)
-                for i in range(len(stages))
-            ],
-        }
+    summary = summarise(runs)
     ratio = summary["current"]["wall_s"] / summary["baseline"]["wall_s"]
-    width = max(len(s) for s in [*stages, "whole demo (wall, mean of N)"]) + 2
-    print(f"\n{'':<{width}} {'baseline ' + revision:>18} {'current ' + head:>24} {'ratio':>6}")
-    for i, stage in enumerate(stages):
-        b, c = summary["baseline"]["stages_s"][i], summary["current"]["stages_s"][i]
-        print(f"{stage:<{width}} {b:>16.1f} s {c:>22.1f} s {c / b:>6.2f}")
-    b, c = summary["baseline"]["wall_s"], summary["current"]["wall_s"]
-    print(
-        f"{'whole demo (wall, mean of ' + str(args.rounds) + ')':<{width}} {b:>16.1f} s "
-        f"{c:>22.1f} s {ratio:>6.2f}"
-    )
-    rb, rc = summary["baseline"]["r_at_1"], summary["current"]["r_at_1"]
-    print(f"{'demo R@1':<{width}} {rb:>18.2f} {rc:>24.2f}")
     report = {
         "benchmark": "demo_time",
+        "command": " ".join(["python", "benchmarks/demo_time.py", *argv]),
         "baseline_revision": revision,
         "current_revision": head,
         "rounds": args.rounds,
@@ -140,6 +142,19 @@ def main(argv: List[str]) -> int:
     }
     if args.out:
         write_json(args.out, report)
+
+    width = max(len(s) for s in [*stages, "whole demo (wall, mean of N)"]) + 2
+    print(f"\n{'':<{width}} {'baseline ' + revision:>18} {'current ' + head:>24} {'ratio':>6}")
+    for i, stage in enumerate(stages):
+        b, c = summary["baseline"]["stages_s"][i], summary["current"]["stages_s"][i]
+        print(f"{stage:<{width}} {b:>16.1f} s {c:>22.1f} s {c / b if b else float('nan'):>6.2f}")
+    b, c = summary["baseline"]["wall_s"], summary["current"]["wall_s"]
+    print(
+        f"{'whole demo (wall, mean of ' + str(args.rounds) + ')':<{width}} {b:>16.1f} s "
+        f"{c:>22.1f} s {ratio:>6.2f}"
+    )
+    rb, rc = summary["baseline"]["r_at_1"], summary["current"]["r_at_1"]
+    print(f"{'demo R@1':<{width}} {rb:>18.2f} {rc:>24.2f}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0

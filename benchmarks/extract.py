@@ -26,7 +26,6 @@ frame, so the overhead share measured with the stand-in is an upper bound.
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.support (stand-in models)
+from benchmarks.report import write_json  # noqa: E402 - after the path
 
 
 def run_loop(config, uris, threads=None):
@@ -245,10 +245,7 @@ def main() -> int:
         if r["ray_overhead_fraction_vs_loop"] > 0:
             line += f" (Ray's overhead: {100 * r['ray_overhead_fraction_vs_loop']:.1f}% of the loop's time)"
         print(line)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"cpu_count": os.cpu_count(), "results": results}, indent=2))
-    print(f"\nwrote {out}")
+    write_json(args.out, {"cpu_count": os.cpu_count(), "results": results})
     return 0
 
 

@@ -33,7 +33,7 @@ from typing import Any, Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
+from benchmarks.report import write_json  # noqa: E402 - after the path
 from benchmarks.serve import (  # noqa: E402
     QUERY_FPS,
     _standin_rtmo,
@@ -275,10 +275,7 @@ def main() -> int:
             )
     results["failures"] = failures
     print(f"answers other than 200/503(+Retry-After), or none: {failures}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, results)
     return 1 if failures else 0
 
 
