@@ -67,8 +67,7 @@ def run_demo(source: str, workdir: str, log_path: str) -> Dict[str, Any]:
 def summarise(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     """Means per side; stages matched by position (their names changed between revisions),
     so both sides must have as many."""
-    counts = {name: {len(x["stages_s"]) for x in results} for name, results in runs.items()}
-    if len(set().union(*counts.values())) != 1:
+    if len({len(x["stages_s"]) for results in runs.values() for x in results}) != 1:
         names = {name: [list(x["stages_s"]) for x in results] for name, results in runs.items()}
         raise SystemExit(f"the demos' stages differ, so they cannot be compared: {names}")
     summary = {}
