@@ -47,6 +47,21 @@ def bank_and_index(tracks):
     return bank, SegmentIndex.build(bank, SETTINGS)
 
 
+def test_the_index_does_not_depend_on_the_thread_count_that_fits_it(tracks):
+    """The catalog fits its index in its driver and ``SegmentIndex.build`` in one process
+    must give the same bytes, however many threads either has (threaded LAPACK rounds
+    the projection's eigenvectors differently by thread count)."""
+    bank = prepare_tracks(tracks, lengths=[TRACK_FRAMES] * NUM_TRACKS)
+    bank.normalise_in_place()
+    on_one = SegmentIndex.build(bank, SETTINGS).to_bytes()
+    torch.set_num_threads(2)
+    try:
+        on_two = SegmentIndex.build(bank, SETTINGS).to_bytes()
+    finally:
+        torch.set_num_threads(1)
+    assert on_one == on_two
+
+
 def noisy_window(tracks, track, offset, noise, seed):
     rng = np.random.default_rng(seed)
     window = tracks[track, offset : offset + QUERY_FRAMES]
