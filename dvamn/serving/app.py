@@ -507,6 +507,8 @@ def _form_top_k(query_value: Optional[int], form_value: Any, default: int) -> in
         raise RequestValidationError([exc.validation_error()]) from None
 
 
+# A few thousand frames, parsed in tens of milliseconds; larger keypoint bodies take turns.
+LARGE_KEYPOINT_BODY_BYTES = 1 << 20
 _SPOOL_MEMORY_BYTES = 1 << 20  # an upload's first MiB stays in memory, the rest on disk
 _SPOOL_CHUNK_BYTES = 1 << 20
 
@@ -547,6 +549,7 @@ class MatchAPI:
         self.settings = settings
         # Read once, on this replica; an unusable value stops the replica (never open).
         self._api_token = api_token_from_env()
+        self._large_keypoint_parse = asyncio.Lock()
         log.info(
             "bearer-token authentication is %s",
             f"on ({API_TOKEN_ENV})" if self._api_token else f"off ({API_TOKEN_ENV} unset)",
@@ -728,9 +731,20 @@ class MatchAPI:
         try:
             # Parsing, checks and features in a thread: the event loop goes on answering
             # the replica's other requests meanwhile (a 600 s query takes about a second).
-            features, description, top_k = await asyncio.to_thread(
-                keypoint_query_features, body, self.settings.limits
-            )
+            # Parsing holds the GIL, so large bodies take turns: more threads parsing at
+            # once add no throughput, only memory and contention for the GIL, which kept
+            # a small query waiting nearly as long as three large ones; small bodies
+            # never queue behind them.
+            if len(body) > LARGE_KEYPOINT_BODY_BYTES:
+                async with self._large_keypoint_parse:
+                    parsed = await asyncio.to_thread(
+                        keypoint_query_features, body, self.settings.limits
+                    )
+            else:
+                parsed = await asyncio.to_thread(
+                    keypoint_query_features, body, self.settings.limits
+                )
+            features, description, top_k = parsed
         except QueryFieldError as exc:
             raise RequestValidationError([exc.validation_error()]) from None
         except QueryError as exc:
