@@ -670,10 +670,13 @@ def _one_torch_thread():
     """torch on one thread for a while: for fitting (see ``_uncentred_pca``) and encoding.
     These alternate torch and FAISS calls, and the two libraries' OpenMP runtimes (each
     ships its own) spin against each other: on 2 cores, 300 tracks took 3.4 s to fit and
-    3.4 s to encode with torch on 2 threads, 0.8 s and 0.1 s with it on one."""
+    3.4 s to encode with torch on 2 threads, 0.8 s and 0.15 s with it on one."""
     import torch
 
     threads = torch.get_num_threads()
+    if threads == 1:  # set_num_threads also drops oneDNN's cached kernels: not for nothing
+        yield
+        return
     torch.set_num_threads(1)
     try:
         yield
@@ -687,9 +690,9 @@ def _uncentred_pca(sample: "torch.Tensor", dim: int) -> np.ndarray:
     import torch
 
     # torch's eigh, not numpy's: numpy's BLAS threads ignore the replica's thread limit.
-    # On one thread (``fit``'s ``_one_torch_thread``): threaded LAPACK (MKL, which may
-    # also lower its thread count under load) rounds the eigenvectors differently with the
-    # thread count, and an index must not depend on the machine or moment that fitted it.
+    # On one thread (``fit``'s ``_one_torch_thread``): threaded MKL rounds the
+    # eigenvectors differently with the thread count, and the catalog's index (fitted in
+    # its driver) must be the one any process on the same kind of machine would fit.
     x = sample.double()
     gram = (x.T @ x) / max(1, len(x))  # (F, F)
     values, vectors = torch.linalg.eigh(gram)

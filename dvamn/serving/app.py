@@ -51,7 +51,7 @@ from dvamn.serving.audio_segments import (
 )
 from dvamn.serving.auth import API_TOKEN_ENV, api_token_from_env, token_matches
 from dvamn.serving.catalog_store import weights_version
-from dvamn.serving.keypoint_json import KeypointQuery, keypoint_query_features
+from dvamn.serving.keypoint_json import KeypointParsing, KeypointQuery
 from dvamn.serving.pose_track import pose_track_json
 from dvamn.serving.queries import (
     DEFAULT_HEALTH_CHECK_PERIOD_S,
@@ -507,8 +507,6 @@ def _form_top_k(query_value: Optional[int], form_value: Any, default: int) -> in
         raise RequestValidationError([exc.validation_error()]) from None
 
 
-# A few thousand frames, parsed in tens of milliseconds; larger keypoint bodies take turns.
-LARGE_KEYPOINT_BODY_BYTES = 1 << 20
 _SPOOL_MEMORY_BYTES = 1 << 20  # an upload's first MiB stays in memory, the rest on disk
 _SPOOL_CHUNK_BYTES = 1 << 20
 
@@ -549,7 +547,7 @@ class MatchAPI:
         self.settings = settings
         # Read once, on this replica; an unusable value stops the replica (never open).
         self._api_token = api_token_from_env()
-        self._large_keypoint_parse = asyncio.Lock()
+        self._keypoint_parsing = KeypointParsing()
         log.info(
             "bearer-token authentication is %s",
             f"on ({API_TOKEN_ENV})" if self._api_token else f"off ({API_TOKEN_ENV} unset)",
@@ -729,21 +727,8 @@ class MatchAPI:
         # query as JSON) applies to the bytes received, before any parsing.
         body = await _read_limited(request, self.settings.max_keypoint_body_bytes)
         try:
-            # Parsing, checks and features in a thread: the event loop goes on answering
-            # the replica's other requests meanwhile (a 600 s query takes about a second).
-            # Parsing holds the GIL, so large bodies take turns: more threads parsing at
-            # once add no throughput, only memory and contention for the GIL, which kept
-            # a small query waiting nearly as long as three large ones; small bodies
-            # never queue behind them.
-            if len(body) > LARGE_KEYPOINT_BODY_BYTES:
-                async with self._large_keypoint_parse:
-                    parsed = await asyncio.to_thread(
-                        keypoint_query_features, body, self.settings.limits
-                    )
-            else:
-                parsed = await asyncio.to_thread(
-                    keypoint_query_features, body, self.settings.limits
-                )
+            # Parsing, checks and features in a thread; large bodies take turns.
+            parsed = await self._keypoint_parsing.features(body, self.settings.limits)
             features, description, top_k = parsed
         except QueryFieldError as exc:
             raise RequestValidationError([exc.validation_error()]) from None

@@ -649,9 +649,10 @@ def test_the_derived_limit_and_a_small_query_answered_during_a_large_parse(
         thread.join()
     assert statuses == {"large0": 422, "large1": 422, "large2": 422, "small": 200}
     large_done = sorted(done[f"large{i}"] - started for i in range(3))
-    # A parse inside the event loop would hold the small query until the parses ended;
-    # parses on threads at once held it nearly as long (the GIL). The large ones take
-    # turns, so the small one is answered while the second one (at least) is parsed.
+    # A parse inside the event loop would hold the small query until the parses ended.
+    # The large ones take turns (tests/serving/test_keypoint_parsing.py), so the small
+    # one is answered while the second one (at least) is parsed; at once, on threads,
+    # they held it until nearly the first one's end (the GIL), which CI saw as a tie.
     assert done["small"] - started < large_done[1], (
         f"small answered {done['small'] - started:.2f} s after the start, the large ones "
         f"at {', '.join(f'{t:.2f}' for t in large_done)} s"
