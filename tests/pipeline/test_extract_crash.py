@@ -33,24 +33,41 @@ def _num_parts(out) -> int:
     return len(_parts(out, VIDEOS_DIR)) + len(_parts(out, ERRORS_DIR))
 
 
-def _wait_for_dead_job_actors(timeout_s: float = 30.0) -> None:
-    """The killed driver's Ray Data actors die with it (Ray ends a dead driver's actors);
-    wait for that, so that none of them writes while the rerun runs."""
-    # GCS's actor table: ray.util.state needs the dashboard, which the tests' Ray runs without.
+def _stage_actors() -> dict:
+    """The extraction stages' actors in GCS's actor table (ray.util.state needs the
+    dashboard, which the tests' Ray runs without), by actor id."""
     from ray._private.state import actors
 
+    return {
+        actor_id: a
+        for actor_id, a in actors().items()
+        if any(stage in a["ActorClassName"] for stage in ("AudioStage", "PoseStage"))
+    }
+
+
+def _process_gone(pid: int) -> bool:
+    """No such process, or only its zombie (it can write nothing more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def _wait_for_dead_job_actors(before: set, timeout_s: float = 30.0) -> None:
+    """The killed driver's Ray Data actors die with it (Ray ends a dead driver's actors);
+    wait for that, so that none of them writes while the rerun runs. Their processes
+    too: GCS marks an actor DEAD before its process has exited, and a part that process
+    was writing could still appear (a rerun then extracts its videos a second time).
+    ``before``: the actor ids that existed before the job (other tests' actors)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        alive = [
-            a
-            for a in actors().values()
-            if a["State"] == "ALIVE"
-            and any(stage in a["ActorClassName"] for stage in ("AudioStage", "PoseStage"))
-        ]
-        if not alive:
+        job = [a for i, a in _stage_actors().items() if i not in before]
+        running = [a for a in job if a["State"] == "ALIVE" or not _process_gone(a["Pid"])]
+        if not running:
             return
         time.sleep(0.2)
-    raise AssertionError(f"the killed job's actors are still alive after {timeout_s} s: {alive}")
+    raise AssertionError(f"the killed job's actors still run after {timeout_s} s: {running}")
 
 
 def test_a_job_killed_mid_write_and_a_truncated_part_are_redone_exactly_once(
@@ -71,6 +88,7 @@ def test_a_job_killed_mid_write_and_a_truncated_part_are_redone_exactly_once(
         "--audio-actors", "1", "--audio-cpus", "0.5", "--audio-batch", "1",
         "--address", ray.get_runtime_context().gcs_address,
     ]  # fmt: skip
+    before = set(_stage_actors())
     job = subprocess.Popen(
         command,
         env={**os.environ, "PYTHONPATH": REPO},
@@ -85,7 +103,7 @@ def test_a_job_killed_mid_write_and_a_truncated_part_are_redone_exactly_once(
     finally:
         os.kill(job.pid, signal.SIGKILL)
         job.wait()
-    _wait_for_dead_job_actors()
+    _wait_for_dead_job_actors(before)
     assert _num_parts(out) < total, "the kill must interrupt the job"
     written = _parts(out, VIDEOS_DIR)
 
