@@ -47,15 +47,14 @@ def bank_and_index(tracks):
     return bank, SegmentIndex.build(bank, SETTINGS)
 
 
-def test_the_index_does_not_depend_on_the_thread_count_that_fits_it(tracks):
+def test_the_index_does_not_depend_on_the_thread_count_that_fits_it(bank_and_index):
     """The catalog fits its index in its driver and ``SegmentIndex.build`` in one process
     must give the same bytes, however many threads either has (threaded MKL rounds the
     projection's eigenvectors differently by thread count)."""
-    bank = prepare_tracks(tracks, lengths=[TRACK_FRAMES] * NUM_TRACKS)
-    bank.normalise_in_place()
     import faiss
 
-    on_one = SegmentIndex.build(bank, SETTINGS).to_bytes()
+    bank, index = bank_and_index  # built on the module's one thread
+    on_one = index.to_bytes()
     torch.set_num_threads(2)
     faiss.omp_set_num_threads(2)
     try:

@@ -728,8 +728,9 @@ class MatchAPI:
         body = await _read_limited(request, self.settings.max_keypoint_body_bytes)
         try:
             # Parsing, checks and features in a thread; large bodies take turns.
-            parsed = await self._keypoint_parsing.features(body, self.settings.limits)
-            features, description, top_k = parsed
+            features, description, top_k = await self._keypoint_parsing.features(
+                body, self.settings.limits
+            )
         except QueryFieldError as exc:
             raise RequestValidationError([exc.validation_error()]) from None
         except QueryError as exc:
