@@ -171,6 +171,11 @@ class IndexSettings:
         )
 
 
+# FAISS's GPU indexes select at most this many neighbours a query (k and nprobe <= 2048,
+# its warp-select limit; still so in faiss-gpu 1.8), where the CPU index has no limit.
+GPU_MAX_NEIGHBOURS = 2048
+
+
 @functools.lru_cache(maxsize=1)
 def _int8_product_available() -> bool:
     """Whether this torch multiplies int8 matrices into int32 on CPU (``torch._int_mm``,
@@ -355,6 +360,10 @@ class SegmentIndex:
         # part of the stored index, derived from the bank when a search first needs them.
         self.frames: Optional[ReducedFrames] = None
         self._segment_tracks: Optional[np.ndarray] = None
+        # The CPU index a GPU copy was made from (``to_device``): searched instead where
+        # a query asks for more neighbours than FAISS's GPU k-selection allows.
+        self.cpu_index = None
+        self._warned_gpu_k = False
 
     @property
     def num_tracks(self) -> int:
@@ -540,10 +549,24 @@ class SegmentIndex:
         reduced = self.projection.project(query_units, stride)  # (Q, d)
         if not len(reduced):
             return np.zeros((0, 2), np.int64)
-        if hasattr(self.index, "nprobe"):
-            self.index.nprobe = settings.nprobe
         k = min(settings.neighbours, int(self.index.ntotal))
-        sims, ids = _nearest(self.index, reduced, k)  # (Q, k) each, in no order
+        searched = self.index
+        if self.cpu_index is not None and k > GPU_MAX_NEIGHBOURS:
+            searched = self.cpu_index
+            if not self._warned_gpu_k:
+                log.warning(
+                    "%d neighbours a query segment (IndexSettings.neighbours, grown with the "
+                    "index's %d tracks) exceed the %d FAISS finds on a GPU: searching the "
+                    "index on CPU (shards of at most %d tracks keep it on the GPU)",
+                    k,
+                    self.num_tracks,
+                    GPU_MAX_NEIGHBOURS,
+                    _gpu_tracks_limit(settings),
+                )
+                self._warned_gpu_k = True
+        if hasattr(searched, "nprobe"):
+            searched.nprobe = settings.nprobe
+        sims, ids = _nearest(searched, reduced, k)  # (Q, k) each, in no order
         found = ids >= 0
         # The k-th neighbour's similarity (with fewer found, the last found's).
         kth = np.nan_to_num(np.nanmin(np.where(found, sims, np.nan), 1), nan=0.0)
@@ -713,14 +736,24 @@ def _new_index(dim: int, nlist: int):
     )
 
 
+def _gpu_tracks_limit(settings: IndexSettings) -> int:
+    """The most tracks an index can have for its scaled neighbours to stay within
+    ``GPU_MAX_NEIGHBOURS`` (``IndexSettings.scaled``)."""
+    if not settings.scale_tracks or settings.neighbours > GPU_MAX_NEIGHBOURS:
+        return settings.scale_tracks
+    return int(settings.scale_tracks * GPU_MAX_NEIGHBOURS / settings.neighbours)
+
+
 def to_device(index: SegmentIndex, device: str) -> SegmentIndex:
-    """Move the FAISS index to the GPU for ``device="cuda"`` (faiss-gpu), else leave it."""
+    """Copy the FAISS index to the GPU for ``device="cuda"`` (faiss-gpu), else leave it.
+    The CPU index is kept for queries that ask for more neighbours than the GPU finds."""
     faiss = _faiss()
     if device != "cuda":
         return index
     if not hasattr(faiss, "StandardGpuResources"):
         log.warning("this FAISS build has no GPU support (install faiss-gpu); searching on CPU")
         return index
+    index.cpu_index = index.index
     index.index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index.index)
     return index
 

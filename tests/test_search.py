@@ -1,5 +1,7 @@
 """Two-stage search (dvamn.search): coarse FAISS segment index, then the exact scorer."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +119,58 @@ def test_neighbours_are_those_of_the_faiss_search_over_the_probed_lists(tracks, 
             assert np.allclose(got, np.sort(want_sims[row][want_ids[row] >= 0]), atol=1e-6)
         if k == total:  # nprobe lists of many: not every segment was scanned
             assert (ids == -1).any() and np.isnan(sims[ids == -1]).all()
+
+
+class GpuIndexStandIn:
+    """A CPU FAISS index behind the GPU index's interface as ``_nearest`` and
+    ``candidates`` see it (a class name with "Gpu": searched with ``search``), refusing
+    more neighbours than ``limit`` as FAISS's GPU k-selection does (its error)."""
+
+    def __init__(self, index, limit: int):
+        self.inner, self.limit, self.asked = index, limit, []
+
+    @property
+    def ntotal(self):
+        return self.inner.ntotal
+
+    @property
+    def nprobe(self):
+        return self.inner.nprobe
+
+    @nprobe.setter
+    def nprobe(self, value):
+        self.inner.nprobe = value
+
+    def search(self, queries, k):
+        self.asked.append(k)
+        if k > self.limit:
+            raise RuntimeError(f"GPU index only supports min/max-K selection up to {self.limit}")
+        return self.inner.search(queries, k)
+
+
+def test_a_gpu_index_hands_more_neighbours_than_it_finds_to_its_cpu_copy(
+    tracks, bank_and_index, monkeypatch
+):
+    import copy
+
+    import dvamn.search as search_module
+
+    bank, index = bank_and_index
+    limit = 100
+    monkeypatch.setattr(search_module, "GPU_MAX_NEIGHBOURS", limit)
+    on_gpu = copy.copy(index)
+    on_gpu.cpu_index = index.index
+    on_gpu.index = GpuIndexStandIn(index.index, limit)
+    units = torch.from_numpy(tracks[7, 10 : 10 + QUERY_FRAMES])
+    units = units / units.norm(dim=-1, keepdim=True)
+    lengths = bank.lengths.numpy()
+    for neighbours in (limit, 4 * limit):  # within the GPU's limit, then past it
+        settings = dataclasses.replace(SETTINGS, neighbours=neighbours)
+        want = index.candidates(units, lengths, settings)
+        got = on_gpu.candidates(units, lengths, settings)
+        assert np.array_equal(got, want)
+    # The GPU index answered the first query only; the second went to the CPU copy.
+    assert on_gpu.index.asked == [limit]
 
 
 def test_recall_names_why_each_exact_top_k_entry_was_lost():
