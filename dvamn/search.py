@@ -557,11 +557,10 @@ class SegmentIndex:
                 log.warning(
                     "%d neighbours a query segment (IndexSettings.neighbours, grown with the "
                     "index's %d tracks) exceed the %d FAISS finds on a GPU: searching the "
-                    "index on CPU (shards of at most %d tracks keep it on the GPU)",
+                    "index on CPU (smaller shards, or fewer neighbours, keep it on the GPU)",
                     k,
                     self.num_tracks,
                     GPU_MAX_NEIGHBOURS,
-                    _gpu_tracks_limit(settings),
                 )
                 self._warned_gpu_k = True
         if hasattr(searched, "nprobe"):
@@ -734,14 +733,6 @@ def _new_index(dim: int, nlist: int):
     return faiss.IndexIVFScalarQuantizer(
         quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
     )
-
-
-def _gpu_tracks_limit(settings: IndexSettings) -> int:
-    """The most tracks an index can have for its scaled neighbours to stay within
-    ``GPU_MAX_NEIGHBOURS`` (``IndexSettings.scaled``)."""
-    if not settings.scale_tracks or settings.neighbours > GPU_MAX_NEIGHBOURS:
-        return settings.scale_tracks
-    return int(settings.scale_tracks * GPU_MAX_NEIGHBOURS / settings.neighbours)
 
 
 def to_device(index: SegmentIndex, device: str) -> SegmentIndex:
